@@ -1,0 +1,101 @@
+"""Training checkpoints: written atomically, read with ``weights_only=True``.
+
+A training checkpoint is a dict with the keys ``model`` (state dict of the bare model, no
+``module.`` prefix), ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed),
+``iteration`` (iterations completed inside ``epoch``; 0 at an epoch boundary), ``config``
+(the resolved :class:`~drnet.engine.trainer.TrainConfig` as a dict), ``task`` (what the task
+needs to rebuild its model: architecture, classes...), ``rng`` and ``best_metric``.
+
+A file is written to a temporary name in the same directory, flushed to disk, then renamed over
+the target with :func:`os.replace`, so a reader never sees a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drnet.errors import CheckpointError
+
+CHECKPOINT_LAST = "checkpoint_last.pth"
+CHECKPOINT_BEST = "checkpoint_best.pth"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or not a torch file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(
+            f"{path} is not a drnet training checkpoint (expected a dict with 'model', "
+            f"'optimizer', 'epoch'...); to start from weights only use --weights"
+        )
+    return state
+
+
+def is_training_checkpoint(state: Any) -> bool:
+    """True for a dict written by the drnet engine (has model, optimizer and epoch)."""
+    return isinstance(state, dict) and {"model", "optimizer", "epoch"} <= state.keys()
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, Python ``random``, NumPy), checkpoint-safe."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any] | None) -> None:
+    """Restore what :func:`capture_rng_state` returned (missing parts are left alone)."""
+    if not state:
+        return
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if "numpy" in state:
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])

@@ -1,0 +1,120 @@
+"""Data plumbing that makes training a pure function of ``(seed, epoch, iteration)``.
+
+* :class:`ShardedSampler` shuffles with a generator seeded by ``seed + epoch`` (the order of
+  :class:`~torch.utils.data.DistributedSampler`), keeps this rank's shard, and can start part-way
+  through an epoch (resume after an interruption).
+* :class:`SeededDataset` seeds the global RNGs from ``(seed, epoch, index)`` around each
+  ``__getitem__``, so random augmentation of a sample does not depend on worker count, worker
+  order or restarts. The caller's RNG state is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from drnet.errors import DataError
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixed from ``(seed, epoch, index)`` (no collisions between neighbours)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class ShardedSampler(Sampler[int]):
+    """Per-epoch shuffled indices for one rank, optionally skipping the first ``start`` of them.
+
+    The permutation of ``range(length)`` depends only on ``seed + epoch``; it is padded (by
+    repeating its head) to a multiple of ``world_size`` and rank ``r`` takes ``perm[r::world]``,
+    like :class:`~torch.utils.data.DistributedSampler`.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start`` samples of this rank."""
+        self.epoch = epoch
+        self.start = start
+
+    def shard(self) -> list[int]:
+        """This rank's indices for the current epoch, before skipping."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        per_rank = -(-self.length // self.world_size)
+        total = per_rank * self.world_size
+        while len(order) < total:
+            order += order[: total - len(order)]
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shard()[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, -(-self.length // self.world_size) - self.start)
+
+
+class SeededDataset(Dataset):
+    """Wrap ``dataset`` so item ``i`` of epoch ``e`` is drawn with RNGs seeded by ``(seed, e, i)``.
+
+    Set :attr:`epoch` before building each epoch's DataLoader (workers get a copy of this object
+    when the loader's iterator starts). With ``skip_bad_samples`` a :class:`DataError` raised by an
+    item is reported once and the next index is used instead.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0, skip_bad_samples: bool = False) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+        self.skip_bad_samples = skip_bad_samples
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def _get(self, index: int):
+        seed = sample_seed(self.seed, self.epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+    def __getitem__(self, index: int):
+        if not self.skip_bad_samples:
+            return self._get(index)
+        n = len(self)
+        for attempt in range(min(n, 100)):
+            i = (index + attempt) % n
+            try:
+                return self._get(i)
+            except DataError as exc:
+                warnings.warn(f"skipping bad sample {i}: {exc}", stacklevel=2)
+        raise DataError(f"100 consecutive bad samples starting at index {index}; giving up")
