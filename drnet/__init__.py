@@ -1,0 +1,13 @@
+"""drnet: Dilated Residual Networks (Yu, Koltun, Funkhouser, CVPR 2017)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from drnet.models import (  # noqa: E402
+    create_model,
+    create_segmentation_model,
+    list_models,
+)
+
+__all__ = ["__version__", "create_model", "create_segmentation_model", "list_models"]

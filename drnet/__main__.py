@@ -1,0 +1,5 @@
+import sys
+
+from drnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""The ``drnet`` command line.
+
+Each sub-command lives in its own module of this package and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed namespace). The modules only parse
+arguments and call library functions; no logic lives only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from drnet.errors import DrnetError
+
+# Order is the order shown by ``drnet --help``.
+COMMAND_MODULES = (
+    "demo",
+    "models",
+    "classify",
+    "localize",
+    "segment",
+    "data",
+    "benchmark",
+    "export",
+    "quantize",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from drnet import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="drnet",
+        description="Dilated Residual Networks: models, classification, weakly-supervised "
+        "localization and semantic segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"drnet {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"drnet.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"drnet.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2 if args.command is None else 0
+    try:
+        result = args.func(args)
+    except DrnetError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"drnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("drnet: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``drnet models``: every registered variant with its size, cost and weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from drnet.models.summary import model_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the model variants (parameters, FLOPs, output stride, weights)",
+        description="List every registered model: parameters (1000 classes), GFLOPs of one "
+        "forward pass at the given size (multiply-add = 2 FLOPs), output stride, and the "
+        "published weights (imagenet / cityscapes).",
+    )
+    parser.add_argument("filter", nargs="?", default="", help="name filter, e.g. 'drn_d*'")
+    parser.add_argument("--image-size", type=int, default=224, help="input size for FLOPs")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from drnet.models import list_models
+
+    names = list_models(args.filter)
+    if not names:
+        print(f"no model matches {args.filter!r}")
+        return 1
+    rows = model_table(names, args.image_size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'model':<11} {'family':<7} {'params':>12} {'GFLOPs@' + str(args.image_size):>12}"
+    print(header + f" {'stride':>6}  weights")
+    for row in rows:
+        print(
+            f"{row['name']:<11} {row['family']:<7} {row['params']:>12,} {row['gflops']:>12.2f} "
+            f"{row['output_stride']:>6}  {', '.join(row['weights']) or '-'}"
+        )
+    return 0

@@ -1,0 +1,85 @@
+"""DRNSeg: a DRN backbone, a 1x1 ``seg`` classifier and a fixed bilinear ``up`` (DESIGN.md 3).
+
+State-dict layout is the official one: ``base.<k>.*`` (the backbone without pool and fc),
+``seg.weight``/``seg.bias`` and ``up.weight``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drnet.models.drn import DRN
+
+
+def bilinear_kernel(size: int = 16) -> torch.Tensor:
+    """The 2-D bilinear up-sampling kernel of the official code (outer product of a tent profile).
+
+    For ``size=16`` the 1-D profile is (1, 3, 5, ..., 15, 15, ..., 3, 1) / 16.
+    """
+    factor = (size + 1) // 2
+    center = (2 * factor - 1 - factor % 2) / (2.0 * factor)
+    profile = 1 - (torch.arange(size, dtype=torch.float64) / factor - center).abs()
+    return torch.outer(profile, profile).float()
+
+
+class DRNSeg(nn.Module):
+    """Semantic segmentation with a DRN backbone.
+
+    Args:
+        backbone: a :class:`DRN` (its stem and levels become ``base``; pool and fc are dropped).
+        num_classes: segmentation classes.
+        output: ``"dict"`` (default) returns ``{"out": logits [N, C, H, W]}`` at the input size
+            (torchvision's convention); ``"official"`` returns the original code's pair
+            ``(log_softmax(up(seg(f))), seg(f))``, the first cropped to the input size.
+    """
+
+    def __init__(
+        self,
+        backbone: DRN,
+        num_classes: int,
+        output: Literal["dict", "official"] = "dict",
+    ) -> None:
+        super().__init__()
+        if output not in ("dict", "official"):
+            raise ValueError(f"output must be 'dict' or 'official', got {output!r}")
+        self.output = output
+        self.num_classes = num_classes
+        self.output_stride = backbone.output_stride
+        self.base = nn.Sequential(*backbone.body_modules())
+        self.seg = nn.Conv2d(backbone.out_dim, num_classes, kernel_size=1, bias=True)
+        nn.init.normal_(self.seg.weight, 0.0, (2.0 / num_classes) ** 0.5)
+        nn.init.zeros_(self.seg.bias)
+        stride = backbone.output_stride
+        self.up = nn.ConvTranspose2d(
+            num_classes,
+            num_classes,
+            kernel_size=2 * stride,
+            stride=stride,
+            padding=stride // 2,
+            groups=num_classes,
+            bias=False,
+        )
+        with torch.no_grad():
+            self.up.weight.copy_(bilinear_kernel(2 * stride).expand_as(self.up.weight))
+        # Fixed, not trained; still a real state_dict entry, and a checkpoint's value is honoured.
+        self.up.weight.requires_grad_(False)
+        self.backbone_spec = backbone.spec
+
+    def forward_logits_lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at the backbone's resolution (1/8 for DRN): ``seg(base(x))``."""
+        return self.seg(self.base(x))
+
+    def upsample(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Up-sample low-resolution scores with ``up`` and crop to ``size``."""
+        return self.up(low)[..., : size[0], : size[1]]
+
+    def forward(self, x: torch.Tensor):
+        low = self.forward_logits_lowres(x)
+        logits = self.upsample(low, x.shape[-2:])
+        if self.output == "official":
+            return F.log_softmax(logits, dim=1), low
+        return {"out": logits}
