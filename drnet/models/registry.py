@@ -323,7 +323,7 @@ def create_segmentation_model(
     model_backbone = create_model(
         backbone,
         pretrained=pretrained_backbone,
-        num_classes=1000,
+        num_classes=0,  # DRNSeg keeps no classifier; a checkpoint's fc is ignored
         channels=channels,
         width_mult=width_mult,
         weights_dir=weights_dir,
