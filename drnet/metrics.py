@@ -1,0 +1,104 @@
+"""Segmentation metrics from a confusion matrix.
+
+The confusion matrix ``hist[t, p]`` counts pixels of ground-truth class ``t`` predicted as ``p``.
+Pixels whose label is the ignore index (255) or otherwise outside ``[0, num_classes)`` are not
+counted. From it:
+
+* IoU of class c = ``hist[c, c] / (row_c + col_c - hist[c, c])``; NaN when the class appears in
+  neither the labels nor the predictions (a class that is only predicted has IoU 0).
+* mIoU = mean of the per-class IoUs ignoring NaN (``nanmean``), as the original evaluation does.
+* pixel accuracy = ``trace / total``; mean class accuracy = nanmean of ``hist[c, c] / row_c``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from drnet.engine.distributed import all_reduce_sum
+
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """``[num_classes, num_classes]`` int64 counts, rows = ground truth, columns = prediction.
+
+    ``pred`` and ``target`` hold class indices of the same shape; target pixels equal to
+    ``ignore_index`` or outside ``[0, num_classes)`` are skipped.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes) & (target != ignore_index)
+    index = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).cpu()
+
+
+class ConfusionMatrix:
+    """Accumulates a confusion matrix over batches (and over ranks with :meth:`all_reduce`)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.hist += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over the ranks of a distributed run (no-op in one process)."""
+        self.hist = all_reduce_sum(self.hist.clone())
+
+    def compute(self) -> dict[str, object]:
+        return segmentation_metrics(self.hist)
+
+
+def segmentation_metrics(hist: torch.Tensor) -> dict[str, object]:
+    """``miou``, ``pixel_accuracy``, ``mean_accuracy`` and the per-class lists ``iou``,
+    ``accuracy`` (NaN for absent classes) and ``pixels`` (ground-truth pixels per class)."""
+    hist = hist.double()
+    tp = hist.diag()
+    gt = hist.sum(1)
+    predicted = hist.sum(0)
+    union = gt + predicted - tp
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
+    total = hist.sum()
+    return {
+        "miou": _nanmean(iou),
+        "pixel_accuracy": (tp.sum() / total).item() if total > 0 else float("nan"),
+        "mean_accuracy": _nanmean(acc),
+        "iou": iou.tolist(),
+        "accuracy": acc.tolist(),
+        "pixels": [int(v) for v in gt.tolist()],
+    }
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    valid = ~values.isnan()
+    return values[valid].mean().item() if valid.any() else float("nan")
+
+
+def format_iou_table(metrics: dict, class_names: Sequence[str] | None = None) -> str:
+    """A printable per-class table (IoU and accuracy in percent) followed by the summary."""
+    iou, acc, pixels = metrics["iou"], metrics["accuracy"], metrics["pixels"]
+    names = list(class_names) if class_names else [str(i) for i in range(len(iou))]
+    width = max(8, *(len(n) for n in names))
+
+    def pct(v: float) -> str:
+        return "     -" if math.isnan(v) else f"{100 * v:6.2f}"
+
+    lines = [f"{'class':<{width}}   IoU %   acc %      pixels"]
+    for name, i, a, n in zip(names, iou, acc, pixels, strict=True):
+        lines.append(f"{name:<{width}}  {pct(i)}  {pct(a)}  {n:10d}")
+    lines.append(
+        f"{'mIoU':<{width}}  {pct(metrics['miou'])}"
+        f"   pixel accuracy {pct(metrics['pixel_accuracy'])}"
+        f"   mean accuracy {pct(metrics['mean_accuracy'])}"
+    )
+    return "\n".join(lines)

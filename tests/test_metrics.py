@@ -1,0 +1,63 @@
+"""Confusion matrix, IoU and accuracy against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from drnet.metrics import ConfusionMatrix, confusion_matrix, format_iou_table, segmentation_metrics
+
+# 5 classes; class 3 appears nowhere (its only prediction sits on an ignored pixel) -> NaN;
+# class 4 is predicted once but never labelled -> IoU 0, counted in the mean.
+TARGET = torch.tensor([[0, 0, 1, 255], [1, 2, 2, 0]])
+PRED = torch.tensor([[0, 1, 1, 3], [1, 2, 4, 0]])
+HIST = [
+    [2, 1, 0, 0, 0],
+    [0, 2, 0, 0, 0],
+    [0, 0, 1, 0, 1],
+    [0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+]
+
+
+def test_confusion_matrix_by_hand():
+    assert confusion_matrix(PRED, TARGET, 5).tolist() == HIST
+
+
+def test_metrics_by_hand():
+    m = segmentation_metrics(torch.tensor(HIST))
+    iou = m["iou"]
+    assert iou[0] == pytest.approx(2 / 3)  # 2 / (3 + 2 - 2)
+    assert iou[1] == pytest.approx(2 / 3)  # 2 / (2 + 3 - 2)
+    assert iou[2] == pytest.approx(1 / 2)  # 1 / (2 + 1 - 1)
+    assert math.isnan(iou[3])
+    assert iou[4] == 0.0
+    assert m["miou"] == pytest.approx(11 / 24)  # nanmean over 4 classes
+    assert m["pixel_accuracy"] == pytest.approx(5 / 7)  # the ignored pixel is not counted
+    assert m["mean_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    assert m["pixels"] == [3, 2, 2, 0, 0]
+
+
+def test_accumulates_over_batches_and_ignores_out_of_range_labels():
+    cm = ConfusionMatrix(5)
+    cm.update(PRED[:1], TARGET[:1])
+    cm.update(PRED[1:], TARGET[1:])
+    assert cm.hist.tolist() == HIST
+    cm2 = ConfusionMatrix(2)
+    cm2.update(torch.tensor([0, 1, 1]), torch.tensor([0, 7, 255]))
+    assert cm2.hist.tolist() == [[1, 0], [0, 0]]
+    assert cm2.compute()["miou"] == 1.0
+
+
+def test_all_ignored_gives_nan_not_error():
+    m = segmentation_metrics(torch.zeros(3, 3, dtype=torch.int64))
+    assert math.isnan(m["miou"]) and math.isnan(m["pixel_accuracy"])
+
+
+def test_table_lists_every_class():
+    table = format_iou_table(segmentation_metrics(torch.tensor(HIST)), list("abcde"))
+    lines = table.splitlines()
+    assert len(lines) == 7 and lines[4].startswith("d") and "-" in lines[4]
+    assert "45.83" in lines[-1]  # 11/24
