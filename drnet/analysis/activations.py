@@ -1,0 +1,187 @@
+"""Per-level activation maps: collect them from a model and render them as a PNG grid.
+
+The paper's gridding figure shows, for one input, the activation of each level of DRN-A, DRN-B and
+DRN-C: :func:`collect_activations` gathers a model's per-level outputs with forward hooks, and
+:func:`render_activation_grid` draws one row per model, one tile per level, each tile the mean
+absolute activation over channels rescaled to its own [0, 1] range (viridis-like colours, dark =
+low).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+__all__ = ["activation_image", "collect_activations", "level_names", "render_activation_grid"]
+
+# A compact viridis-like colour map: (position, RGB) anchors, interpolated linearly.
+_ANCHORS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_COLOURS = np.array(
+    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
+)
+_LUT = (
+    np.stack(
+        [np.interp(np.linspace(0, 1, 256), _ANCHORS, _COLOURS[:, c]) for c in range(3)], axis=1
+    )
+    .round()
+    .astype(np.uint8)
+)
+
+
+def level_names(model: nn.Module) -> list[str]:
+    """The modules whose outputs are the model's levels: ``feature_info`` names when the model
+    has them (drnet and timm models), else its top-level children called ``layer*``."""
+    info = getattr(model, "feature_info", None)
+    if info is not None and hasattr(info, "module_name"):
+        return list(info.module_name())
+    return [name for name, _ in model.named_children() if name.startswith("layer")]
+
+
+@torch.no_grad()
+def collect_activations(
+    model: nn.Module, inputs: torch.Tensor, module_names: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Run ``model(inputs)`` once and return the outputs of the named modules, in forward order.
+
+    Args:
+        model: any module; it is run as it is (call ``model.eval()`` first for inference maps).
+        inputs: the input batch.
+        module_names: dotted names as in ``model.named_modules()``; None means
+            :func:`level_names`.
+
+    Returns:
+        ``{name: detached tensor}``; a module that runs more than once keeps its last output.
+
+    Raises:
+        KeyError: a name is not a module of ``model``.
+    """
+    names = list(module_names) if module_names is not None else level_names(model)
+    modules = dict(model.named_modules())
+    missing = [name for name in names if name not in modules]
+    if missing:
+        raise KeyError(f"model has no module(s) {missing}; known: {list(modules)[:20]}...")
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def save(module: nn.Module, args: tuple, output) -> None:
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            outputs.pop(name, None)
+            outputs[name] = output.detach().clone()  # clone: a later in-place op must not alter it
+
+        return save
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in names]
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def activation_image(activation: torch.Tensor | np.ndarray, sample: int = 0) -> np.ndarray:
+    """Mean absolute activation over channels, rescaled to [0, 1]: float ``[H, W]``.
+
+    ``activation`` is ``[H, W]``, ``[C, H, W]`` or ``[N, C, H, W]`` (then ``sample`` picks the
+    image). A constant map gives zeros.
+    """
+    x = torch.as_tensor(activation).detach().float().cpu()
+    if x.dim() == 4:
+        x = x[sample]
+    if x.dim() == 3:
+        x = x.abs().mean(dim=0)
+    elif x.dim() == 2:
+        x = x.abs()
+    else:
+        raise ValueError(f"activation must be [H, W], [C, H, W] or [N, C, H, W]; got {x.shape}")
+    low, high = float(x.min()), float(x.max())
+    return ((x - low) / (high - low)).numpy() if high > low else np.zeros(tuple(x.shape))
+
+
+def _tile(values: np.ndarray, size: int) -> Image.Image:
+    coloured = _LUT[np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)]
+    height, width = values.shape
+    scale = size / max(height, width)
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return Image.fromarray(coloured, mode="RGB").resize(new, Image.Resampling.NEAREST)
+
+
+def render_activation_grid(
+    maps: Mapping[str, torch.Tensor] | Mapping[str, Mapping[str, torch.Tensor]],
+    path: str | os.PathLike | None = None,
+    *,
+    image: np.ndarray | Image.Image | torch.Tensor | None = None,
+    tile: int = 96,
+    sample: int = 0,
+    titles: Mapping[str, str] | None = None,
+) -> Image.Image:
+    """Draw activation maps as a grid of tiles and optionally save it as a PNG.
+
+    Args:
+        maps: ``{level: activation}`` for one row, or ``{row label: {level: activation}}`` for
+            several rows (e.g. one per model). Activations as in :func:`activation_image`.
+        path: where to save the PNG (parent folders are created); None to only return it.
+        image: an input image (uint8 ``[H, W, 3]`` array, PIL image, or ``[3, H, W]`` float
+            tensor in [0, 1]) drawn as the first tile of every row.
+        tile: the longer side of each tile in pixels (maps are enlarged with nearest neighbour).
+        sample: which batch element to draw for ``[N, C, H, W]`` activations.
+        titles: extra text under a level's name, e.g. ``{"layer5": "grid 0.31"}``.
+
+    Returns:
+        The grid as a PIL image.
+    """
+    if not maps:
+        raise ValueError("render_activation_grid needs at least one map")
+    first = next(iter(maps.values()))
+    rows = dict(maps) if isinstance(first, Mapping) else {"": maps}
+    titles = titles or {}
+    font = ImageFont.load_default()
+    label_width = 0 if list(rows) == [""] else 8 + 7 * max(len(label) for label in rows)
+    text_height = 26 if titles else 14
+    columns = max(len(levels) for levels in rows.values()) + (image is not None)
+    cell = tile + 4
+    grid = Image.new(
+        "RGB", (label_width + columns * cell, len(rows) * (cell + text_height)), (255, 255, 255)
+    )
+    draw = ImageDraw.Draw(grid)
+    input_tile = None
+    if image is not None:
+        if isinstance(image, torch.Tensor):
+            array = image.detach().float().cpu().clamp(0, 1).mul(255).round().byte()
+            image = Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        scale = tile / max(image.size)
+        input_tile = image.convert("RGB").resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+    for r, (label, levels) in enumerate(rows.items()):
+        top = r * (cell + text_height)
+        if label:
+            draw.text((4, top + tile // 2), label, fill=(0, 0, 0), font=font)
+        entries = list(levels.items())
+        if input_tile is not None:
+            entries.insert(0, ("input", None))
+        for c, (name, activation) in enumerate(entries):
+            left = label_width + c * cell
+            pasted = (
+                input_tile
+                if activation is None
+                else _tile(activation_image(activation, sample), tile)
+            )
+            grid.paste(pasted, (left + 2, top + 2))
+            draw.text((left + 2, top + cell), str(name), fill=(0, 0, 0), font=font)
+            if name in titles:
+                draw.text((left + 2, top + cell + 12), titles[name], fill=(80, 80, 80), font=font)
+    if path is not None:
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        grid.save(path, format="PNG")
+    return grid
