@@ -1,0 +1,167 @@
+"""Image classification data: ImageFolder splits, the standard transforms, and predict inputs.
+
+A split is a torchvision ImageFolder tree: ``<root>/<class_name>/<image>``; class indices follow
+the sorted folder names. Training uses RandomResizedCrop + horizontal flip; evaluation resizes the
+shorter side to ``resize_size`` (256) and takes the centre ``crop_size`` (224) crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from drnet.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as RGB, raising :class:`DataError` that names the file if it is unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the image ({exc})") from exc
+
+
+def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ]
+
+
+def train_transform(
+    crop_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """RandomResizedCrop to ``crop_size`` + random horizontal flip, then normalise."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(crop_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_to_normalized_tensor(mean, std),
+        ]
+    )
+
+
+def eval_transform(
+    crop_size: int = 224,
+    resize_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Resize the shorter side to ``resize_size`` (default ``crop_size / 0.875``, i.e. 256 for
+    224), take the centre ``crop_size`` crop, then normalise."""
+    if resize_size is None:
+        resize_size = default_resize_size(crop_size)
+    return v2.Compose(
+        [
+            v2.Resize(resize_size, antialias=True),
+            v2.CenterCrop(crop_size),
+            *_to_normalized_tensor(mean, std),
+        ]
+    )
+
+
+def default_resize_size(crop_size: int) -> int:
+    """The resize that goes with a centre crop: 256 for 224 (the ImageNet ratio 0.875)."""
+    return int(round(crop_size / 0.875))
+
+
+def full_image_transform(
+    resize_size: int | None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Resize the shorter side to ``resize_size`` (``None`` or 0: keep the size), no crop, then
+    normalise. Used by localization and heatmaps, which need the whole image."""
+    steps = [v2.Resize(resize_size, antialias=True)] if resize_size else []
+    return v2.Compose([*steps, *_to_normalized_tensor(mean, std)])
+
+
+def image_folder(root: str | Path, transform: Callable | None = None) -> datasets.ImageFolder:
+    """An ImageFolder split whose errors name the folder; unreadable images name the file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found; expected <root>/<class_name>/<image>")
+    try:
+        return datasets.ImageFolder(str(root), transform=transform, loader=load_rgb)
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{root}: no class folders with images (expected <root>/<class_name>/<image>, "
+            f"extensions {', '.join(IMG_EXTENSIONS)})"
+        ) from exc
+
+
+def relative_key(path: str | Path, root: str | Path) -> str:
+    """The key of an image in a split: its path relative to the split root, ``/``-separated."""
+    return Path(path).relative_to(root).as_posix()
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from a mix of files and folders (folders searched recursively, sorted)."""
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+            if not images:
+                raise DataError(f"{item}: no images found (extensions {', '.join(IMG_EXTENSIONS)})")
+            found.extend(images)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not found:
+        raise DataError("no input images given")
+    return found
+
+
+class ImageFiles(Dataset):
+    """Images from paths, for prediction: item ``i`` is ``(transform(image), i, (H, W))`` where
+    ``(H, W)`` is the original size."""
+
+    def __init__(self, paths: Sequence[str | Path], transform: Callable | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, tuple[int, int]]:
+        image = load_rgb(self.paths[index])
+        size = (image.height, image.width)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, index, size
+
+
+def unique_names(paths: Sequence[str | Path]) -> list[str]:
+    """Short, unique, file-system-safe names for output files, one per path (stem, then
+    ``parent_stem``, then an index suffix when still ambiguous)."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    names = [
+        stem if stems.count(stem) == 1 else f"{p.parent.name}_{stem}"
+        for p, stem in zip(paths, stems, strict=True)
+    ]
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        result.append(safe if count == 0 else f"{safe}_{count}")
+    return result

@@ -1,0 +1,714 @@
+"""Weakly-supervised localization with a DRN classifier (the paper's Section 6 protocol).
+
+A classifier is run without global pooling (``model.forward_map``) on the whole image, resized so
+its shorter side is ``resize_size`` (no crop), giving the dense class map ``f`` ``[C, h, w]`` at
+output stride 8. Its spatial mean equals the classifier's logits for that input, so class
+scores and boxes come from one forward pass. For each of the top-5 classes the box is the paper's
+rule (:mod:`drnet.tasks.boxes`), mapped back to the original image. A prediction is correct when
+its class is the image's class and its box has IoU > 0.5 with a ground-truth box of that class:
+top-1 / top-5 localization error. ``gt_known_loc_err`` scores the box of the true class alone.
+
+The threshold ``t`` is swept over a grid; with ``threshold="auto"`` it is chosen on a held-out
+split (lowest top-1 localization error; ties go to the lower top-5 error, then the smaller ``t``)
+and only then applied to the evaluation split. The evaluation split's own curve is reported
+but never used to choose. A centred box of the mean ground-truth size (``centred_box_prior``),
+scored the same way, is the baseline a method must beat.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision.utils import draw_bounding_boxes
+from tqdm import tqdm
+
+from drnet.data.boxes import ImageBoxes, load_boxes
+from drnet.data.classification import (
+    ImageFiles,
+    full_image_transform,
+    image_folder,
+    load_rgb,
+    relative_key,
+    unique_names,
+)
+from drnet.errors import DataError, DrnetError
+from drnet.tasks.boxes import (
+    FALLBACKS,
+    THRESHOLD_MODES,
+    boxes_from_class_map,
+    centred_box,
+    iou,
+    scale_boxes,
+)
+from drnet.tasks.classify import ClassifierCard, match_split_classes, resolve_device
+
+IOU_THRESHOLD = 0.5
+METRICS_FILE = "localization_metrics.json"
+CURVE_FILE = "threshold_curve.csv"
+BOXES_FILE = "boxes.json"
+
+
+def default_thresholds() -> list[float]:
+    """The default sweep for ``minmax`` thresholds: 0.00, 0.05, ..., 0.95."""
+    return [round(0.05 * i, 2) for i in range(20)]
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """``"0.1,0.2,0.5"`` or ``"START:STOP:STEP"`` (STOP excluded) to a sorted list of floats."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError("step must be positive")
+            count = int(math.floor((stop - start) / step - 1e-9)) + 1
+            values = [round(start + i * step, 10) for i in range(max(count, 0))]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise DrnetError(
+            f"--thresholds {text!r}: expected a list like 0.1,0.2,0.3 or a range START:STOP:STEP"
+        ) from exc
+    if not values:
+        raise DrnetError(f"--thresholds {text!r} gives no threshold")
+    return sorted(set(values))
+
+
+@dataclass
+class LocalizationSettings:
+    """How boxes are made and scored (see :mod:`drnet.tasks.boxes` for the rule)."""
+
+    threshold_mode: str = "minmax"
+    fallback: str = "peak"
+    resize_size: int | None = None  # None: the model card's resize_size; 0: native size
+    top_k: int = 5
+    iou_threshold: float = IOU_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise DrnetError(
+                f"threshold mode {self.threshold_mode!r}: expected one of {THRESHOLD_MODES}"
+            )
+        if self.fallback not in FALLBACKS:
+            raise DrnetError(f"fallback {self.fallback!r}: expected one of {FALLBACKS}")
+
+
+# ----------------------------------------------------------------------------- dense maps
+
+
+def compute_class_map(model: nn.Module, images: Tensor) -> Tensor:
+    """The dense class map ``[N, C, h, w]``: ``model.forward_map`` when the model has it, else
+    ``model(images)`` (a model built with ``out_map=True``)."""
+    forward_map = getattr(model, "forward_map", None)
+    output = forward_map(images) if callable(forward_map) else model(images)
+    if not isinstance(output, Tensor) or output.dim() != 4:
+        raise DrnetError(
+            "the model did not return a dense class map [N, C, h, w]; build it with "
+            "out_map=True or use a model with forward_map()"
+        )
+    return output
+
+
+def output_stride(image_size: tuple[int, int], map_size: tuple[int, int]) -> int:
+    """The stride ``s`` with ``map = ceil(image / s)`` (8 for every DRN)."""
+    for stride in (8, 4, 16, 32, 2, 1):
+        if all(-(-i // stride) == m for i, m in zip(image_size, map_size, strict=True)):
+            return stride
+    raise DrnetError(
+        f"cannot relate a {map_size[0]}x{map_size[1]} class map to a "
+        f"{image_size[0]}x{image_size[1]} input (expected ceil(size / stride))"
+    )
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def colorize(values: Tensor) -> Tensor:
+    """A jet colour map: ``values`` ``[H, W]`` in ``[0, 1]`` to uint8 RGB ``[3, H, W]``."""
+    v = values.float().clamp(0, 1)
+    channels = [(1.5 - (4 * v - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)]
+    return (torch.stack(channels) * 255).round().to(torch.uint8)
+
+
+def upsample_heatmap(
+    response: Tensor, input_size: tuple[int, int], image_size: tuple[int, int], stride: int = 8
+) -> Tensor:
+    """A class response ``[h, w]`` (already in ``[0, 1]``) as a heatmap ``[H, W]`` over the
+    original image: bilinear over the cell centres (cell ``(i, j)`` centred on pixel
+    ``stride * (j + 0.5)`` of the network input), cropped to the input and resized to the
+    image."""
+    h, w = response.shape
+    up = F.interpolate(
+        response[None, None].float(), size=(h * stride, w * stride), mode="bilinear"
+    )[0, 0, : input_size[0], : input_size[1]]
+    if tuple(input_size) != tuple(image_size):
+        up = F.interpolate(up[None, None], size=image_size, mode="bilinear")[0, 0]
+    return up.clamp(0, 1)
+
+
+def render_overlay(
+    image: Image.Image,
+    heatmap: Tensor | None,
+    predicted: Tensor | None = None,
+    ground_truth: Tensor | None = None,
+    labels: Sequence[str] | None = None,
+    alpha: float = 0.45,
+) -> Image.Image:
+    """The image blended with a heatmap, ground-truth boxes in green and predicted boxes in red
+    (labelled when the image is at least 128 px on its shorter side)."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    if heatmap is not None:
+        blended = (1 - alpha) * pixels.float() + alpha * colorize(heatmap).float()
+        pixels = blended.round().clamp(0, 255).to(torch.uint8)
+    width = max(1, min(pixels.shape[1:]) // 100)
+    show_labels = min(pixels.shape[1:]) >= 128
+    if ground_truth is not None and len(ground_truth):
+        pixels = draw_bounding_boxes(
+            pixels, ground_truth.reshape(-1, 4), colors="lime", width=width
+        )
+    if predicted is not None and len(predicted):
+        predicted = predicted.reshape(-1, 4)
+        pixels = draw_bounding_boxes(
+            pixels,
+            predicted,
+            labels=list(labels) if labels and show_labels else None,
+            colors="red",
+            width=width,
+        )
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+@dataclass
+class ImageLocalization:
+    """Class scores and boxes of one image for every threshold of a sweep."""
+
+    classes: Tensor  # [K] top-k classes, best first
+    probabilities: Tensor  # [K]
+    boxes: Tensor  # [K, T, 4] in original-image pixels
+    fallback: Tensor  # [K, T] bool: the region was empty, the fallback box was used
+    class_map: Tensor  # [C, h, w] raw responses
+    input_size: tuple[int, int]
+    image_size: tuple[int, int]
+    stride: int
+
+
+@torch.no_grad()
+def localize_image(
+    model: nn.Module,
+    image: Tensor,
+    image_size: tuple[int, int],
+    thresholds: Sequence[float],
+    settings: LocalizationSettings,
+    extra_class: int | None = None,
+) -> ImageLocalization:
+    """Boxes of the top-k classes (and ``extra_class``, appended last, e.g. the true class) of
+    one preprocessed image ``[3, h, w]`` (or ``[1, 3, h, w]``) for each threshold."""
+    if image.dim() == 3:
+        image = image[None]
+    class_map = compute_class_map(model, image)[0].float().cpu()
+    input_size = (int(image.shape[-2]), int(image.shape[-1]))
+    stride = output_stride(input_size, tuple(class_map.shape[-2:]))
+    probabilities = class_map.mean(dim=(1, 2)).softmax(dim=0)
+    k = min(settings.top_k, class_map.shape[0])
+    top_p, top_c = probabilities.topk(k)
+    classes = top_c if extra_class is None else torch.cat([top_c, torch.tensor([extra_class])])
+    boxes, empty = boxes_from_class_map(
+        class_map,
+        classes,
+        list(thresholds),
+        input_size,
+        stride=stride,
+        mode=settings.threshold_mode,
+        fallback=settings.fallback,
+    )
+    return ImageLocalization(
+        classes=classes,
+        probabilities=torch.cat([top_p, probabilities[classes[k:]]]),
+        boxes=scale_boxes(boxes, input_size, image_size),
+        fallback=empty,
+        class_map=class_map,
+        input_size=input_size,
+        image_size=tuple(image_size),
+        stride=stride,
+    )
+
+
+def class_heatmap(result: ImageLocalization, cls: int) -> Tensor:
+    """The min-max normalised response of class ``cls`` as a heatmap over the original image."""
+    from drnet.tasks.boxes import normalize_response
+
+    response = normalize_response(result.class_map[cls], "minmax")
+    return upsample_heatmap(response, result.input_size, result.image_size, result.stride)
+
+
+# ----------------------------------------------------------------------------- a scored split
+
+
+@dataclass
+class SplitScores:
+    """Counts of a localization sweep over one split (one entry per threshold)."""
+
+    thresholds: list[float]
+    top1_ok: Tensor
+    top5_ok: Tensor
+    gt_known_ok: Tensor
+    top1_fallback: Tensor
+    num_images: int = 0  # images in the split
+    num_scored: int = 0  # images with ground-truth boxes of their class
+    top1_cls_ok: int = 0
+    top5_cls_ok: int = 0
+    size_fractions: list[tuple[float, float]] = field(default_factory=list)
+    prior_inputs: list[tuple[tuple[int, int], Tensor, bool, bool]] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    without_boxes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, thresholds: Sequence[float]) -> SplitScores:
+        zeros = [torch.zeros(len(thresholds), dtype=torch.long) for _ in range(4)]
+        return cls(list(thresholds), *zeros)
+
+    def curve(self) -> list[dict]:
+        """One row per threshold: ``threshold, top1_loc_err, top5_loc_err, gt_known_loc_err,
+        fallback_rate`` (errors are fractions)."""
+        n = max(self.num_scored, 1)
+        return [
+            {
+                "threshold": t,
+                "top1_loc_err": 1 - int(self.top1_ok[i]) / n,
+                "top5_loc_err": 1 - int(self.top5_ok[i]) / n,
+                "gt_known_loc_err": 1 - int(self.gt_known_ok[i]) / n,
+                "fallback_rate": int(self.top1_fallback[i]) / n,
+            }
+            for i, t in enumerate(self.thresholds)
+        ]
+
+    def mean_box_size(self) -> tuple[float, float]:
+        """Mean ground-truth box width and height as fractions of the image size."""
+        if not self.size_fractions:
+            return (0.5, 0.5)
+        widths, heights = zip(*self.size_fractions, strict=True)
+        return (sum(widths) / len(widths), sum(heights) / len(heights))
+
+    def prior(self, box_size: tuple[float, float], iou_threshold: float = IOU_THRESHOLD) -> dict:
+        """Score the centred box of ``box_size`` (fractions) the same way as the predictions."""
+        top1 = top5 = known = 0
+        for image_size, gt, top1_cls, top5_cls in self.prior_inputs:
+            hit = bool((iou(centred_box(image_size, box_size)[None], gt) > iou_threshold).any())
+            top1 += hit and top1_cls
+            top5 += hit and top5_cls
+            known += hit
+        n = max(len(self.prior_inputs), 1)
+        return {
+            "top1_loc_err": 1 - top1 / n,
+            "top5_loc_err": 1 - top5 / n,
+            "gt_known_loc_err": 1 - known / n,
+            "box_size": [round(box_size[0], 6), round(box_size[1], 6)],
+        }
+
+
+def _split_loader(
+    split_dir: str | Path, card: ClassifierCard, resize_size: int | None, workers: int
+) -> tuple[list[tuple[str, int]], list[str], DataLoader]:
+    dataset = image_folder(split_dir)
+    to_model = match_split_classes(dataset.classes, card, str(split_dir))
+    samples = [(path, to_model[target]) for path, target in dataset.samples]
+    transform = full_image_transform(resize_size, card.mean, card.std)
+    loader = DataLoader(
+        ImageFiles([p for p, _ in samples], transform), batch_size=None, num_workers=workers
+    )
+    return samples, card.class_names(), loader
+
+
+def score_split(
+    model: nn.Module,
+    card: ClassifierCard,
+    split_dir: str | Path,
+    boxes: dict[str, ImageBoxes],
+    thresholds: Sequence[float],
+    settings: LocalizationSettings,
+    *,
+    record_threshold: float | None = None,
+    on_image: Callable[[int, Path, ImageLocalization, dict], None] | None = None,
+    device: str | torch.device = "auto",
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "localize",
+) -> SplitScores:
+    """Localize every image of an ImageFolder split and count hits for each threshold.
+
+    With ``record_threshold`` (one of ``thresholds``) a per-image record (boxes, IoUs,
+    correctness) is kept for that threshold and passed to ``on_image``.
+    """
+    device = resolve_device(str(device))
+    model.eval().to(device)
+    resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
+    samples, names, loader = _split_loader(split_dir, card, resize_size, workers)
+    scores = SplitScores.empty(thresholds)
+    scores.num_images = len(samples)
+    record_at = thresholds.index(record_threshold) if record_threshold is not None else None
+    for image, index, size in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        path, target = samples[index]
+        key = relative_key(path, split_dir)
+        image_size = (int(size[0]), int(size[1]))
+        entry = boxes.get(key)
+        gt = entry.for_class(names[target], image_size) if entry is not None else torch.zeros(0, 4)
+        if len(gt) == 0:
+            scores.without_boxes.append(key)
+            continue
+        result = localize_image(
+            model, image.to(device), image_size, thresholds, settings, extra_class=target
+        )
+        k = len(result.classes) - 1
+        overlaps = iou(result.boxes.reshape(-1, 4), gt).reshape(k + 1, len(thresholds), -1)
+        best_iou = overlaps.amax(dim=-1)
+        hit = best_iou > settings.iou_threshold  # [K + 1, T]
+        top1_cls = bool(result.classes[0] == target)
+        top5_cls = bool((result.classes[:k] == target).any())
+        scores.num_scored += 1
+        scores.top1_cls_ok += top1_cls
+        scores.top5_cls_ok += top5_cls
+        scores.top1_ok += (hit[0] & top1_cls).long()
+        scores.top5_ok += (hit[-1] & top5_cls).long()
+        scores.gt_known_ok += hit[-1].long()
+        scores.top1_fallback += result.fallback[0].long()
+        for box in gt:
+            scores.size_fractions.append(
+                (float(box[2] - box[0]) / image_size[1], float(box[3] - box[1]) / image_size[0])
+            )
+        scores.prior_inputs.append((image_size, gt, top1_cls, top5_cls))
+        if record_at is not None:
+            record = {
+                "image": key,
+                "path": str(path),
+                "width": image_size[1],
+                "height": image_size[0],
+                "label": names[target],
+                "gt_boxes": _round_boxes(gt),
+                "predictions": [
+                    {
+                        "rank": rank + 1,
+                        "class": names[int(c)],
+                        "index": int(c),
+                        "probability": float(result.probabilities[rank]),
+                        "box": _round_boxes(result.boxes[rank, record_at]),
+                        "iou": round(float(best_iou[rank, record_at]), 6),
+                        "fallback": bool(result.fallback[rank, record_at]),
+                    }
+                    for rank, c in enumerate(result.classes[:k].tolist())
+                ],
+                "gt_known_box": _round_boxes(result.boxes[k, record_at]),
+                "gt_known_iou": round(float(best_iou[k, record_at]), 6),
+                "top1_loc_correct": bool(hit[0, record_at]) and top1_cls,
+                "top5_loc_correct": bool(hit[k, record_at]) and top5_cls,
+            }
+            scores.records.append(record)
+            if on_image is not None:
+                on_image(len(scores.records) - 1, Path(path), result, record)
+    return scores
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _round_boxes(boxes: Tensor) -> list:
+    return (
+        [round(float(v), 3) for v in boxes]
+        if boxes.dim() == 1
+        else [_round_boxes(b) for b in boxes]
+    )
+
+
+def choose_threshold(curve: Sequence[dict]) -> dict:
+    """The row of ``curve`` with the lowest top-1 localization error (ties: lower top-5 error,
+    then the smaller threshold)."""
+    if not curve:
+        raise DrnetError("no threshold to choose from")
+    return min(curve, key=lambda r: (r["top1_loc_err"], r["top5_loc_err"], r["threshold"]))
+
+
+def _write_curve(path: Path, curves: dict[str, list[dict]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        keys = ["threshold", "top1_loc_err", "top5_loc_err", "gt_known_loc_err", "fallback_rate"]
+        writer.writerow(["split", *keys])
+        for split, rows in curves.items():
+            for row in rows:
+                writer.writerow([split, *(f"{row[k]:.6g}" for k in keys)])
+
+
+def _require_boxes(scores: SplitScores, split_dir: str | Path, source: str | Path) -> None:
+    if scores.num_scored == 0:
+        example = scores.without_boxes[0] if scores.without_boxes else "(no images)"
+        raise DataError(
+            f"{source}: no image of {split_dir} has a box labelled with its own class (e.g. "
+            f"{example}); check the image paths and labels in the box file"
+        )
+
+
+def evaluate_localization(
+    model: nn.Module,
+    card: ClassifierCard,
+    split_dir: str | Path,
+    boxes_source: str | Path,
+    output_dir: str | Path,
+    *,
+    threshold: float | str = "auto",
+    thresholds: Sequence[float] | None = None,
+    val_dir: str | Path | None = None,
+    val_boxes_source: str | Path | None = None,
+    settings: LocalizationSettings | None = None,
+    xml_origin: int = 1,
+    save_images: int = 16,
+    device: str | torch.device = "auto",
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Score localization on ``split_dir`` and write the results into ``output_dir``.
+
+    ``threshold="auto"`` chooses ``t`` on the held-out split ``val_dir`` (boxes from
+    ``val_boxes_source``, default ``boxes_source``); a number fixes it. Writes
+    ``localization_metrics.json``, ``threshold_curve.csv``, ``boxes.json`` (per-image, at the
+    chosen ``t``) and, for the first ``save_images`` images, heatmap + box overlays in
+    ``overlays/``. Returns the metrics dict.
+    """
+    settings = settings or LocalizationSettings()
+    output_dir = Path(output_dir)
+    if thresholds is None:
+        if settings.threshold_mode == "raw" and threshold == "auto":
+            raise DrnetError(
+                "raw thresholds have no default sweep: pass --thresholds (e.g. 0:10:0.5) with "
+                "--threshold-mode raw"
+            )
+        thresholds = default_thresholds() if settings.threshold_mode == "minmax" else []
+    thresholds = list(thresholds)
+    held_out: SplitScores | None = None
+    if threshold == "auto":
+        if val_dir is None:
+            raise DrnetError(
+                "--threshold auto chooses t on a held-out split: pass --val-dir DIR (never the "
+                "evaluation split), or a fixed --threshold such as 0.2"
+            )
+        if Path(val_dir).resolve() == Path(split_dir).resolve():
+            raise DrnetError(
+                f"--val-dir {val_dir} is the evaluation split; choose t on a held-out split"
+            )
+        val_source = val_boxes_source or boxes_source
+        val_images = [relative_key(p, val_dir) for p, _ in image_folder(val_dir).samples]
+        val_boxes = load_boxes(val_source, val_images, xml_origin=xml_origin, root=val_dir)
+        held_out = score_split(
+            model,
+            card,
+            val_dir,
+            val_boxes,
+            thresholds,
+            settings,
+            device=device,
+            workers=workers,
+            progress=progress,
+            desc="held-out split",
+        )
+        _require_boxes(held_out, val_dir, val_source)
+        chosen = float(choose_threshold(held_out.curve())["threshold"])
+        source = "auto: lowest top-1 localization error on the held-out split"
+    else:
+        chosen = float(threshold)
+        source = "fixed"
+        if chosen not in thresholds:
+            thresholds = sorted([*thresholds, chosen])
+
+    image_keys = [relative_key(p, split_dir) for p, _ in image_folder(split_dir).samples]
+    boxes = load_boxes(boxes_source, image_keys, xml_origin=xml_origin, root=split_dir)
+    overlay_dir = output_dir / "overlays"
+    overlay_names: dict[int, str] = {}
+
+    def save_overlay(number: int, path: Path, result: ImageLocalization, record: dict) -> None:
+        if number >= save_images:
+            return
+        top1 = int(result.classes[0])
+        heat = class_heatmap(result, top1)
+        image = load_rgb(path)
+        gt = torch.tensor(record["gt_boxes"]).reshape(-1, 4)
+        box = torch.tensor(record["predictions"][0]["box"])
+        label = f"{record['predictions'][0]['class']} {record['predictions'][0]['probability']:.2f}"
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+        name = _safe_name("__".join(Path(record["image"]).with_suffix("").parts)) + ".png"
+        render_overlay(image, heat, box, gt, [label]).save(overlay_dir / name)
+        record["overlay"] = f"overlays/{name}"
+        overlay_names[number] = name
+
+    scores = score_split(
+        model,
+        card,
+        split_dir,
+        boxes,
+        thresholds,
+        settings,
+        record_threshold=chosen,
+        on_image=save_overlay,
+        device=device,
+        workers=workers,
+        progress=progress,
+        desc="evaluation split",
+    )
+    _require_boxes(scores, split_dir, boxes_source)
+    curve = scores.curve()
+    at = next(row for row in curve if row["threshold"] == chosen)
+    prior_from = held_out if held_out is not None else scores
+    n = scores.num_scored
+    resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
+    metrics = {
+        "split": str(split_dir),
+        "held_out_split": str(val_dir) if held_out is not None else None,
+        "model": card.model,
+        "num_images": scores.num_images,
+        "num_images_scored": n,
+        "num_images_without_boxes": len(scores.without_boxes),
+        "threshold": chosen,
+        "threshold_mode": settings.threshold_mode,
+        "threshold_source": source,
+        "fallback": settings.fallback,
+        "iou_threshold": settings.iou_threshold,
+        "resize_size": resize_size or None,
+        "top_k": settings.top_k,
+        "top1_loc_err": at["top1_loc_err"],
+        "top5_loc_err": at["top5_loc_err"],
+        "gt_known_loc_err": at["gt_known_loc_err"],
+        "fallback_rate": at["fallback_rate"],
+        "top1_cls_err": 1 - scores.top1_cls_ok / n,
+        "top5_cls_err": 1 - scores.top5_cls_ok / n,
+        "centred_box_prior": {
+            **scores.prior(prior_from.mean_box_size(), settings.iou_threshold),
+            "box_size_from": "held_out" if held_out is not None else "evaluation",
+        },
+        "curve": curve,
+        "held_out_curve": held_out.curve() if held_out is not None else None,
+        "held_out_num_images_scored": held_out.num_scored if held_out is not None else None,
+        "files": {
+            "metrics": METRICS_FILE,
+            "curve_csv": CURVE_FILE,
+            "boxes": BOXES_FILE,
+            "overlays": "overlays/" if overlay_names else None,
+        },
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    curves = {"evaluation": curve}
+    if held_out is not None:
+        curves = {"held_out": held_out.curve(), **curves}
+    _write_curve(output_dir / CURVE_FILE, curves)
+    (output_dir / BOXES_FILE).write_text(json.dumps(scores.records, indent=1) + "\n")
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def read_threshold(value: float | str) -> tuple[float, str | None]:
+    """A threshold from a number or from a ``localization_metrics.json`` (its chosen ``t`` and
+    threshold mode)."""
+    try:
+        return float(value), None
+    except (TypeError, ValueError):
+        pass
+    path = Path(str(value))
+    try:
+        data = json.loads(path.read_text())
+        return float(data["threshold"]), data.get("threshold_mode")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DrnetError(
+            f"--threshold {value}: expected a number or a {METRICS_FILE} with a 'threshold'"
+        ) from exc
+
+
+@torch.no_grad()
+def predict_localization(
+    model: nn.Module,
+    card: ClassifierCard,
+    paths: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    threshold: float = 0.2,
+    settings: LocalizationSettings | None = None,
+    save_overlays: bool = True,
+    save_heatmaps: bool = False,
+    device: str | torch.device = "auto",
+    workers: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image.
+
+    Writes ``boxes.json``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box in red)
+    and, with ``save_heatmaps``, ``heatmaps/<name>_<class>.png`` (the min-max normalised class
+    response over the image, jet colours) for every top-k class. Returns the ``boxes.json``
+    entries: ``{"image", "width", "height", "predictions": [{"rank", "class", "index",
+    "probability", "box", "fallback", "heatmap"?}], "overlay"?}``.
+    """
+    settings = settings or LocalizationSettings(top_k=1)
+    device = resolve_device(str(device))
+    model.eval().to(device)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = card.class_names()
+    resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
+    transform = full_image_transform(resize_size, card.mean, card.std)
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=None, num_workers=workers)
+    file_names = unique_names(paths)
+    entries = []
+    for image, index, size in tqdm(loader, desc="localize", disable=not progress, leave=False):
+        image_size = (int(size[0]), int(size[1]))
+        result = localize_image(model, image.to(device), image_size, [threshold], settings)
+        entry = {
+            "image": str(paths[index]),
+            "width": image_size[1],
+            "height": image_size[0],
+            "predictions": [
+                {
+                    "rank": rank + 1,
+                    "class": names[int(c)],
+                    "index": int(c),
+                    "probability": float(result.probabilities[rank]),
+                    "box": _round_boxes(result.boxes[rank, 0]),
+                    "fallback": bool(result.fallback[rank, 0]),
+                }
+                for rank, c in enumerate(result.classes.tolist())
+            ],
+        }
+        stem = file_names[index]
+        if save_heatmaps:
+            (output_dir / "heatmaps").mkdir(exist_ok=True)
+            for prediction in entry["predictions"]:
+                heat = class_heatmap(result, prediction["index"])
+                safe = "".join(
+                    ch if ch.isalnum() or ch in "-_." else "_" for ch in prediction["class"]
+                )
+                name = f"heatmaps/{stem}_{safe}.png"
+                Image.fromarray(colorize(heat).permute(1, 2, 0).numpy()).save(output_dir / name)
+                prediction["heatmap"] = name
+        if save_overlays:
+            (output_dir / "overlays").mkdir(exist_ok=True)
+            top = entry["predictions"][0]
+            overlay = render_overlay(
+                load_rgb(paths[index]),
+                class_heatmap(result, top["index"]),
+                result.boxes[0, 0],
+                labels=[f"{top['class']} {top['probability']:.2f}"],
+            )
+            overlay.save(output_dir / f"overlays/{stem}.png")
+            entry["overlay"] = f"overlays/{stem}.png"
+        entries.append(entry)
+    (output_dir / BOXES_FILE).write_text(json.dumps(entries, indent=1) + "\n")
+    return entries
