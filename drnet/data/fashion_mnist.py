@@ -197,10 +197,12 @@ def _load_canonical(directory: str, split: str) -> FashionMNIST:
         )
     if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
         raise DataError(f"{labels_path}: labels outside 0..{len(CLASS_NAMES) - 1}")
+    labels, indices = labels.astype(np.int64), np.arange(len(images), dtype=np.int64)
+    labels.flags.writeable = indices.flags.writeable = False
     return FashionMNIST(
         images=images,
-        labels=labels.astype(np.int64),
-        indices=np.arange(len(images), dtype=np.int64),
+        labels=labels,
+        indices=indices,
         split=split,
         source=directory,
     )
@@ -214,6 +216,8 @@ def _load_packaged(split: str) -> FashionMNIST:
             images = npz[f"{split}_images"]
             labels = npz[f"{split}_labels"].astype(np.int64)
             indices = npz[f"{split}_indices"].astype(np.int64)
+        for array in (images, labels, indices):
+            array.flags.writeable = False
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(
             f"packaged Fashion-MNIST subset drnet/assets/{PACKAGED_FILE} is unreadable ({exc}); "

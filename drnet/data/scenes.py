@@ -20,8 +20,9 @@ for choosing thresholds without touching test data; ``"val"`` scenes use only te
 
 Determinism. Scene ``i`` of a split is a pure function of (task, seed, split, i, the settings and
 the item source): it does not depend on how many scenes are drawn, in what order, or on the
-machine. Writing twice with the same arguments gives byte-identical files. Classification scene
-``i`` shows an item of class ``i % 10``, so every 10 consecutive scenes are balanced.
+machine. Writing twice with the same arguments gives byte-identical files (given the same numpy
+and Pillow versions, whose random streams and resampling define the pixels). Classification
+scene ``i`` shows an item of class ``i % 10``, so every 10 consecutive scenes are balanced.
 
 On disk, :func:`make_classification_scenes` writes (``DATA`` is the output folder)::
 
