@@ -17,8 +17,11 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 16,32,64: {text!r}") from exc
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
-    """``--model``, ``--weights``, ``--pretrained``, ``--channels``, ``--classes`` and sizes."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, training: bool = False, sizes: bool = True
+) -> None:
+    """``--model``, ``--weights``, ``--pretrained``, ``--channels``, ``--classes`` and (with
+    ``sizes``) ``--crop-size`` / ``--resize-size``."""
     group = parser.add_argument_group("model")
     if training:
         group.add_argument("--model", default="drn_d_22", help="architecture (drnet models)")
@@ -45,6 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, training: bool = False)
         type=_int_list,
         help="per-level widths, e.g. 8,16,32,64,128,128,128,128 for a tiny DRN-C/D",
     )
+    if not sizes:
+        return
     group.add_argument(
         "--crop-size",
         type=int,
@@ -205,10 +210,10 @@ def load_model_from_args(args: argparse.Namespace):
         channels=args.channels,
         classes=classes,
     )
-    if args.crop_size:
+    if getattr(args, "crop_size", None):
         card.crop_size = args.crop_size
         card.resize_size = default_resize_size(args.crop_size)
-    if args.resize_size:
+    if getattr(args, "resize_size", None):
         card.resize_size = args.resize_size
     return model, card
 

@@ -314,11 +314,10 @@ def save_confusion_matrix_png(
     label_width = max(int(font.getlength(name)) for name in names) + 12
     margin = label_width + 8
     size = margin + n * cell + 8
-    image = Image.new("RGB", (size, size + 24), "white")
+    title = "rows: true class, columns: predicted (row-normalised)"
+    image = Image.new("RGB", (max(size, int(font.getlength(title)) + 16), size + 24), "white")
     draw = ImageDraw.Draw(image)
-    draw.text(
-        (8, 4), "rows: true class, columns: predicted (row-normalised)", fill="black", font=font
-    )
+    draw.text((8, 4), title, fill="black", font=font)
     top = 24 + margin
     totals = confusion.sum(dim=1).clamp(min=1).float()
     share = confusion.float() / totals[:, None]

@@ -1,0 +1,225 @@
+"""``drnet localize eval|predict``: weakly-supervised localization with a classifier's dense map."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from drnet.cli.classify import add_model_arguments, load_model_from_args
+from drnet.errors import DrnetError
+
+RULE = (
+    "Box rule (the paper's): for a predicted class c, the smallest box enclosing every position "
+    "of the stride-8 class map where c is the dominant class (argmax over classes; ties count "
+    "for every tied class) and its response exceeds t, mapped to image pixels (cell (i, j) "
+    "covers pixels [8j, 8j+8) x [8i, 8i+8), clipped to the image)."
+)
+
+
+def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> None:
+    group = parser.add_argument_group("box rule")
+    if evaluating:
+        group.add_argument(
+            "--threshold",
+            default="auto",
+            help="t: 'auto' (default) chooses it on the held-out --val-dir by top-1 "
+            "localization error; or a number",
+        )
+        group.add_argument(
+            "--thresholds",
+            help="the sweep: a list 0.1,0.2 or a range START:STOP:STEP (default 0:1:0.05 for "
+            "minmax; required for raw)",
+        )
+    else:
+        group.add_argument(
+            "--threshold",
+            default="0.2",
+            help="t, or a localization_metrics.json written by 'localize eval' to reuse its "
+            "chosen t (default 0.2)",
+        )
+    group.add_argument(
+        "--threshold-mode",
+        choices=("minmax", "raw"),
+        default=None,
+        help="minmax (default): t is a fraction of the class map's range over the image "
+        "(min -> 0, max -> 1), comparable across models; raw: t compares with the logit itself",
+    )
+    group.add_argument(
+        "--fallback",
+        choices=("peak", "image"),
+        default="peak",
+        help="box when no position passes: the cell of the class's peak response (default) or "
+        "the whole image",
+    )
+    group.add_argument(
+        "--resize-size",
+        type=int,
+        help="resize the shorter side to this before the network, no crop (default: the "
+        "classifier's eval resize, e.g. 256; 0 keeps the image size); boxes are mapped back to "
+        "the original image",
+    )
+    group.add_argument(
+        "--top-k",
+        type=int,
+        default=5 if evaluating else 1,
+        help="classes boxed per image (eval: 5, for top-5 localization error)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "localize",
+        help="weakly-supervised localization and class-activation heatmaps",
+        description="Weakly-supervised localization from a classifier's dense class map "
+        "(out_map mode). " + RULE,
+    )
+    commands = parser.add_subparsers(dest="localize_command", metavar="ACTION")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="top-1/top-5 localization error, threshold sweep",
+        description="Score localization on an ImageFolder split: correct when the class is "
+        "right and IoU > 0.5 with a ground-truth box of that class. " + RULE + " t is swept; "
+        "with --threshold auto it is chosen on --val-dir (never on the evaluation split). "
+        "Writes localization_metrics.json (errors, chosen t, curve, held_out_curve, "
+        "centred_box_prior), threshold_curve.csv, boxes.json (per image, at the chosen t) and "
+        "overlays/*.png (heatmap, ground truth green, prediction red).",
+    )
+    evaluate.add_argument("split", help="ImageFolder split to evaluate: <split>/<class>/<image>")
+    evaluate.add_argument(
+        "--boxes",
+        required=True,
+        help="ground truth: a folder of Pascal-VOC .xml files (the ImageNet format), or a "
+        ".csv / .json of image,x1,y1,x2,y2,label",
+    )
+    evaluate.add_argument("--val-dir", help="held-out split on which t is chosen")
+    evaluate.add_argument("--val-boxes", help="ground truth of --val-dir (default: --boxes)")
+    evaluate.add_argument(
+        "--xml-origin",
+        type=int,
+        default=1,
+        help="index of the first pixel in XML files: 1 for Pascal VOC (default), 0 for "
+        "0-based files",
+    )
+    evaluate.add_argument(
+        "--save-images", type=int, default=16, help="overlay PNGs for the first N images"
+    )
+    add_model_arguments(evaluate, sizes=False)
+    _add_box_arguments(evaluate, evaluating=True)
+    evaluate.add_argument("--output-dir", default="runs/localize-eval")
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=run_eval)
+
+    predict = commands.add_parser(
+        "predict",
+        help="boxes and class-activation heatmaps for images or folders",
+        description="Localize the top-k classes of image files or folders. " + RULE + " Writes "
+        "boxes.json, overlays/<image>.png and, with --save-heatmaps, "
+        "heatmaps/<image>_<class>.png (the class response over the image, jet colours).",
+    )
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders")
+    add_model_arguments(predict, sizes=False)
+    _add_box_arguments(predict, evaluating=False)
+    predict.add_argument(
+        "--save-heatmaps", action="store_true", help="write a heatmap PNG per top-k class"
+    )
+    predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    predict.add_argument("--output-dir", default="runs/localize-predict")
+    predict.add_argument("--workers", type=int, default=0)
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--no-progress", action="store_true")
+    predict.set_defaults(func=run_predict)
+
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def _settings(args: argparse.Namespace, mode: str | None = None):
+    from drnet.tasks.localize import LocalizationSettings
+
+    if args.top_k < 1:
+        raise DrnetError(f"--top-k must be at least 1, got {args.top_k}")
+    return LocalizationSettings(
+        threshold_mode=args.threshold_mode or mode or "minmax",
+        fallback=args.fallback,
+        resize_size=args.resize_size,
+        top_k=args.top_k,
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from drnet.tasks.localize import evaluate_localization, parse_thresholds
+
+    threshold: float | str = args.threshold
+    if threshold != "auto":
+        try:
+            threshold = float(threshold)
+        except ValueError as exc:
+            raise DrnetError(
+                f"--threshold {args.threshold!r}: expected 'auto' or a number"
+            ) from exc
+    model, card = load_model_from_args(args)
+    metrics = evaluate_localization(
+        model,
+        card,
+        args.split,
+        args.boxes,
+        args.output_dir,
+        threshold=threshold,
+        thresholds=parse_thresholds(args.thresholds) if args.thresholds else None,
+        val_dir=args.val_dir,
+        val_boxes_source=args.val_boxes,
+        settings=_settings(args),
+        xml_origin=args.xml_origin,
+        save_images=args.save_images,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    prior = metrics["centred_box_prior"]
+    print(
+        f"t = {metrics['threshold']:g} ({metrics['threshold_source']}), "
+        f"{metrics['num_images_scored']} images"
+    )
+    print(
+        f"top-1 loc err {metrics['top1_loc_err']:.4f}  top-5 loc err {metrics['top5_loc_err']:.4f}"
+        f"  GT-known loc err {metrics['gt_known_loc_err']:.4f}"
+        f"  (top-1 cls err {metrics['top1_cls_err']:.4f})"
+    )
+    print(
+        f"centred-box prior: top-1 loc err {prior['top1_loc_err']:.4f}  "
+        f"top-5 loc err {prior['top5_loc_err']:.4f}"
+    )
+    print(f"wrote {Path(args.output_dir) / metrics['files']['metrics']}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from drnet.data.classification import list_images
+    from drnet.tasks.localize import predict_localization, read_threshold
+
+    threshold, mode = read_threshold(args.threshold)
+    model, card = load_model_from_args(args)
+    paths = list_images(args.inputs)
+    entries = predict_localization(
+        model,
+        card,
+        paths,
+        args.output_dir,
+        threshold=threshold,
+        settings=_settings(args, mode),
+        save_overlays=not args.no_overlays,
+        save_heatmaps=args.save_heatmaps,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    for entry in entries[:10]:
+        top = entry["predictions"][0]
+        box = ", ".join(f"{v:g}" for v in top["box"])
+        print(f"{entry['image']}: {top['class']} ({top['probability']:.3f}) box [{box}]")
+    if len(entries) > 10:
+        print(f"... {len(entries) - 10} more")
+    print(f"wrote {Path(args.output_dir) / 'boxes.json'}")
+    return 0
