@@ -42,3 +42,17 @@ def make_list_dataset(root: Path, n_train: int = 8, n_val: int = 2, size: int = 
     info = {"mean": [0.4, 0.3, 0.35], "std": [0.25, 0.2, 0.3], "classes": 3}
     (root / "info.json").write_text(json.dumps(info))
     return root
+
+
+def one_thread():
+    """Generator for a module-scoped fixture: run torch on one thread, then restore.
+
+    The tiny nets here gain nothing from threads, and on a busy shared CPU OpenMP's spinning
+    threads made these tests 5x slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

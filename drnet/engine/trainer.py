@@ -421,6 +421,8 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
             )
             model_for_train.train()
             loss_sum, n_seen, t_start = 0.0, 0, time.perf_counter()
+            epoch_lr = optimizer.param_groups[0]["lr"]  # lr of the epoch's first iteration
+            t0 = t_start
             bar = None
             if ctx.is_main and config.progress:
                 from tqdm.auto import tqdm
@@ -437,7 +439,6 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
             for batch in loader:
                 if iteration >= iters_per_epoch:
                     break
-                t0 = time.perf_counter()
                 inputs, target = task.batch_to_device(batch, device, config.channels_last)
                 with autocast_context(device, use_amp):
                     output = model_for_train(inputs)
@@ -460,6 +461,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                         f"stopped (last good checkpoint: {paths['checkpoint_last']}). Try a "
                         f"lower --lr or check the labels"
                     )
+                lr_used = optimizer.param_groups[0]["lr"]
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -468,10 +470,11 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                 loss_sum += loss_value * n_batch
                 n_seen += n_batch
                 if bar is not None:
-                    dt = max(time.perf_counter() - t0, 1e-9)
+                    now = time.perf_counter()
+                    dt, t0 = max(now - t0, 1e-9), now  # includes data loading
                     bar.set_postfix(
                         loss=f"{loss_value:.4f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                        lr=f"{lr_used:.3g}",
                         img_s=f"{n_batch / dt:.1f}",
                         refresh=False,
                     )
@@ -513,7 +516,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": loss_sum / max(1, n_seen),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": epoch_lr,
                     "time_s": elapsed,
                     "img_per_s": n_seen / max(elapsed, 1e-9),
                     **{f"val_{k}": v for k, v in metrics.items()},
