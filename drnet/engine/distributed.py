@@ -6,6 +6,7 @@ A process started without those variables is a single-process run (rank 0 of 1).
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -58,7 +59,11 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: str = "auto") -> DistributedContext:
-    """Read the torchrun environment, pick the device and join the process group if needed."""
+    """Read the torchrun environment, pick the device and join the process group if needed.
+
+    The group is created once per process and kept (train, then evaluate, reuse it: creating a
+    second one in the same process is unreliable with Gloo); it is destroyed at exit.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
@@ -71,12 +76,19 @@ def init_distributed(device: str = "auto") -> DistributedContext:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, init_method="env://", **kwargs)
+        atexit.register(_destroy_at_exit)
         owns = True
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
 
 
+def _destroy_at_exit() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def destroy_distributed(ctx: DistributedContext) -> None:
-    """Leave the process group if :func:`init_distributed` created it."""
+    """Leave the process group now if :func:`init_distributed` created it (else it is left at
+    exit). Do not initialise another one in this process afterwards."""
     if ctx.owns_process_group and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -104,6 +116,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy ``module``'s buffers (BatchNorm running statistics) from rank ``src`` to all ranks.
+
+    DDP broadcasts buffers before each forward, so after the last step of an epoch every rank
+    holds the statistics of its own last batch; this makes them equal again before evaluation.
+    """
+    if get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
 
 
 def shard_indices(length: int) -> range:

@@ -256,10 +256,7 @@ def train(task: Task, config: TrainConfig) -> dict[str, Any]:
     """
     # ---- setup: device, distributed, seed -----------------------------------------------------
     ctx = D.init_distributed(config.device)
-    try:
-        return _train(task, config, ctx)
-    finally:
-        D.destroy_distributed(ctx)
+    return _train(task, config, ctx)
 
 
 def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[str, Any]:
@@ -300,7 +297,10 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
         else:
             _log(ctx, "note: this model has no gradient checkpointing; --grad-checkpoint ignored")
     if config.bn_sync and ctx.is_distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # torch's SyncBatchNorm only synchronises GPU tensors
+            _log(ctx, f"note: --bn-sync needs CUDA; ignored on {device.type}")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     bare_model = model  # what checkpoints store and evaluate() receives
@@ -493,6 +493,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                 raise _interrupted(stop, epoch, iteration, paths)
             start_iter = 0
             elapsed = time.perf_counter() - t_start
+            D.broadcast_buffers(bare_model)  # every rank evaluates and saves rank 0's statistics
 
             # -- evaluate
             metrics: dict[str, float] = {}

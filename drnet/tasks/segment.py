@@ -361,62 +361,59 @@ def run_evaluation(
     Runs under ``torchrun`` too: each process scores its shard and rank 0 writes the results.
     """
     ctx = D.init_distributed(device)
-    try:
-        model, meta = load_segmentation_model(weights, arch, num_classes)
-        dataset = open_segmentation_dataset(
-            data_dir, split, meta["num_classes"], layout=layout, list_dir=list_dir
-        )
-        model.to(ctx.device)
-        out = Path(output_dir)
-        metrics = evaluate_segmentation(
-            model,
-            dataset,
-            ctx.device,
-            scales,
-            flip,
-            window,
-            stride,
-            amp=amp,
-            distributed=ctx.is_distributed,
-            progress=progress,
-            save_dir=out / "predictions" if save_predictions else None,
-        )
-        names = dataset.class_names or meta.get("class_names")
-        result = {
-            "miou": metrics["miou"],
-            "pixel_accuracy": metrics["pixel_accuracy"],
-            "mean_accuracy": metrics["mean_accuracy"],
-            "per_class": [
-                {
-                    "class": names[c] if names else str(c),
-                    "iou": metrics["iou"][c],
-                    "accuracy": metrics["accuracy"][c],
-                    "pixels": metrics["pixels"][c],
-                }
-                for c in range(dataset.num_classes)
-            ],
-            "iou": metrics["iou"],
-            "confusion_matrix": metrics["confusion_matrix"],
-            "num_images": metrics["num_images"],
-            "weights": str(weights),
-            "arch": meta["arch"],
-            "data_dir": str(data_dir),
-            "split": split,
-            "scales": list(scales),
-            "flip": flip,
-            "window": window,
-        }
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            with open(out / "metrics.json", "w") as f:
-                json.dump(_json_safe(result), f, indent=2)
-            if print_table:
-                print(format_iou_table(metrics, names))
-                print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
-        result["metrics_json"] = str(out / "metrics.json")
-        return result
-    finally:
-        D.destroy_distributed(ctx)
+    model, meta = load_segmentation_model(weights, arch, num_classes)
+    dataset = open_segmentation_dataset(
+        data_dir, split, meta["num_classes"], layout=layout, list_dir=list_dir
+    )
+    model.to(ctx.device)
+    out = Path(output_dir)
+    metrics = evaluate_segmentation(
+        model,
+        dataset,
+        ctx.device,
+        scales,
+        flip,
+        window,
+        stride,
+        amp=amp,
+        distributed=ctx.is_distributed,
+        progress=progress,
+        save_dir=out / "predictions" if save_predictions else None,
+    )
+    names = dataset.class_names or meta.get("class_names")
+    result = {
+        "miou": metrics["miou"],
+        "pixel_accuracy": metrics["pixel_accuracy"],
+        "mean_accuracy": metrics["mean_accuracy"],
+        "per_class": [
+            {
+                "class": names[c] if names else str(c),
+                "iou": metrics["iou"][c],
+                "accuracy": metrics["accuracy"][c],
+                "pixels": metrics["pixels"][c],
+            }
+            for c in range(dataset.num_classes)
+        ],
+        "iou": metrics["iou"],
+        "confusion_matrix": metrics["confusion_matrix"],
+        "num_images": metrics["num_images"],
+        "weights": str(weights),
+        "arch": meta["arch"],
+        "data_dir": str(data_dir),
+        "split": split,
+        "scales": list(scales),
+        "flip": flip,
+        "window": window,
+    }
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "metrics.json", "w") as f:
+            json.dump(_json_safe(result), f, indent=2)
+        if print_table:
+            print(format_iou_table(metrics, names))
+            print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    result["metrics_json"] = str(out / "metrics.json")
+    return result
 
 
 # -- prediction ----------------------------------------------------------------------------------
