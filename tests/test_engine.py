@@ -9,6 +9,7 @@ import signal
 
 import pytest
 import torch
+from _segdata import one_thread
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -17,6 +18,8 @@ from drnet.engine.checkpoint import save_checkpoint
 from drnet.engine.data import SeededDataset, ShardedSampler
 from drnet.engine.schedule import LRFactor
 from drnet.errors import CheckpointError, DrnetError
+
+single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
 class NoisyPoints(Dataset):
@@ -203,3 +206,12 @@ def test_bad_resume_file(tmp_path):
     save_checkpoint({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a drnet training checkpoint"):
         load_checkpoint(tmp_path / "other.pth")
+
+
+def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
+    train(ToyTask(), config(tmp_path, epochs=2))
+    train(ToyTask(), config(tmp_path, epochs=4, resume="auto"))
+    rows = list(csv.DictReader(open(tmp_path / "run/log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    # 6 iterations per epoch: epoch 3 starts at iteration 12 of 24
+    assert float(rows[2]["lr"]) == pytest.approx(0.05 * 0.5**0.9, rel=1e-5)

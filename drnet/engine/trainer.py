@@ -340,7 +340,13 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
         if sched_state:
             # keep the schedule's shape from the current config (e.g. more --epochs)
             sched_state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
+            sched_state["base_lrs"] = [config.lr] * len(optimizer.param_groups)
             scheduler.load_state_dict(sched_state)
+            # the lr of the next step, from the current config (same value if it is unchanged)
+            for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+                group["initial_lr"] = config.lr
+                group["lr"] = config.lr * fn(scheduler.last_epoch)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_iter = int(state["epoch"]), int(state.get("iteration", 0))
