@@ -112,9 +112,17 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place and return it (no-op in a single process)."""
+    """Sum ``tensor`` over ranks in place and return it (no-op in a single process).
+
+    CPU tensors are moved to the GPU and back when the backend (NCCL) needs it.
+    """
     if get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if tensor.device.type == "cpu" and dist.get_backend() == "nccl":
+            on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

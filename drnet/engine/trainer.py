@@ -455,7 +455,6 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                 stats = torch.tensor(
                     [loss.detach().float().item(), 1.0 if stop.signum else 0.0],
                     dtype=torch.float64,
-                    device=device if ctx.is_distributed and device.type == "cuda" else "cpu",
                 )
                 D.all_reduce_sum(stats)
                 loss_value = stats[0].item() / ctx.world_size
