@@ -57,6 +57,14 @@ def add_model_arguments(
         help="network input size: RandomResizedCrop in training, centre crop in eval "
         "(default 224, or the run's model.json)",
     )
+    if training:
+        group.add_argument(
+            "--crop-scale",
+            type=float,
+            default=0.08,
+            help="smallest RandomResizedCrop area as a fraction of the image (0.08, the "
+            "ImageNet recipe; raise it for small objects on small images)",
+        )
     group.add_argument(
         "--resize-size",
         type=int,
@@ -236,6 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
         channels=args.channels,
         crop_size=args.crop_size,
         resize_size=args.resize_size,
+        min_scale=args.crop_scale,
     )
     summary = train_classifier(task, train_config(args))
     best = summary.get("best_metric")

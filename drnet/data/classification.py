@@ -45,11 +45,13 @@ def train_transform(
     crop_size: int = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    min_scale: float = 0.08,
 ) -> v2.Compose:
-    """RandomResizedCrop to ``crop_size`` + random horizontal flip, then normalise."""
+    """RandomResizedCrop to ``crop_size`` (area ``min_scale``..1 of the image, the ImageNet
+    recipe's 0.08 by default) + random horizontal flip, then normalise."""
     return v2.Compose(
         [
-            v2.RandomResizedCrop(crop_size, antialias=True),
+            v2.RandomResizedCrop(crop_size, scale=(min_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             *_to_normalized_tensor(mean, std),
         ]

@@ -467,10 +467,11 @@ def write_predictions(predictions: Sequence[dict], output_dir: str | Path) -> di
 class ClassificationTask(Task):
     """Image classification on ImageFolder splits, for the shared engine (:func:`train`).
 
-    Training: RandomResizedCrop(``crop_size``) + flip; validation: resize ``resize_size`` +
-    centre crop; cross-entropy loss; metrics ``top1`` (selects the best checkpoint), ``top5``,
-    ``loss``, ``mean_class_accuracy``. ``weights`` initialises from a checkpoint (a classifier
-    with another number of classes keeps its backbone and gets a fresh ``fc``).
+    Training: RandomResizedCrop(``crop_size``, area ``min_scale``..1) + flip; validation:
+    resize ``resize_size`` + centre crop; cross-entropy loss; metrics ``top1`` (selects the best
+    checkpoint), ``top5``, ``loss``, ``mean_class_accuracy``. ``weights`` initialises from a
+    checkpoint (a classifier with another number of classes keeps its backbone and gets a fresh
+    ``fc``).
     """
 
     name = "classification"
@@ -489,6 +490,7 @@ class ClassificationTask(Task):
         resize_size: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        min_scale: float = 0.08,
     ) -> None:
         if pretrained and (mean is None or std is None):
             import drnet.models
@@ -499,7 +501,9 @@ class ClassificationTask(Task):
         self.model_name = model
         self.pretrained = pretrained
         self.weights = weights
-        self.train_set = image_folder(train_dir, train_transform(crop_size, mean, std))
+        self.train_set = image_folder(
+            train_dir, train_transform(crop_size, mean, std, min_scale=min_scale)
+        )
         classes = list(self.train_set.classes)
         self.val_set = None
         if val_dir is not None:
