@@ -8,15 +8,52 @@ and DRN-A).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from drnet.models.blocks import block_level, conv_level
 from drnet.models.spec import ModelSpec
+
+
+@contextlib.contextmanager
+def _keep_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Undo the running-statistics update of the BatchNorms in ``module`` on exit.
+
+    Gradient checkpointing re-runs a level's forward in backward; in train mode that second pass
+    would update running_mean/var (and num_batches_tracked) a second time. The recompute pass is
+    run under this context so the buffers end exactly as after one forward pass. (The recomputed
+    outputs use batch statistics, so they do not depend on the buffers.)
+    """
+    saved = [
+        (buffer, buffer.clone())
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
+        for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buffer is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def checkpoint_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with its activations recomputed in backward (non-reentrant checkpoint);
+    BatchNorm running statistics are updated once, as without checkpointing."""
+    return checkpoint(
+        module,
+        x,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _keep_batchnorm_stats(module)),
+    )
 
 
 class FeatureInfo(list):
@@ -168,7 +205,7 @@ class DRN(nn.Module):
 
     def _run_level(self, level: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(level, x, use_reentrant=False)
+            return checkpoint_module(level, x)
         return level(x)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:

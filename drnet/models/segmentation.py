@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drnet.models.drn import DRN
+from drnet.models.drn import DRN, checkpoint_module
 
 
 def bilinear_kernel(size: int = 16) -> torch.Tensor:
@@ -68,10 +68,25 @@ class DRNSeg(nn.Module):
         # Fixed, not trained; still a real state_dict entry, and a checkpoint's value is honoured.
         self.up.weight.requires_grad_(False)
         self.backbone_spec = backbone.spec
+        self.num_stem_modules = len(backbone.stem_modules())
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward, per level (the stem counts as one level)."""
+        self.grad_checkpointing = enable
+
+    def _run_base(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return self.base(x)
+        modules = list(self.base)
+        x = checkpoint_module(nn.Sequential(*modules[: self.num_stem_modules]), x)
+        for level in modules[self.num_stem_modules :]:
+            x = checkpoint_module(level, x)
+        return x
 
     def forward_logits_lowres(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at the backbone's resolution (1/8 for DRN): ``seg(base(x))``."""
-        return self.seg(self.base(x))
+        return self.seg(self._run_base(x))
 
     def upsample(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Up-sample low-resolution scores with ``up`` and crop to ``size``."""
