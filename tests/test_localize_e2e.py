@@ -89,6 +89,7 @@ def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path:
     assert "nothing.png" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # about 1 s on a quiet machine, 7 s measured under load
 def test_train_eval_predict_localize(data: Path, tmp_path: Path):
     run = tmp_path / "run"
     train = ["classify", "train", str(data), "--model", "drn_d_22", "--channels", TINY]

@@ -49,6 +49,7 @@ from drnet.tasks.boxes import (
     boxes_from_class_map,
     centred_box,
     iou,
+    normalize_response,
     scale_boxes,
 )
 from drnet.tasks.classify import ClassifierCard, match_split_classes, resolve_device
@@ -248,8 +249,6 @@ def localize_image(
 
 def class_heatmap(result: ImageLocalization, cls: int) -> Tensor:
     """The min-max normalised response of class ``cls`` as a heatmap over the original image."""
-    from drnet.tasks.boxes import normalize_response
-
     response = normalize_response(result.class_map[cls], "minmax")
     return upsample_heatmap(response, result.input_size, result.image_size, result.stride)
 
