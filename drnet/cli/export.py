@@ -1,0 +1,89 @@
+"""``drnet export onnx``: ONNX with dynamic batch/size, checked against eager (onnxruntime)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", " ").split()
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH or SIZE, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a model (ONNX)", description="Export a model to another format."
+    )
+    formats = parser.add_subparsers(dest="format", metavar="FORMAT")
+    onnx = formats.add_parser(
+        "onnx",
+        help="ONNX with dynamic batch, height and width, checked with onnxruntime",
+        description="Export a classification or segmentation model to ONNX (input 'input' "
+        "[N,3,H,W]; output 'logits' or, for segmentation, 'out' [N,classes,H,W]), then run it "
+        "in onnxruntime on two input sizes and print the difference from eager PyTorch. "
+        "Needs: pip install 'drnet[onnx]'.",
+    )
+    onnx.add_argument("output", help="the .onnx file to write")
+    onnx.add_argument("--model", default="drn_d_22", help="registered backbone name")
+    onnx.add_argument("--task", choices=("segmentation", "classification"), default="segmentation")
+    onnx.add_argument("--num-classes", type=int, default=None, help="default 19 / 1000")
+    onnx.add_argument("--checkpoint", default=None, help="weights (path or URL)")
+    onnx.add_argument(
+        "--pretrained", action="store_true", help="the published weights for the task"
+    )
+    onnx.add_argument("--size", type=_size, default=(512, 1024), help="example input HxW")
+    onnx.add_argument("--batch", type=int, default=1)
+    onnx.add_argument("--opset", type=int, default=17)
+    onnx.add_argument("--static", action="store_true", help="fixed input shape (no dynamic axes)")
+    onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    onnx.add_argument(
+        "--dynamo", action="store_true", help="torch.export-based exporter (needs onnxscript)"
+    )
+    onnx.add_argument("--json", action="store_true", help="print the report as JSON")
+    onnx.set_defaults(func=run_onnx)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_onnx(args: argparse.Namespace) -> int:
+    import drnet
+    from drnet.speed.onnx_export import export_onnx
+
+    if args.task == "segmentation":
+        model = drnet.create_segmentation_model(
+            args.model,
+            num_classes=args.num_classes or 19,
+            pretrained=args.pretrained,
+            checkpoint_path=args.checkpoint,
+        )
+    else:
+        model = drnet.create_model(
+            args.model,
+            pretrained=args.pretrained,
+            num_classes=args.num_classes or 1000,
+            checkpoint_path=args.checkpoint,
+        )
+    report = export_onnx(
+        model,
+        args.output,
+        input_size=(args.batch, 3, *args.size),
+        opset=args.opset,
+        dynamic=not args.static,
+        check=not args.no_check,
+        dynamo=args.dynamo,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"wrote {report.path} (opset {report.opset}, {report.exporter} exporter)")
+    for check in report.checks:
+        labels = "" if check.labels_equal is None else f", labels equal {check.labels_equal:.4%}"
+        print(
+            f"onnxruntime vs eager on {'x'.join(map(str, check.input_shape))}: max abs diff "
+            f"{check.max_abs_diff:.3e}, max rel diff {check.max_rel_diff:.3e}{labels}"
+        )
+    return 0

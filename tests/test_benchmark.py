@@ -1,0 +1,94 @@
+"""``drnet benchmark`` in a tiny configuration: it runs and its figures hang together."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from drnet.cli import main
+from drnet.speed.benchmark import BenchmarkConfig, markdown_table, run_benchmark
+
+TINY = (8, 8, 16, 16, 32, 32, 32, 32)
+
+
+def test_benchmark_cli_inference_tiny(tmp_path, capsys) -> None:
+    code = main(
+        ["benchmark", "--channels", ",".join(map(str, TINY)), "--size", "32", "--repeats", "1",
+         "--num-classes", "3", "--out", str(tmp_path), "--name", "quick", "--quiet", "--no-peak",
+         "--no-memory"]
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads((tmp_path / "quick.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["eager", "fast"]
+    assert rows[1]["labels_equal"] == 1.0 and rows[1]["max_rel_diff"] < 1e-4
+    assert "| inference | fast |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_benchmark_cli_both_modes_tiny(tmp_path, capsys) -> None:
+    code = main(
+        ["benchmark", "--model", "drn_d_22", "--channels", ",".join(map(str, TINY)),
+         "--size", "32x48", "--batch", "2", "--mode", "both", "--repeats", "1",
+         "--num-classes", "4", "--out", str(tmp_path), "--name", "tiny", "--quiet",
+         "--variants", "eager,fast,fast_nchw",
+         "--train-variants", "eager,channels_last,grad_checkpoint"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert (tmp_path / "tiny.md").read_text().startswith("**drn_d_22 segmentation")
+    rows = {(r["mode"], r["variant"]): r for r in result["rows"]}
+    assert set(rows) == {
+        ("inference", "eager"),
+        ("inference", "fast"),
+        ("inference", "fast_nchw"),
+        ("training", "eager"),
+        ("training", "channels_last"),
+        ("training", "grad_checkpoint"),
+    }
+    assert result["conv_peak"]["peak"] > 0 and result["gflop_per_img"] > 0
+    assert rows[("inference", "eager")]["speedup"] == 1.0
+    for (mode, _variant), row in rows.items():
+        assert row["ms_per_img"] > 0 and row["gflops"] > 0
+        if mode == "inference":
+            assert row["max_rel_diff"] < 1e-4 and row["labels_equal"] == 1.0
+    assert rows[("training", "grad_checkpoint")]["max_rel_diff"] < 1e-5
+    assert "BN buffers max rel diff 0.0e+00" in rows[("training", "grad_checkpoint")]["note"]
+    assert "| inference | fast |" in capsys.readouterr().out
+
+
+def test_benchmark_classification_library_call() -> None:
+    config = BenchmarkConfig(
+        model="drn_c_26",
+        task="classification",
+        height=32,
+        width=32,
+        batch=1,
+        num_classes=10,
+        channels=TINY,
+        repeats=1,
+        inference_variants=("eager", "fast_channels_last"),
+        measure_peak=False,
+        measure_memory=False,
+    )
+    result = run_benchmark(config)
+    assert [r["variant"] for r in result["rows"]] == ["eager", "fast_channels_last"]
+    assert result["rows"][1]["max_rel_diff"] < 1e-4
+    assert "not measured" in markdown_table(result)
+
+
+def test_benchmark_rejects_unknown_variant(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--variants", "eager,warp"])
+    assert "unknown variant" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_benchmark_training_amp_on_gpu(tmp_path) -> None:
+    config = BenchmarkConfig(
+        model="drn_d_22", channels=TINY, height=64, width=64, batch=2, num_classes=4,
+        mode="training", training_variants=("eager", "amp"), repeats=1, device="cuda",
+    )  # fmt: skip
+    rows = run_benchmark(config)["rows"]
+    assert [r["variant"] for r in rows] == ["eager", "amp"]

@@ -1,0 +1,55 @@
+"""Int8 post-training static quantization (PT2E): runs, keeps the output conventions, close."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import drnet
+from drnet.errors import DrnetError
+
+pytest.importorskip("torchao")
+
+from drnet.speed.quantize import quantize_int8  # noqa: E402
+
+TINY_DRN = (8, 8, 16, 16, 32, 32, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26"])
+def test_int8_reference_graph_close_to_float(name: str) -> None:
+    torch.manual_seed(0)
+    model = drnet.create_segmentation_model(name, 5, channels=TINY_DRN).eval()
+    calibration = [torch.randn(2, 3, 64, 64) for _ in range(3)]
+    quantized = quantize_int8(model, calibration, compile=False)
+    for size in [(64, 64), (48, 80)]:  # dynamic spatial size
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            reference = model(x)["out"]
+            out = quantized(x)["out"]
+            labels = quantized.predict_labels(x)
+        assert out.shape == reference.shape
+        assert float((out - reference).abs().max() / reference.abs().max()) < 0.15
+        assert float((labels == reference.argmax(1)).float().mean()) > 0.9
+
+
+def test_int8_classifier_and_errors() -> None:
+    torch.manual_seed(0)
+    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_DRN).eval()
+    quantized = quantize_int8(model, torch.randn(2, 3, 32, 32), compile=False)
+    with torch.no_grad():
+        assert quantized(torch.randn(3, 3, 32, 32)).shape == (3, 4)
+    with pytest.raises(DrnetError, match="at least one"):
+        quantize_int8(model, [])
+
+
+@pytest.mark.slow
+def test_int8_compiled_runs() -> None:
+    torch.manual_seed(0)
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN).eval()
+    quantized = quantize_int8(model, [torch.randn(1, 3, 32, 32)])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)["out"]
+        out = quantized(x)["out"]
+    assert float((out - reference).abs().max() / reference.abs().max()) < 0.2
