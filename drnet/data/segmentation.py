@@ -94,6 +94,15 @@ class Sample:
     name: str  # relative name used for output files (no extension)
 
 
+def check_label_size(image: torch.Tensor, label: torch.Tensor, sample: Sample) -> None:
+    """Raise DataError if ``label`` (``[1, H, W]``) is not the size of ``image`` (``[3, H, W]``)."""
+    if label.shape[-2:] != image.shape[-2:]:
+        raise DataError(
+            f"label {sample.label} is {label.shape[-1]}x{label.shape[-2]} but image "
+            f"{sample.image} is {image.shape[-1]}x{image.shape[-2]} (width x height)"
+        )
+
+
 class SegmentationDataset(Dataset):
     """Image/label pairs with joint transforms.
 
@@ -140,11 +149,7 @@ class SegmentationDataset(Dataset):
         if sample.label is None:
             return image, tv_tensors.Mask(torch.full((1, height, width), 255, dtype=torch.uint8))
         label = read_label(sample.label)
-        if label.shape[-2:] != image.shape[-2:]:
-            raise DataError(
-                f"label {sample.label} is {label.shape[-1]}x{label.shape[-2]} but image "
-                f"{sample.image} is {width}x{height} (width x height)"
-            )
+        check_label_size(image, label, sample)
         check_label(label, self.num_classes, sample.label)
         return image, label
 
@@ -170,8 +175,16 @@ def read_info(data_dir: str | os.PathLike) -> dict | None:
         raise DataError(f"cannot read {path}: {exc}") from None
     for key in ("mean", "std"):
         value = info.get(key)
-        if not (isinstance(value, list) and len(value) == 3):
+        if not (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, (int, float)) for v in value)
+        ):
             raise DataError(f"{path}: '{key}' must be a list of 3 numbers, found {value!r}")
+    if min(info["std"]) <= 0:
+        raise DataError(
+            f"{path}: 'std' must be positive (it divides the image), found {info['std']}"
+        )
     return info
 
 
