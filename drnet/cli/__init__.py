@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on a single line.
+
+    An error raised inside a DataLoader worker reaches the main process re-raised with the
+    worker's whole traceback in its message ("Caught DataError in DataLoader worker process 0.
+    Original Traceback ..."): keep only the original message.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        start = text.rfind(marker)
+        text = text[start + len(marker) :] if start >= 0 else text.splitlines()[-1]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if args.command is None else 0
     try:
         result = args.func(args)
-    except DrnetError as exc:
+    except (DrnetError, OSError) as exc:  # OSError: unwritable output folder, full disk...
         if args.debug:
             traceback.print_exc()
-        print(f"drnet: error: {exc}", file=sys.stderr)
+        print(f"drnet: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("drnet: interrupted", file=sys.stderr)
