@@ -54,9 +54,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or not a torch file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from exc
+    except Exception as exc:  # corrupt, truncated, not a torch file, or unsafe to unpickle
+        text = str(exc).strip()
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects that would run code when "
+                "unpickled (only tensors and plain containers are accepted); resume only from "
+                "checkpoints written by drnet"
+            ) from exc
+        first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {first} (truncated, or not a PyTorch file)"
+        ) from exc
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(
             f"{path} is not a drnet training checkpoint (expected a dict with 'model', "
