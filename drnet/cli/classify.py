@@ -106,7 +106,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grad-checkpoint", action="store_true", help="trade compute for memory")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
     group.add_argument(
-        "--skip-bad-samples", action="store_true", help="skip unreadable images with a warning"
+        "--skip-bad-samples",
+        action="store_true",
+        help="skip unreadable training images (each named on stderr, counted in log.csv and the "
+        "summary) instead of stopping",
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -251,6 +254,8 @@ def run_train(args: argparse.Namespace) -> int:
     shown = f"best top-1 {best:.4f} (epoch {summary['best_epoch']})" if best is not None else ""
     print(f"trained {args.model} for {summary['epochs']} epochs {shown}".rstrip())
     print(f"run directory: {summary['output_dir']}")
+    if summary.get("skipped_samples"):
+        print(f"skipped {summary['skipped_samples']} bad sample(s) (--skip-bad-samples)")
     return 0
 
 

@@ -171,7 +171,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--grad-checkpoint", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--skip-bad-samples", action="store_true")
+    g.add_argument(
+        "--skip-bad-samples",
+        action="store_true",
+        help="skip unreadable/invalid training samples (each named on stderr, counted in "
+        "log.csv and the summary) instead of stopping",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=run_train)
 
@@ -288,6 +293,8 @@ def run_train(args: argparse.Namespace) -> int:
             f"{summary['checkpoint_best']}"
         )
     print(f"last checkpoint: {summary['checkpoint_last']}")
+    if summary.get("skipped_samples"):
+        print(f"skipped {summary['skipped_samples']} bad sample(s) (--skip-bad-samples)")
     return 0
 
 

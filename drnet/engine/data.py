@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
-import warnings
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -82,7 +83,8 @@ class SeededDataset(Dataset):
 
     Set :attr:`epoch` before building each epoch's DataLoader (workers get a copy of this object
     when the loader's iterator starts). With ``skip_bad_samples`` a :class:`DataError` raised by an
-    item is reported once and the next index is used instead.
+    item is reported on stderr (it names the file), counted in :meth:`skipped_count`, and the next
+    index is used instead.
     """
 
     def __init__(self, dataset: Dataset, seed: int = 0, skip_bad_samples: bool = False) -> None:
@@ -90,6 +92,12 @@ class SeededDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.skip_bad_samples = skip_bad_samples
+        # shared memory, so skips inside DataLoader worker processes are counted here too
+        self._skipped = multiprocessing.Value("q", 0) if skip_bad_samples else None
+
+    def skipped_count(self) -> int:
+        """How many bad samples were skipped so far (all epochs, all workers of this process)."""
+        return int(self._skipped.value) if self._skipped is not None else 0
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -116,5 +124,12 @@ class SeededDataset(Dataset):
             try:
                 return self._get(i)
             except DataError as exc:
-                warnings.warn(f"skipping bad sample {i}: {exc}", stacklevel=2)
-        raise DataError(f"100 consecutive bad samples starting at index {index}; giving up")
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                print(
+                    f"drnet: warning: skipping bad sample {i}: {exc}", file=sys.stderr, flush=True
+                )
+        raise DataError(
+            f"{min(n, 100)} consecutive bad samples from index {index} on; giving up "
+            "(run 'drnet data check' on the dataset)"
+        )

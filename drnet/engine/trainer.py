@@ -249,7 +249,8 @@ def train(task: Task, config: TrainConfig) -> dict[str, Any]:
     The summary has ``best_metric``, ``best_epoch``, ``main_metric``, ``epochs`` (completed),
     ``last_metrics``, ``history`` (one dict per epoch) and the paths ``output_dir``,
     ``checkpoint_last``, ``checkpoint_best`` (None when there is no validation set), ``log_csv``,
-    ``config_json``.
+    ``config_json``, and ``skipped_samples`` (bad samples skipped with ``skip_bad_samples``; each
+    epoch's count is also in ``log.csv``).
 
     Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a resumable checkpoint was written)
     and :class:`DrnetError` on a non-finite loss (the last good checkpoint is kept).
@@ -326,7 +327,9 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
 
     # ---- resume -------------------------------------------------------------------------------
     start_epoch, start_iter, best_metric, best_epoch = 0, 0, None, None
+    skip_carry = 0  # bad samples skipped in the part of the epoch done before an interruption
     resume_path = _resolve_resume(config)
+    have_checkpoint = resume_path is not None  # a good checkpoint of this run exists
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
         try:
@@ -351,6 +354,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_iter = int(state["epoch"]), int(state.get("iteration", 0))
         best_metric, best_epoch = state.get("best_metric"), state.get("best_epoch")
+        skip_carry = int(state.get("skipped_samples") or 0) if start_iter else 0
         restore_rng_state(state.get("rng"))
         _log(ctx, f"resumed from {resume_path} at epoch {start_epoch} iteration {start_iter}")
         del state
@@ -392,7 +396,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
     csv_log = _CsvLog(out_dir / "log.csv", start_epoch) if ctx.is_main else None
     history: list[dict[str, Any]] = list(csv_log.rows) if csv_log else []
 
-    def checkpoint_state(epoch: int, iteration: int) -> dict[str, Any]:
+    def checkpoint_state(epoch: int, iteration: int, skipped: int = 0) -> dict[str, Any]:
         return {
             "model": bare_model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -405,7 +409,14 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
             "rng": capture_rng_state(),
             "best_metric": best_metric,
             "best_epoch": best_epoch,
+            "skipped_samples": skipped,  # inside a partly done epoch
         }
+
+    def skipped_since(start: int) -> int:
+        """Bad samples skipped since the count was ``start``, summed over processes."""
+        count = torch.tensor([train_set.skipped_count() - start], dtype=torch.float64)
+        D.all_reduce_sum(count)
+        return int(count.item())
 
     # ---- epochs -------------------------------------------------------------------------------
     last_metrics: dict[str, float] = {}
@@ -414,6 +425,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
         for epoch in range(start_epoch, config.epochs):
             # -- train one epoch
             train_set.epoch = epoch
+            skip_start = train_set.skipped_count()
             sampler.set_epoch(epoch, start=start_iter * batch_per_rank)
             loader = DataLoader(
                 train_set,
@@ -461,10 +473,16 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                 if not math.isfinite(loss_value):
                     if bar is not None:
                         bar.close()
+                    kept = (
+                        f"last good checkpoint: {paths['checkpoint_last']}, --resume auto "
+                        "continues from it"
+                        if have_checkpoint
+                        else "no checkpoint was written yet"
+                    )
                     raise DrnetError(
                         f"loss is {loss_value} at epoch {epoch + 1} batch {iteration + 1}; "
-                        f"stopped (last good checkpoint: {paths['checkpoint_last']}). Try a "
-                        f"lower --lr or check the labels"
+                        f"stopped ({kept}). Try a lower --lr, or check the data with "
+                        "'drnet data check'"
                     )
                 lr_used = optimizer.param_groups[0]["lr"]
                 scaler.step(optimizer)
@@ -491,9 +509,13 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
             if bar is not None:
                 bar.close()
             del loader
+            epoch_skipped = skip_carry + skipped_since(skip_start) if config.skip_bad_samples else 0
+            skip_carry = 0
             if stopped:
                 if ctx.is_main:
-                    save_checkpoint(checkpoint_state(epoch, iteration), paths["checkpoint_last"])
+                    save_checkpoint(
+                        checkpoint_state(epoch, iteration, epoch_skipped), paths["checkpoint_last"]
+                    )
                 D.barrier()
                 raise _interrupted(stop, epoch, iteration, paths)
             start_iter = 0
@@ -525,6 +547,7 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                     "lr": epoch_lr,
                     "time_s": elapsed,
                     "img_per_s": n_seen / max(elapsed, 1e-9),
+                    **({"skipped_samples": epoch_skipped} if config.skip_bad_samples else {}),
                     **{f"val_{k}": v for k, v in metrics.items()},
                 }
                 state = checkpoint_state(epoch + 1, 0)
@@ -536,12 +559,16 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
                 history.append(row)
                 shown = ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k != "epoch")
                 _log(ctx, f"epoch {epoch + 1}/{config.epochs}: {shown}")
+            have_checkpoint = True
             D.barrier()
             if stop_agreed and epoch + 1 < config.epochs:
                 raise _interrupted(stop, epoch + 1, 0, paths)
 
     if (out_dir / CHECKPOINT_BEST).is_file():
         paths["checkpoint_best"] = str(out_dir / CHECKPOINT_BEST)
+    skipped_total = sum(int(float(row.get("skipped_samples") or 0)) for row in history)
+    if skipped_total:
+        _log(ctx, f"skipped {skipped_total} bad sample(s) in total (see the warnings above)")
     return {
         "main_metric": task.main_metric,
         "best_metric": best_metric,
@@ -549,5 +576,6 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
         "epochs": config.epochs,
         "last_metrics": last_metrics,
         "history": history,
+        "skipped_samples": skipped_total,
         **paths,
     }
