@@ -492,9 +492,10 @@ class ClassificationTask(Task):
         std: Sequence[float] | None = None,
         min_scale: float = 0.08,
     ) -> None:
-        if pretrained and (mean is None or std is None):
-            import drnet.models
+        import drnet.models
 
+        drnet.models.get_spec(model)  # an unknown --model fails before model.json is written
+        if pretrained and (mean is None or std is None):
             registered = drnet.models.get_weights(model, pretrained)
             mean, std = mean or registered.mean, std or registered.std
         mean, std = list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)

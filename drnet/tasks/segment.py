@@ -130,6 +130,9 @@ class SegmentationTask(Task):
     distributed_eval = True
 
     def __init__(self, options: SegmentOptions) -> None:
+        from drnet.models import get_spec
+
+        get_spec(options.arch)  # an unknown --arch fails now, with suggestions
         self.options = options
         self.info = dataset_info(options.data_dir, options.layout, options.train_split)
         if options.layout == "auto" and options.list_dir:
@@ -229,7 +232,15 @@ def _load_weights(model: nn.Module, path: str | os.PathLike, obj: Any = None) ->
     from drnet.models.weights import extract_state_dict
 
     obj = _read_checkpoint(path) if obj is None else obj
-    load_segmentation_state(model, extract_state_dict(obj, str(path)), str(path))
+    state_dict = extract_state_dict(obj, str(path))
+    if "seg.weight" in state_dict and state_dict["seg.weight"].shape[0] != model.seg.out_channels:
+        raise CheckpointError(
+            f"--weights {path} has {state_dict['seg.weight'].shape[0]} classes but the model has "
+            f"{model.seg.out_channels} (--classes, else the dataset's info.json); the "
+            f"segmentation head must match: pass --classes {state_dict['seg.weight'].shape[0]}, "
+            "or start from ImageNet weights (--pretrained-backbone / --backbone-weights)"
+        )
+    load_segmentation_state(model, state_dict, str(path))
 
 
 def load_segmentation_model(
