@@ -318,6 +318,7 @@ def run_eval(args: argparse.Namespace) -> int:
         amp=args.amp,
         save_predictions=args.save_predictions,
         progress=not args.no_progress,
+        channels=args.channels,
     )
     print(f"mIoU {100 * result['miou']:.2f}  ({result['metrics_json']})")
     return 0

@@ -366,13 +366,15 @@ def run_evaluation(
     save_predictions: bool = False,
     progress: bool = True,
     print_table: bool = True,
+    channels: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; writes ``output_dir/metrics.json`` and prints the table.
+    ``channels``: backbone widths of a checkpoint that does not record them (``--channels``).
 
     Runs under ``torchrun`` too: each process scores its shard and rank 0 writes the results.
     """
     ctx = D.init_distributed(device)
-    model, meta = load_segmentation_model(weights, arch, num_classes)
+    model, meta = load_segmentation_model(weights, arch, num_classes, channels)
     dataset = open_segmentation_dataset(
         data_dir, split, meta["num_classes"], layout=layout, list_dir=list_dir
     )
