@@ -317,6 +317,12 @@ def test_missing_classification_split(tmp_path, capsys):
     assert_error(rc, err, tmp_path / "nowhere/train", "not found")
 
 
+def test_empty_class_folder(cls_data, tmp_path, capsys):
+    (cls_data / "train/bird").mkdir()
+    rc, _, err = cli(capsys, *cls_train(cls_data, tmp_path / "run"))
+    assert_error(rc, err, cls_data / "train", "class folder(s) without images: bird")
+
+
 def test_box_file_names_a_missing_image(cls_source, cls_run, tmp_path, capsys):
     boxes = cls_source / "boxes_bad.csv"
     boxes.write_text("image,x1,y1,x2,y2,label\nval/cat/0.png,1,1,9,9,cat\nval/cat/7.png,1,1,9,9,\n")

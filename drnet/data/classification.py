@@ -101,9 +101,19 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> dataset
     try:
         return datasets.ImageFolder(str(root), transform=transform, loader=load_rgb)
     except FileNotFoundError as exc:
+        empty = sorted(
+            p.name
+            for p in root.iterdir()
+            if p.is_dir() and not any(f.suffix.lower() in IMG_EXTENSIONS for f in p.rglob("*"))
+        )
+        found = (
+            f"class folder(s) without images: {', '.join(empty[:8])}; add images or remove them"
+            if empty
+            else "no class folders with images"
+        )
         raise DataError(
-            f"{root}: no class folders with images (expected <root>/<class_name>/<image>, "
-            f"extensions {', '.join(IMG_EXTENSIONS)})"
+            f"{root}: {found} (expected <root>/<class_name>/<image>, extensions "
+            f"{', '.join(IMG_EXTENSIONS)})"
         ) from exc
 
 
