@@ -144,11 +144,66 @@ def conv_peak_gflops(
     return result
 
 
-def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Peak memory allocated by tensors during ``fn()`` above what was allocated before (MB).
+class LiveTensorMemory:
+    """Peak bytes of tensor storages created while active (a ``TorchDispatchMode``).
 
-    CUDA: the caching allocator's statistics. CPU: torch's profiler memory events (its running
-    "Total Allocated" counter, which starts at zero when profiling starts).
+    Every op's outputs are seen (forward, backward, optimizer, recomputation); a storage that is
+    not one of the op's inputs' is a new allocation, counted until it is freed (a weak reference
+    expires). Memory that existed before (weights, earlier gradients) is not counted, so the peak
+    is what the measured call adds. Works on any device; CPU has no allocator statistics.
+    """
+
+    def __init__(self, device_type: str = "cpu") -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        tracker = self
+        self.device_type = device_type
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = {
+                    t.untyped_storage()._cdata
+                    for t in tree_leaves((args, kwargs))
+                    if isinstance(t, torch.Tensor) and t.device.type == tracker.device_type
+                }
+                for t in tree_leaves(out):
+                    if not isinstance(t, torch.Tensor) or t.device.type != tracker.device_type:
+                        continue
+                    storage = t.untyped_storage()
+                    key = storage._cdata
+                    if key in inputs or key in tracker.live:
+                        continue
+                    tracker.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    tracker.current += storage.nbytes()
+                tracker._collect()
+                return out
+
+        self._mode = _Mode()
+
+    def _collect(self) -> None:
+        self.peak = max(self.peak, self.current)
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.current -= self.live.pop(key)[1]
+
+    def __enter__(self) -> LiveTensorMemory:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+        self._collect()
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak memory of the tensors ``fn()`` allocates, above what was allocated before (MiB).
+
+    CUDA: the caching allocator's statistics. CPU: :class:`LiveTensorMemory`.
     """
     if device.type == "cuda":
         synchronize(device)
@@ -157,23 +212,10 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
         fn()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - start) / 2**20
-    if device.type != "cpu":
-        return None
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep kineto's start/stop lines quiet
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    tracker = LiveTensorMemory(device.type)
+    with tracker:
         fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text()).get("traceEvents", [])
-    totals = [
-        e["args"].get("Total Allocated", 0)
-        for e in events
-        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0
-    ]
-    return max([0, *totals]) / 2**20
+    return tracker.peak / 2**20
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The measurements behind benchmarks/RESULTS.md. Run on an otherwise idle machine (check
+# `uptime`: load average < 1.5); each command stays under ~8 minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+export KINETO_LOG_LEVEL=5  # keep the profiler (peak-memory runs) quiet
+
+# 1. fp32 fast path + int8, DRN-D-22 segmentation 512x1024 (image -> labels)
+drnet benchmark --model drn_d_22 --task segmentation --size 512x1024 --batch 1 \
+    --variants eager,fast,fast_nchw,int8 --repeats 5 --out "$OUT"
+# 2. fp32 fast path, DRN-C-26 classification 224
+drnet benchmark --model drn_c_26 --task classification --size 224 --batch 1 \
+    --variants eager,fast,fast_nchw,fast_channels_last --repeats 15 --out "$OUT"
+# 3. training: gradient checkpointing and channels_last, D-22 segmentation 512x512 batch 2
+drnet benchmark --model drn_d_22 --task segmentation --size 512x512 --batch 2 --mode training \
+    --train-variants eager,channels_last,grad_checkpoint --repeats 3 --out "$OUT"
+# 4. the fast path is never slower: every registered model, classification 224, batch 1
+python benchmarks/all_models.py --out "$OUT"
+# 5. int8 accuracy with trained weights on the built-in scenes
+python benchmarks/int8_accuracy.py --out "$OUT"
+# 6. optional variants: torch.compile and onnxruntime on the D-22 segmentation workload
+drnet benchmark --model drn_d_22 --task segmentation --size 512x1024 --batch 1 \
+    --variants eager,fast,compile,onnx --repeats 3 --no-memory --out "$OUT" --name d22_seg_extra
