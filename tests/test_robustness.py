@@ -287,6 +287,15 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(seg_source, seg
     assert (run / "checkpoint_last.pth").read_bytes() == good
 
 
+@pytest.mark.parametrize(
+    "option, value", [("--batch-size", "0"), ("--workers", "-1"), ("--epochs", "0")]
+)
+def test_impossible_training_settings(option, value, seg_source, tmp_path, capsys):
+    argv = seg_train(seg_source, tmp_path / "run", option, value)
+    rc, _, err = cli(capsys, *argv)
+    assert_error(rc, err, f"{option} must be at least")
+
+
 def test_bad_sample_fails_the_run_or_is_skipped_and_counted(seg, tmp_path, capsys):
     truncate(seg / "images/train_2.png")
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "a", "--epochs", "2"))

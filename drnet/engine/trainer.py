@@ -260,7 +260,21 @@ def train(task: Task, config: TrainConfig) -> dict[str, Any]:
     return _train(task, config, ctx)
 
 
+def _check_config(config: TrainConfig) -> None:
+    """Refuse settings the loop cannot run with, naming the option (not a ZeroDivisionError)."""
+    for option, value, lowest in (
+        ("--batch-size", config.batch_size, 1),
+        ("--epochs", config.epochs, 1),
+        ("--workers", config.workers, 0),
+    ):
+        if value < lowest:
+            raise DrnetError(f"{option} must be at least {lowest}, got {value}")
+    if not (math.isfinite(config.lr) and config.lr >= 0):
+        raise DrnetError(f"--lr must be a finite number >= 0, got {config.lr}")
+
+
 def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[str, Any]:
+    _check_config(config)
     device = ctx.device
     out_dir = Path(config.output_dir)
     if ctx.is_main:
