@@ -288,12 +288,33 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(seg_source, seg
 
 
 @pytest.mark.parametrize(
-    "option, value", [("--batch-size", "0"), ("--workers", "-1"), ("--epochs", "0")]
+    "argv",
+    [
+        ["segment", "train", "-d", "data", "--batch-size", "0"],
+        ["segment", "train", "-d", "data", "--workers", "-1"],
+        ["segment", "eval", "-d", "data", "--weights", "w.pth", "--window", "0"],
+        ["classify", "predict", "x.png", "--weights", "w.pth", "--top-k", "0"],
+        ["localize", "eval", "val", "--boxes", "b.csv", "--workers", "-2"],
+        ["data", "check", "data", "--classes", "0"],
+    ],
 )
-def test_impossible_training_settings(option, value, seg_source, tmp_path, capsys):
-    argv = seg_train(seg_source, tmp_path / "run", option, value)
-    rc, _, err = cli(capsys, *argv)
-    assert_error(rc, err, f"{option} must be at least")
+def test_impossible_numbers_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    option, value = argv[-2:]
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert f"/{option}: must be at least" in last or f"argument {option}: must be" in last
+    assert last.endswith(f"got {value}")
+
+
+def test_impossible_settings_from_python():
+    from drnet.engine import Task, TrainConfig, train
+    from drnet.errors import DrnetError
+
+    with pytest.raises(DrnetError, match="--batch-size must be at least 1, got 0"):
+        train(Task(), TrainConfig(batch_size=0, device="cpu"))
 
 
 def test_bad_sample_fails_the_run_or_is_skipped_and_counted(seg, tmp_path, capsys):

@@ -52,6 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def int_at_least(lowest: int):
+    """An argparse ``type``: an integer >= ``lowest``, else a usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on a single line.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from drnet.cli import non_negative_int, positive_int
 from drnet.errors import DrnetError
 
 DATA_LAYOUT = "ImageFolder layout: <split>/<class_name>/<image>, classes = sorted folder names"
@@ -52,7 +53,7 @@ def add_model_arguments(
         return
     group.add_argument(
         "--crop-size",
-        type=int,
+        type=positive_int,
         default=224 if training else None,
         help="network input size: RandomResizedCrop in training, centre crop in eval "
         "(default 224, or the run's model.json)",
@@ -67,7 +68,7 @@ def add_model_arguments(
         )
     group.add_argument(
         "--resize-size",
-        type=int,
+        type=positive_int,
         help="eval resize of the shorter side before the centre crop (default crop/0.875, "
         "256 for 224)",
     )
@@ -77,9 +78,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The shared engine's options (:class:`drnet.engine.TrainConfig`)."""
     group = parser.add_argument_group("training (shared engine)")
     group.add_argument("--output-dir", default="runs/classify", help="run directory")
-    group.add_argument("--epochs", type=int, default=90)
+    group.add_argument("--epochs", type=positive_int, default=90)
     group.add_argument(
-        "--batch-size", type=int, default=256, help="global batch, split over torchrun processes"
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="global batch, split over torchrun processes",
     )
     group.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     group.add_argument("--momentum", type=float, default=0.9)
@@ -90,9 +94,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default="step",
         help="step: x lr-gamma every lr-step epochs (the paper); cosine; poly",
     )
-    group.add_argument("--lr-step", type=int, default=30, help="epochs between steps")
+    group.add_argument("--lr-step", type=positive_int, default=30, help="epochs between steps")
     group.add_argument("--lr-gamma", type=float, default=0.1)
-    group.add_argument("--workers", type=int, default=4, help="data loader processes")
+    group.add_argument("--workers", type=non_negative_int, default=4, help="data loader processes")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     group.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     group.add_argument("--seed", type=int, default=0)
@@ -100,8 +104,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", help="training checkpoint to continue from, or 'auto' (the run's last one)"
     )
     group.add_argument("--bn-sync", action="store_true", help="SyncBatchNorm under torchrun")
-    group.add_argument("--max-iters", type=int, help="cap iterations per epoch (quick runs)")
-    group.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
+    group.add_argument(
+        "--max-iters", type=positive_int, help="cap iterations per epoch (quick runs)"
+    )
+    group.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
     group.add_argument("--channels-last", action="store_true")
     group.add_argument("--grad-checkpoint", action="store_true", help="trade compute for memory")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -180,8 +186,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("split", help=f"split folder ({DATA_LAYOUT})")
     add_model_arguments(evaluate)
     evaluate.add_argument("--output-dir", default="runs/classify-eval")
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--batch-size", type=positive_int, default=32)
+    evaluate.add_argument("--workers", type=non_negative_int, default=2)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     evaluate.add_argument("--no-progress", action="store_true")
@@ -195,10 +201,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("inputs", nargs="+", help="image files and/or folders")
     add_model_arguments(predict)
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=positive_int, default=5)
     predict.add_argument("--output-dir", default="runs/classify-predict")
-    predict.add_argument("--batch-size", type=int, default=16)
-    predict.add_argument("--workers", type=int, default=0)
+    predict.add_argument("--batch-size", type=positive_int, default=16)
+    predict.add_argument("--workers", type=non_negative_int, default=0)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=run_predict)

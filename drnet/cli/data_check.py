@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from drnet.cli import non_negative_int, positive_int
 from drnet.data.check import LAYOUTS
 
 
@@ -27,12 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-c",
         "--classes",
-        type=int,
+        type=positive_int,
         help="number of classes: label values must be below it or 255 (default: info.json's "
         "'classes', 19 for Cityscapes)",
     )
     parser.add_argument(
-        "-s", "--crop-size", type=int, help="report images smaller than this training crop"
+        "-s", "--crop-size", type=positive_int, help="report images smaller than this training crop"
     )
     parser.add_argument(
         "--splits", help="comma-separated splits to check (default: all found), e.g. train,val"
@@ -47,10 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
     parser.add_argument(
-        "--max-infos", type=int, default=20, help="info lines to print (all go to --json)"
+        "--max-infos",
+        type=non_negative_int,
+        default=20,
+        help="info lines to print (all go to --json)",
     )
     parser.add_argument(
-        "-j", "--workers", type=int, default=4, help="threads decoding images (default 4)"
+        "-j",
+        "--workers",
+        type=non_negative_int,
+        default=4,
+        help="threads decoding images (default 4)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from drnet.cli import non_negative_int, positive_int
 from drnet.cli.classify import add_model_arguments, load_model_from_args
 from drnet.errors import DrnetError
 
@@ -53,14 +54,14 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
     )
     group.add_argument(
         "--resize-size",
-        type=int,
+        type=non_negative_int,
         help="resize the shorter side to this before the network, no crop (default: the "
         "classifier's eval resize, e.g. 256; 0 keeps the image size); boxes are mapped back to "
         "the original image",
     )
     group.add_argument(
         "--top-k",
-        type=int,
+        type=positive_int,
         default=5 if evaluating else 1,
         help="classes boxed per image (eval: 5, for top-5 localization error)",
     )
@@ -102,12 +103,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "0-based files",
     )
     evaluate.add_argument(
-        "--save-images", type=int, default=16, help="overlay PNGs for the first N images"
+        "--save-images",
+        type=non_negative_int,
+        default=16,
+        help="overlay PNGs for the first N images",
     )
     add_model_arguments(evaluate, sizes=False)
     _add_box_arguments(evaluate, evaluating=True)
     evaluate.add_argument("--output-dir", default="runs/localize-eval")
-    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--workers", type=non_negative_int, default=2)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=run_eval)
@@ -127,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     predict.add_argument("--output-dir", default="runs/localize-predict")
-    predict.add_argument("--workers", type=int, default=0)
+    predict.add_argument("--workers", type=non_negative_int, default=0)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=run_predict)

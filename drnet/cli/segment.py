@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from drnet.cli import non_negative_int, positive_int
 from drnet.errors import DrnetError
 
 LAYOUTS_HELP = (
@@ -56,7 +57,10 @@ def _add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
         help="dataset layout (default: detect)",
     )
     g.add_argument(
-        "-c", "--classes", type=int, help="number of classes (default: info.json, 19 Cityscapes)"
+        "-c",
+        "--classes",
+        type=positive_int,
+        help="number of classes (default: info.json, 19 Cityscapes)",
     )
 
 
@@ -97,9 +101,9 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scales", type=_floats, help="custom scales, e.g. 0.75,1.0,1.25")
     g.add_argument("--flip", action="store_true", help="also average horizontally flipped input")
     g.add_argument(
-        "--window", type=int, help="sliding-window size for images larger than it (pixels)"
+        "--window", type=positive_int, help="sliding-window size for images larger than it (pixels)"
     )
-    g.add_argument("--stride", type=int, help="sliding-window stride (default 2/3 window)")
+    g.add_argument("--stride", type=positive_int, help="sliding-window stride (default 2/3 window)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -133,7 +137,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--backbone-weights", metavar="PATH", help="classification checkpoint")
     g = train.add_argument_group("augmentation")
-    g.add_argument("-s", "--crop-size", type=int, default=896, help="training crop (default 896)")
+    g.add_argument(
+        "-s",
+        "--crop-size",
+        type=non_negative_int,
+        default=896,
+        help="training crop (default 896)",
+    )
     g.add_argument(
         "--random-scale",
         type=_random_scale,
@@ -144,9 +154,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--no-flip", action="store_true", help="no horizontal flip")
     g = train.add_argument_group("training (shared engine)")
     g.add_argument("-o", "--output-dir", "--save_path", dest="output_dir", default="runs/segment")
-    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--epochs", type=positive_int, default=10)
     g.add_argument(
-        "--batch-size", type=int, default=8, help="global batch, split over torchrun processes"
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="global batch, split over torchrun processes",
     )
     g.add_argument("--lr", type=float, default=0.01)
     g.add_argument("--lr-mode", choices=("poly", "step", "cosine"), default="poly")
@@ -154,20 +167,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--step",
         "--lr-step",
         dest="lr_step",
-        type=int,
+        type=positive_int,
         default=200,
         help="epochs between x0.1 for --lr-mode step (default 200)",
     )
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", "--wd", type=float, default=1e-4)
-    g.add_argument("-j", "--workers", type=int, default=4, help="data loader processes")
+    g.add_argument(
+        "-j", "--workers", type=non_negative_int, default=4, help="data loader processes"
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", help="training checkpoint to continue, or 'auto'")
     g.add_argument("--bn-sync", action="store_true", help="SyncBatchNorm under torchrun")
-    g.add_argument("--max-iters", type=int, help="cap iterations per epoch (quick runs)")
-    g.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
+    g.add_argument("--max-iters", type=positive_int, help="cap iterations per epoch (quick runs)")
+    g.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--grad-checkpoint", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
