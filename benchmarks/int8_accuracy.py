@@ -48,7 +48,7 @@ def train(args: argparse.Namespace, data: Path, checkpoint: Path) -> dict:
             loss.backward()
             optimizer.step()
             step += 1
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
         print(
             f"epoch {epoch + 1}/{args.epochs}: loss {loss_value:.4f} "
             f"({time.perf_counter() - start:.0f} s)",

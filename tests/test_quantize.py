@@ -53,3 +53,26 @@ def test_int8_compiled_runs() -> None:
         reference = model(x)["out"]
         out = quantized(x)["out"]
     assert float((out - reference).abs().max() / reference.abs().max()) < 0.2
+
+
+@pytest.mark.slow
+def test_quantize_cli_on_scenes(tmp_path, capsys) -> None:
+    import json
+
+    from drnet.cli import main
+    from drnet.data.scenes import make_segmentation_scenes
+
+    data = tmp_path / "scenes"
+    make_segmentation_scenes(data, 4, 3, canvas=32, scale=(0.5, 1.0))
+    torch.manual_seed(0)
+    model = drnet.create_segmentation_model("drn_d_22", 11, channels=TINY_DRN)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    code = main(
+        ["quantize", "--checkpoint", str(tmp_path / "w.pth"), "--data", str(data),
+         "--channels", ",".join(map(str, TINY_DRN)), "--calibration", "2", "--no-compile",
+         "--json"]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["val_images"] == 3 and report["classes"] == 11
+    assert 0.0 <= report["miou_int8"] <= 1.0 and report["labels_unchanged"] > 0.5

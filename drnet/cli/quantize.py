@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--calibration", type=int, default=32, help="calibration images")
     parser.add_argument("--val", type=int, default=100, help="validation images scored")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip torch.compile: int8 reference graph, same labels, no speed-up",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         channels=channels,
         calibration_images=args.calibration,
         val_images=args.val,
+        compile=not args.no_compile,
     )
     if args.json:
         print(json.dumps(report, indent=2))
