@@ -273,6 +273,16 @@ def test_unreadable_checkpoint(damage, seg_source, seg_run, tmp_path, capsys):
     assert_error(rc, err, path, "truncated" if damage == "truncated" else "does not exist")
 
 
+def test_resume_from_a_checkpoint_of_another_model(seg_source, seg_run, tmp_path, capsys):
+    run = shutil.copytree(seg_run, tmp_path / "run")
+    wider = CHANNELS.rsplit(",", 1)[0] + ",64"
+    argv = seg_train(seg_source, run, "--resume", "auto", "--epochs", "2", "--channels", wider)
+    rc, _, err = cli(capsys, *argv)
+    assert_error(rc, err, f"--resume {run / 'checkpoint_last.pth'}", "shape mismatches")
+    rc, _, err = cli(capsys, *seg_train(seg_source, run, "--resume", tmp_path / "nope.pth"))
+    assert_error(rc, err, tmp_path / "nope.pth", "does not exist")
+
+
 # -- training: non-finite loss, bad samples ------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ from drnet.engine.checkpoint import (
 from drnet.engine.data import SeededDataset, ShardedSampler
 from drnet.engine.schedule import build_scheduler
 from drnet.errors import CheckpointError, DataError, DrnetError
+from drnet.models.weights import load_into
 
 
 @dataclass
@@ -346,12 +347,13 @@ def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[s
     have_checkpoint = resume_path is not None  # a good checkpoint of this run exists
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
+        # lists missing/unexpected/wrongly shaped keys (e.g. other --arch or --channels)
+        load_into(bare_model, state["model"], strict=True, source=f"--resume {resume_path}")
         try:
-            bare_model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
-                f"{resume_path} does not fit this model/optimizer: {str(exc).splitlines()[0]}"
+                f"{resume_path} does not fit this optimizer: {str(exc).splitlines()[0]}"
             ) from exc
         sched_state = dict(state.get("scheduler") or {})
         if sched_state:
