@@ -151,14 +151,6 @@ def test_unreadable_image_in_eval(seg, seg_run, tmp_path, capsys):
     assert_error(rc, err, seg / "images/val_0.png", "cannot read image")
 
 
-def test_error_from_a_dataloader_worker_is_one_line(cls_data, cls_run, tmp_path, capsys):
-    truncate(cls_data / "val/dog/1.png")
-    rc, _, err = cli(capsys, "classify", "eval", cls_data / "val", "--weights", cls_run,
-                     "--workers", "1", "--output-dir", tmp_path / "ev", *CPU)  # fmt: skip
-    line = assert_error(rc, err, cls_data / "val/dog/1.png", "truncated")
-    assert "DataLoader worker" not in line
-
-
 def test_rgb_label(seg, tmp_path, capsys):
     path = seg / "labels/train_0.png"
     Image.open(path).convert("RGB").save(path)

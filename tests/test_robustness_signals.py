@@ -58,14 +58,28 @@ def drnet_process(argv: list, log: Path) -> subprocess.Popen:
         )
 
 
-def test_entry_point_exits_2_with_one_line(tmp_path):
-    proc = drnet_process(["segment", "train", "-d", tmp_path / "nowhere", *CPU], tmp_path / "log")
+@pytest.mark.slow
+def test_entry_point_error_from_a_dataloader_worker_is_one_line(tmp_path):
+    """``python -m drnet``: exit 2 and the original one-line message, although the error was
+    raised in a DataLoader worker process (whose traceback torch packs into the message)."""
+    import drnet
+
+    noise = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    for cls in ("cat", "dog"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        Image.fromarray(noise).save(tmp_path / "val" / cls / "0.png")
+    bad = tmp_path / "val/dog/0.png"
+    bad.write_bytes(bad.read_bytes()[:400])  # truncated
+    model = drnet.create_model("drn_d_22", num_classes=2, channels=TINY_CHANNELS)
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    argv = ["classify", "eval", tmp_path / "val", "--weights", tmp_path / "model.pth",
+            "--model", "drn_d_22", "--channels", CHANNELS, "--crop-size", "16", "--workers", "1",
+            "--output-dir", tmp_path / "ev", *CPU]  # fmt: skip
+    proc = drnet_process(argv, tmp_path / "log")
     assert proc.wait(timeout=120) == 2
     text = (tmp_path / "log").read_text()
-    assert "Traceback" not in text
-    assert text.strip().splitlines()[-1] == (
-        f"drnet: error: --data-dir {tmp_path / 'nowhere'} does not exist"
-    )
+    assert "Traceback" not in text and "DataLoader worker" not in text
+    assert text.strip().splitlines()[-1].startswith(f"drnet: error: {bad}: cannot read the image")
 
 
 @pytest.mark.slow
