@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from drnet.cli import non_negative_int, positive_int
+from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.errors import DrnetError
 
 DATA_LAYOUT = "ImageFolder layout: <split>/<class_name>/<image>, classes = sorted folder names"
@@ -74,81 +75,6 @@ def add_model_arguments(
     )
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The shared engine's options (:class:`drnet.engine.TrainConfig`)."""
-    group = parser.add_argument_group("training (shared engine)")
-    group.add_argument("--output-dir", default="runs/classify", help="run directory")
-    group.add_argument("--epochs", type=positive_int, default=90)
-    group.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=256,
-        help="global batch, split over torchrun processes",
-    )
-    group.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight-decay", type=float, default=1e-4)
-    group.add_argument(
-        "--lr-mode",
-        choices=("step", "cosine", "poly"),
-        default="step",
-        help="step: x lr-gamma every lr-step epochs (the paper); cosine; poly",
-    )
-    group.add_argument("--lr-step", type=positive_int, default=30, help="epochs between steps")
-    group.add_argument("--lr-gamma", type=float, default=0.1)
-    group.add_argument("--workers", type=non_negative_int, default=4, help="data loader processes")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    group.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument(
-        "--resume", help="training checkpoint to continue from, or 'auto' (the run's last one)"
-    )
-    group.add_argument("--bn-sync", action="store_true", help="SyncBatchNorm under torchrun")
-    group.add_argument(
-        "--max-iters", type=positive_int, help="cap iterations per epoch (quick runs)"
-    )
-    group.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
-    group.add_argument("--channels-last", action="store_true")
-    group.add_argument("--grad-checkpoint", action="store_true", help="trade compute for memory")
-    group.add_argument("--compile", action="store_true", help="torch.compile the model")
-    group.add_argument(
-        "--skip-bad-samples",
-        action="store_true",
-        help="skip unreadable training images (each named on stderr, counted in log.csv and the "
-        "summary) instead of stopping",
-    )
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def train_config(args: argparse.Namespace):
-    from drnet.engine import TrainConfig
-
-    return TrainConfig(
-        output_dir=args.output_dir,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        lr_mode=args.lr_mode,
-        lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma,
-        workers=args.workers,
-        device=args.device,
-        amp=args.amp,
-        seed=args.seed,
-        resume=args.resume,
-        bn_sync=args.bn_sync,
-        max_iters=args.max_iters,
-        eval_every=args.eval_every,
-        channels_last=args.channels_last,
-        grad_checkpoint=args.grad_checkpoint,
-        compile=args.compile,
-        skip_bad_samples=args.skip_bad_samples,
-        progress=not args.no_progress,
-    )
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "classify",
@@ -172,7 +98,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--val-dir", help="validation split (default DATA/val when it exists; none otherwise)"
     )
     add_model_arguments(train, training=True)
-    add_engine_arguments(train)
+    add_engine_arguments(
+        train,
+        output_dir="runs/classify",
+        epochs=90,
+        batch_size=256,
+        lr=0.1,
+        lr_mode="step",
+        lr_step=30,
+    )
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser(

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from drnet.cli import non_negative_int, positive_int
+from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.errors import DrnetError
 
 LAYOUTS_HELP = (
@@ -152,47 +153,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--random-rotate", type=float, default=0.0, help="max degrees (paper: 10)")
     g.add_argument("--no-flip", action="store_true", help="no horizontal flip")
-    g = train.add_argument_group("training (shared engine)")
-    g.add_argument("-o", "--output-dir", "--save_path", dest="output_dir", default="runs/segment")
-    g.add_argument("--epochs", type=positive_int, default=10)
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=8,
-        help="global batch, split over torchrun processes",
+    add_engine_arguments(
+        train,
+        output_dir="runs/segment",
+        epochs=10,
+        batch_size=8,
+        lr=0.01,
+        lr_mode="poly",
+        lr_step=200,
+        output_aliases=("--save_path",),
     )
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--lr-mode", choices=("poly", "step", "cosine"), default="poly")
-    g.add_argument(
-        "--step",
-        "--lr-step",
-        dest="lr_step",
-        type=positive_int,
-        default=200,
-        help="epochs between x0.1 for --lr-mode step (default 200)",
-    )
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", "--wd", type=float, default=1e-4)
-    g.add_argument(
-        "-j", "--workers", type=non_negative_int, default=4, help="data loader processes"
-    )
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--resume", help="training checkpoint to continue, or 'auto'")
-    g.add_argument("--bn-sync", action="store_true", help="SyncBatchNorm under torchrun")
-    g.add_argument("--max-iters", type=positive_int, help="cap iterations per epoch (quick runs)")
-    g.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--grad-checkpoint", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--skip-bad-samples",
-        action="store_true",
-        help="skip unreadable/invalid training samples (each named on stderr, counted in "
-        "log.csv and the summary) instead of stopping",
-    )
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser(
@@ -258,7 +228,6 @@ def resolve_weights(path: str) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from drnet.engine import TrainConfig
     from drnet.tasks.segment import SegmentOptions, train_segmentation
 
     options = SegmentOptions(
@@ -278,29 +247,7 @@ def run_train(args: argparse.Namespace) -> int:
         backbone_weights=args.backbone_weights,
         channels=args.channels,
     )
-    config = TrainConfig(
-        output_dir=args.output_dir,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        lr_mode=args.lr_mode,
-        lr_step=args.lr_step,
-        workers=args.workers,
-        device=args.device,
-        amp=args.amp,
-        seed=args.seed,
-        resume=args.resume,
-        bn_sync=args.bn_sync,
-        max_iters=args.max_iters,
-        eval_every=args.eval_every,
-        channels_last=args.channels_last,
-        grad_checkpoint=args.grad_checkpoint,
-        compile=args.compile,
-        skip_bad_samples=args.skip_bad_samples,
-        progress=not args.no_progress,
-    )
+    config = train_config(args)
     summary = train_segmentation(options, config)
     if summary["best_metric"] is not None:
         print(
