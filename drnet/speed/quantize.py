@@ -90,6 +90,8 @@ class _LowRes(nn.Module):
 def _export(module: nn.Module, example: torch.Tensor, dynamic: bool) -> nn.Module:
     if dynamic:
         auto = torch.export.Dim.AUTO
+        if example.shape[0] == 1:  # a size-1 sample dimension would be specialised to 1
+            example = torch.cat([example, example])
         try:
             spec = {"x": {0: auto, 2: auto, 3: auto}}
             return torch.export.export(module, (example,), dynamic_shapes=spec).module()
