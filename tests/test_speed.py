@@ -200,3 +200,12 @@ def test_grad_checkpoint_classifier_bn_buffers() -> None:
         assert torch.equal(b, b_ckpt)
     for p, p_ckpt in zip(model.parameters(), checkpointed.parameters(), strict=True):
         assert torch.allclose(p.grad, p_ckpt.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_inference_switch() -> None:
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN)
+    from drnet.speed import InferenceModel, fast_inference
+
+    assert isinstance(fast_inference(model), InferenceModel)
+    plain = fast_inference(model, enabled=False)
+    assert plain is model and not plain.training

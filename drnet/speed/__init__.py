@@ -16,6 +16,7 @@ from drnet.speed.fold import fold_batchnorm, fuse_conv_bn
 from drnet.speed.inference import (
     FastPathChoice,
     InferenceModel,
+    fast_inference,
     optimize_for_inference,
     predict_labels,
 )
@@ -23,6 +24,7 @@ from drnet.speed.inference import (
 __all__ = [
     "FastPathChoice",
     "InferenceModel",
+    "fast_inference",
     "fold_batchnorm",
     "fuse_conv_bn",
     "optimize_for_inference",

@@ -244,3 +244,20 @@ def predict_labels(model: nn.Module, x: torch.Tensor, chunk_rows: int = 64) -> t
             return upsample.labels(low, tuple(x.shape[-2:]), chunk_rows)
         return upsample_labels_reference(model.up, low, tuple(x.shape[-2:]), chunk_rows)
     raise TypeError(f"predict_labels needs a DRNSeg or InferenceModel, got {type(model).__name__}")
+
+
+def fast_inference(
+    model: nn.Module, enabled: bool = True, example_input: torch.Tensor | None = None
+) -> nn.Module:
+    """The fast path for evaluation/prediction code, with its off switch.
+
+    Returns ``optimize_for_inference(model, example_input)`` when ``enabled`` and the model is a
+    DRN or DRNSeg, else ``model`` in eval mode. The result has the model's output convention,
+    so it can replace the model anywhere it is only called (``{"out": ...}``, softmax, multi-
+    scale fusion, sliding windows); for single-scale label maps use :func:`predict_labels`.
+    """
+    from drnet.models.drn import DRN
+
+    if not enabled or not isinstance(model, (DRN, DRNSeg)):
+        return model.eval()
+    return optimize_for_inference(model, example_input=example_input)
