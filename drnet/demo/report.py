@@ -1,0 +1,683 @@
+"""The demo's ``report.html``: one self-contained file (inline CSS, PNGs as ``data:`` URIs, inline
+SVG charts; no script, no external reference), readable offline in any browser.
+
+:func:`write_report` takes the metrics that :func:`drnet.demo.run.run_demo` assembled plus the
+arrays it kept for pictures; :func:`check_report` is the structural check the tests run (well
+formed, every image embedded, nothing fetched from the network).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from drnet.data.palettes import colorize, get_palette, overlay
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #1d232b; background: #f6f7f9; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 60px; background: #fff; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 20px; margin: 36px 0 10px; border-bottom: 1px solid #dde1e6; padding-bottom: 4px; }
+h3 { font-size: 16px; margin: 20px 0 8px; }
+p.meta { color: #5a6470; margin: 0 0 14px; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: 14px; }
+th, td { border: 1px solid #dde1e6; padding: 4px 9px; text-align: right; }
+th { background: #eef1f4; } td.l, th.l { text-align: left; }
+.pass { color: #116b2e; font-weight: 600; } .fail { color: #b3261e; font-weight: 600; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; text-align: center; font-size: 12px; color: #36404a; }
+figure img { display: block; margin: 0 auto 2px; }
+img.px { image-rendering: pixelated; image-rendering: crisp-edges; }
+.ok { color: #116b2e; } .bad { color: #b3261e; }
+.swatch { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 10px;
+          vertical-align: -1px; border: 1px solid #888; }
+.note { color: #5a6470; font-size: 13px; max-width: 900px; }
+svg text { font: 11px system-ui, sans-serif; fill: #36404a; }
+code { background: #eef1f4; padding: 1px 4px; border-radius: 3px; }
+"""
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def png_data_uri(image: Image.Image | np.ndarray) -> str:
+    """``data:image/png;base64,...`` of a PIL image or a uint8 array."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(
+    image: Image.Image | np.ndarray,
+    width: int | None = None,
+    alt: str = "",
+    pixelated: bool = False,
+) -> str:
+    size = f' width="{width}"' if width else ""
+    cls = ' class="px"' if pixelated else ""
+    return f'<img src="{png_data_uri(image)}"{size}{cls} alt="{_e(alt)}">'
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) -> str:
+    head = "".join(
+        f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>"
+        for i, h in enumerate(header)
+    )
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def line_chart(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    title: str,
+    x_label: str,
+    y_label: str,
+    *,
+    width: int = 500,
+    height: int = 260,
+    y_range: tuple[float, float] | None = None,
+    hlines: Sequence[tuple[float, str]] = (),
+    vlines: Sequence[tuple[float, str]] = (),
+) -> str:
+    """An inline SVG line chart: one polyline (with dots) per series, axes with ticks, a legend,
+    dashed reference lines ``(value, label)``."""
+    points = [p for s in series.values() for p in s if p[1] is not None]
+    if not points:
+        return f'<p class="note">{_e(title)}: no data.</p>'
+    legend_rows = -(-len(series) // 4) if len(series) > 1 else 0
+    left, right, top, bottom = 52, 14, 26 + 14 * legend_rows, 40
+    height += 14 * legend_rows
+    xs = [p[0] for p in points] + [v for v, _ in vlines]
+    ys = [p[1] for p in points] + [v for v, _ in hlines]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = y_range if y_range else (min(ys), max(ys))
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    if not y_range:
+        pad = 0.06 * (y1 - y0)
+        y0, y1 = y0 - pad, y1 + pad
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    parts = [
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{_e(title)}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
+        f'<text x="{left}" y="15" style="font-weight:600">{_e(title)}</text>',
+    ]
+    for i in range(5):
+        y = y0 + (y1 - y0) * i / 4
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
+            f'stroke="#e6e9ed"/>'
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>'
+        )
+    whole = all(float(x).is_integer() for x in xs)
+    if whole and x1 - x0 <= 12:
+        x_ticks = [float(x) for x in range(int(x0), int(x1) + 1)]
+    else:
+        x_ticks = [x0 + (x1 - x0) * i / 4 for i in range(5)]
+    for x in x_ticks:
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:.3g}</text>'
+        )
+    parts.append(
+        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#888"/>'
+        f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" '
+        f'stroke="#888"/>'
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{_e(x_label)}'
+        f"</text>"
+        f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{_e(y_label)}</text>'
+    )
+    for value, label in hlines:
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" y2="{sy(value):.1f}" '
+            f'stroke="#777" stroke-dasharray="5 4"/>'
+            f'<text x="{width - right - 4}" y="{sy(value) - 4:.1f}" text-anchor="end">'
+            f"{_e(label)}</text>"
+        )
+    for value, label in vlines:
+        parts.append(
+            f'<line x1="{sx(value):.1f}" x2="{sx(value):.1f}" y1="{top}" y2="{top + plot_h}" '
+            f'stroke="#777" stroke-dasharray="3 3"/>'
+            f'<text x="{sx(value) + 4:.1f}" y="{top + 12}">{_e(label)}</text>'
+        )
+    for i, (name, data) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        valid = [(x, y) for x, y in data if y is not None]
+        if not valid:
+            continue
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in valid)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts += [
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in valid
+        ]
+        if len(series) > 1:
+            lx, ly = left + 110 * (i % 4), 34 + 14 * (i // 4)
+            parts.append(
+                f'<rect x="{lx}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>'
+                f'<text x="{lx + 14}" y="{ly + 1}">{_e(name)}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _curve(history: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
+    points = []
+    for row in history:
+        value = row.get(key)
+        if isinstance(value, (int, float)):
+            points.append((float(row["epoch"]), float(value)))
+    return points
+
+
+# ----------------------------------------------------------------------------------- sections
+
+
+def _summary(metrics: dict) -> str:
+    floors = metrics["floors"]
+    loc = metrics["localization"]
+    prior = loc["centred_box_prior"]
+
+    def verdict(ok: bool) -> str:
+        return '<span class="pass">pass</span>' if ok else '<span class="fail">below</span>'
+
+    c, s, lf = (
+        floors["classification_top1"],
+        floors["segmentation_miou"],
+        floors["localization_top1_vs_prior"],
+    )
+    rows = [
+        [
+            "classification top-1 (val scenes, test items)",
+            _pct(c["value"]),
+            f"&ge; {_pct(c['floor'], 0)}",
+            "",
+            verdict(c["pass"]),
+        ],
+        [
+            "top-1 localization accuracy (IoU &gt; 0.5, class right)",
+            _pct(lf["value"]),
+            f"&ge; prior + {lf['margin'] * 100:.0f} pts = {_pct(lf['floor'])}",
+            f"centred box: {_pct(lf['prior'])} (box alone: {_pct(lf['prior_box_only'])})",
+            verdict(lf["pass"]),
+        ],
+        [
+            "segmentation mIoU (val scenes)",
+            _pct(s["value"]),
+            f"&ge; {_pct(s['floor'], 0)}",
+            f"all background: {_pct(s['background_baseline'])}",
+            verdict(s["pass"]),
+        ],
+    ]
+    quick = (
+        '<p class="note"><b>Quick run:</b> tiny networks and a few hundred scenes; the numbers '
+        "only show that the pipeline works. Run <code>drnet demo</code> for real ones.</p>"
+        if metrics.get("quick")
+        else ""
+    )
+    head = ["", "result", "floor", "baseline", ""]
+    table = _table(head, [[r[0], *r[1:]] for r in rows])
+    extra = (
+        f'<p class="note">Top-5 accuracy {_pct(metrics["classification"]["top5"])}; top-1 '
+        f"localization error {_pct(loc['top1_error'])} (top-5 {_pct(loc['top5_error'])}, "
+        f"ground-truth class known {_pct(loc['gt_known_error'])}); box threshold "
+        f"t = {loc['threshold']:.2f} chosen on the holdout scenes; centred-box prior of "
+        f"{prior['box_size'][0]:.2f} x {prior['box_size'][1]:.2f} of the image.</p>"
+    )
+    return f"<h2>Summary: {_e(metrics['main_model'])}</h2>{quick}{table}{extra}"
+
+
+def _comparison(metrics: dict) -> str:
+    rows = []
+    for row in metrics["comparison"]:
+        chance = row.get("gridding_chance")
+        grid = (
+            f"{_num(row['gridding_score'])} <small>(chance {_num(chance)})</small>"
+            if row.get("gridding_score") is not None
+            else "n/a"
+        )
+        grid += f" <small>{_e(row['gridding_level'])} {_e(row['gridding_map'])}</small>"
+        rows.append(
+            [
+                _e(row["model"]),
+                _e(",".join(map(str, row["channels"]))),
+                _pct(row["classification_error"]),
+                _pct(row["top1_localization_error"]),
+                _pct(row["centred_box_prior_error"]),
+                _pct(row["miou"]),
+                grid,
+            ]
+        )
+    table = _table(
+        [
+            "model",
+            "widths",
+            "top-1 cls error",
+            "top-1 loc error",
+            "prior loc error",
+            "mIoU",
+            "gridding (last level)",
+        ],
+        rows,
+        left=2,
+    )
+    note = (
+        '<p class="note">Every model: the same scenes, the same recipe and the same number of '
+        "training images. Paper (ImageNet / Cityscapes, full width): classification and "
+        "localization error fall from ResNet-18 to DRN-A-18 to DRN-C-26, and DRN-C has the least "
+        "gridding. These are small networks trained for minutes; the table reports what came "
+        "out, whether or not it follows the paper's ordering.</p>"
+    )
+    return f"<h2>The paper's comparison in miniature</h2>{table}{note}"
+
+
+def _curves(per_model: dict) -> str:
+    def collect(kind: str, key: str) -> dict:
+        return {m: _curve(e[kind].get("history", []), key) for m, e in per_model.items()}
+
+    charts = [
+        line_chart(
+            collect("classification", "train_loss"),
+            "classification: training loss",
+            "epoch",
+            "cross entropy",
+        ),
+        line_chart(
+            collect("classification", "val_top1"),
+            "classification: top-1 on monitor scenes",
+            "epoch",
+            "top-1",
+            y_range=(0, 1),
+        ),
+        line_chart(
+            collect("segmentation", "train_loss"),
+            "segmentation: training loss",
+            "epoch",
+            "cross entropy",
+        ),
+        line_chart(
+            collect("segmentation", "val_miou"),
+            "segmentation: mIoU on monitor scenes",
+            "epoch",
+            "mIoU",
+            y_range=(0, 1),
+        ),
+    ]
+    note = (
+        '<p class="note">From the engine\'s <code>log.csv</code>. Every epoch renders fresh '
+        "training scenes; the monitor scenes are the first val scenes, scored after each epoch "
+        "(the final numbers use all val scenes).</p>"
+    )
+    return "<h2>Training curves</h2>" + note + '<div class="grid">' + "".join(charts) + "</div>"
+
+
+def _classification(model: str, entry: dict, root: Path, data) -> str:
+    cls = entry["classification"]
+    parts = [f"<h2>Classification: {_e(model)}</h2>"]
+    parts.append(
+        f"<p>Top-1 {_pct(cls['top1'])}, top-5 {_pct(cls['top5'])} on {cls['num_images']} val "
+        f"scenes (Fashion-MNIST test items on textures); {cls.get('epochs', '?')} epochs, "
+        f"{cls.get('training_seconds', 0):.0f} s of training.</p>"
+    )
+    samples = []
+    for s in cls.get("samples", []):
+        scene = data.cls_val.scenes.render(s["index"])
+        mark = "ok" if s["correct"] else "bad"
+        samples.append(
+            f"<figure>{_img(scene.image, 96, s['true'], True)}"
+            f'<span class="{mark}">{_e(s["predicted"])} {s["probability"]:.2f}</span><br>'
+            f"<small>true: {_e(s['true'])}</small></figure>"
+        )
+    parts.append('<h3>Sample predictions</h3><div class="grid">' + "".join(samples) + "</div>")
+    png = root / "confusion_matrix.png"
+    per_class = cls.get("per_class_accuracy", {})
+    table = _table(["class", "accuracy"], [[_e(k), _pct(v)] for k, v in per_class.items()])
+    confusion = (
+        f"<figure>{_img(Image.open(png), 520, 'confusion matrix')}</figure>"
+        if png.is_file()
+        else ""
+    )
+    parts.append(
+        '<h3>Confusion matrix and per-class accuracy</h3><div class="grid">'
+        f"{confusion}<div>{table}</div></div>"
+    )
+    return "".join(parts)
+
+
+def _localization(model: str, entry: dict, root: Path) -> str:
+    loc = entry["localization"]
+    prior = loc["centred_box_prior"]
+    rows = [
+        ["top-1 localization accuracy", _pct(loc["top1_accuracy"]), _pct(prior["top1_accuracy"])],
+        ["top-1 localization error", _pct(loc["top1_error"]), _pct(prior["top1_loc_err"])],
+        ["top-5 localization error", _pct(loc["top5_error"]), _pct(prior["top5_loc_err"])],
+        [
+            "ground-truth class known, error",
+            _pct(loc["gt_known_error"]),
+            _pct(prior["gt_known_loc_err"]),
+        ],
+    ]
+    table = _table(["", "DRN class map", "centred box (prior)"], rows)
+    curve = {
+        "holdout (chooses t)": [
+            (r["threshold"], r["top1_loc_err"]) for r in loc.get("held_out_curve") or []
+        ],
+        "val (reported)": [(r["threshold"], r["top1_loc_err"]) for r in loc["curve"]],
+    }
+    chart = line_chart(
+        curve,
+        "top-1 localization error against the threshold t",
+        "t (fraction of the class map's range)",
+        "top-1 loc. error",
+        y_range=(0, 1),
+        hlines=[(prior["top1_loc_err"], "centred-box prior")],
+        vlines=[(loc["threshold"], f"chosen t = {loc['threshold']:.2f}")],
+    )
+    figures = []
+    boxes = root / "boxes.json"
+    records = json.loads(boxes.read_text()) if boxes.is_file() else []
+    for record in records:
+        if "overlay" not in record or not (root / record["overlay"]).is_file():
+            continue
+        top = record["predictions"][0]
+        mark = "ok" if record["top1_loc_correct"] else "bad"
+        figures.append(
+            f"<figure>{_img(Image.open(root / record['overlay']), 128, record['image'], True)}"
+            f'<span class="{mark}">{_e(top["class"])}, IoU {top["iou"]:.2f}</span><br>'
+            f"<small>true: {_e(record['label'])}</small></figure>"
+        )
+    note = (
+        '<p class="note">The paper\'s protocol: the classifier without global pooling gives a '
+        "class map at stride 8; the box encloses the cells where the predicted class dominates "
+        "and its response exceeds t (min-max scaled). Correct when the class is right and IoU "
+        "&gt; 0.5. t is chosen on the holdout scenes (reserved training items) and only then "
+        "applied to the val scenes. The prior is a centred box of the mean ground-truth size, "
+        "scored the same way with the same class predictions. Pictures: the predicted class's "
+        "heatmap, its box in red, the ground truth in green.</p>"
+    )
+    return (
+        f"<h2>Weakly-supervised localization: {_e(model)}</h2>{note}"
+        f'<div class="grid"><div>{table}<p>Threshold t = {loc["threshold"]:.2f} '
+        f"({_e(loc['threshold_source'])}); {loc['num_images_scored']} val scenes.</p></div>"
+        f"{chart}</div>"
+        f'<h3>Heatmaps and boxes</h3><div class="grid">{"".join(figures)}</div>'
+    )
+
+
+def _segmentation(model: str, entry: dict, names: Sequence[str]) -> str:
+    seg = entry["segmentation"]
+    palette = get_palette(len(names))
+    legend = "".join(
+        f'<span class="swatch" style="background: rgb({r},{g},{b})"></span>{_e(n)}'
+        for n, (r, g, b) in zip(names, palette.tolist(), strict=True)
+    )
+    rows = [[_e(n), _pct(v)] for n, v in seg["per_class_iou"].items()]
+    table = _table(["class", "IoU"], rows)
+    examples = []
+    for i, s in enumerate(seg.get("_samples", [])):
+        label, pred = colorize(s["label"], palette), colorize(s["pred"], palette)
+        cells = [
+            (s["image"], "input"),
+            (label, "ground truth"),
+            (pred, "prediction"),
+            (overlay(s["image"], pred, 0.5), "overlay"),
+        ]
+        figs = "".join(
+            f"<figure>{_img(a, 144, f'{t} {i}', True)}{_e(t)}</figure>" for a, t in cells
+        )
+        examples.append(f'<div class="grid" style="margin-bottom:8px">{figs}</div>')
+    summary = (
+        f"<p>mIoU {_pct(seg['miou'])} against {_pct(seg['background_baseline_miou'])} for "
+        f"predicting background everywhere; pixel accuracy {_pct(seg['pixel_accuracy'])} "
+        f"(all background: {_pct(seg['background_baseline_pixel_accuracy'])}); "
+        f"{seg['num_images']} val scenes; {seg.get('epochs', '?')} epochs, "
+        f"{seg.get('training_seconds', 0):.0f} s of training"
+        f"{', backbone started from the classifier' if seg.get('backbone_from_classifier') else ''}"
+        ".</p>"
+    )
+    return (
+        f"<h2>Segmentation: {_e(model)}</h2>{summary}"
+        f'<div class="grid"><div>{"".join(examples)}<p>{legend}</p></div><div>{table}</div></div>'
+    )
+
+
+def _activations(per_model: dict, activations: dict, data, figures: Path, main: str) -> str:
+    from drnet.analysis import render_activation_grid
+    from drnet.demo.recipes import GRIDDING_FIGURE_MODELS
+
+    image = data.cls_val.scenes.render(0).image
+    parts = ["<h2>Activation maps and gridding</h2>"]
+    parts.append(
+        '<p class="note">Mean |activation| over channels of each level for one val scene, each '
+        "tile scaled to its own range. The gridding score is the share of a level's spectral "
+        "power at the period-2 and period-4 lattice frequencies (the dilations of levels 5-6), "
+        "averaged over the channels of "
+        "several val scenes; white noise scores the chance level beside it. On maps this small "
+        "the chance level is high: compare models level by level, not across sizes.</p>"
+    )
+    figure_models = [m for m in GRIDDING_FIGURE_MODELS if m in activations]
+    if len(figure_models) >= 2:
+        grid = render_activation_grid(
+            {m: activations[m] for m in figure_models},
+            figures / "activations_abc.png",
+            image=image,
+            tile=96,
+        )
+        parts.append(
+            "<h3>The paper's figure: DRN-A vs DRN-B vs DRN-C</h3>"
+            f"<figure>{_img(grid, None, 'activation maps A B C', True)}</figure>"
+        )
+    for model, acts in activations.items():
+        scores = per_model[model].get("gridding", {})
+        titles = {
+            name: (f"grid {s['score']:.2f}" if s.get("score") is not None else "grid n/a")
+            for name, s in scores.items()
+        }
+        grid = render_activation_grid(
+            {model: acts}, figures / f"activations_{model}.png", image=image, tile=80, titles=titles
+        )
+        rows = [
+            [_e(n), f"{s['height']}x{s['width']}", _num(s.get("score")), _num(s.get("chance"))]
+            for n, s in scores.items()
+        ]
+        if model == main or len(activations) == 1 or model not in figure_models:
+            pass
+        parts.append(
+            f"<h3>{_e(model)}</h3><figure>{_img(grid, None, f'activation maps {model}', True)}"
+            f"</figure>{_table(['level', 'map', 'gridding score', 'chance'], rows)}"
+        )
+    return "".join(parts)
+
+
+def _run_info(metrics: dict) -> str:
+    plan = metrics["plan"]
+    timings = metrics.get("timings", {})
+    rows = [[_e(k.replace("_", " ")), f"{v:.1f} s"] for k, v in timings.items()]
+    device = metrics["device"]
+    gpu = f", {device['gpu']}" if device.get("gpu") else ""
+    load = metrics.get("load_average", {})
+    versions = ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())
+    recipe = metrics["recipe"]
+    command = "drnet demo" + (" --paper" if recipe["name"].startswith("paper") else "")
+    command += " --quick" if metrics.get("quick") else ""
+    command += f" --seed {metrics['seed']} --cls-images {plan['classification_images']}"
+    command += f" --seg-images {plan['segmentation_images']}"
+    return (
+        "<h2>Run</h2>"
+        f"<p>Device {_e(device['name'])}{_e(gpu)} ({device['torch_threads']} threads, "
+        f"{device['cpu_count']} CPUs); load average at start {_e(load.get('start'))}, at end "
+        f"{_e(load.get('end'))}. Budget {metrics['budget_seconds'] / 60:.0f} min; estimated "
+        f"{metrics['estimate_seconds']:.0f} s up front; wall time "
+        f"{metrics.get('wall_seconds', 0):.0f} s. Items: {_e(metrics['data']['item_source'])}."
+        "</p>"
+        f"<p>Plan: {plan['classification_images']:,} classification and "
+        f"{plan['segmentation_images']:,} segmentation training scenes per model. Same plan and "
+        f"seed, same result: <code>{_e(command)}</code></p>"
+        f"{_table(['stage', 'wall time'], rows)}"
+        f'<p class="note">{_e(versions)}</p>'
+        f"<details><summary>Recipe</summary><pre>{_e(json.dumps(recipe, indent=1))}</pre></details>"
+    )
+
+
+# ----------------------------------------------------------------------------------- the report
+
+
+def write_report(
+    out: Path, metrics: dict, per_model: dict, activations: dict, data, figures: Path
+) -> Path:
+    """Write ``out/report.html`` (and the activation PNGs into ``figures``); returns its path."""
+    out = Path(out)
+    figures.mkdir(parents=True, exist_ok=True)
+    main = metrics["main_model"]
+    root = out / "models" / main
+    sections = [_summary(metrics)]
+    if len(per_model) > 1:
+        sections.append(_comparison(metrics))
+    sections.append(_curves(per_model))
+    sections.append(_classification(main, per_model[main], root / "classification", data))
+    sections.append(_localization(main, per_model[main], root / "localization"))
+    sections.append(_segmentation(main, per_model[main], list(data.seg_val.class_names)))
+    sections.append(_activations(per_model, activations, data, figures, main))
+    sections.append(_run_info(metrics))
+    title = "drnet demo" + (" --paper" if len(per_model) > 1 else "")
+    body = "".join(sections)
+    document = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}: report</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{_e(title)}</h1>"
+        '<p class="meta">Dilated Residual Networks (Yu, Koltun, Funkhouser, CVPR 2017) in '
+        "miniature: classification, weakly-supervised localization and segmentation on scenes of "
+        f"Fashion-MNIST items; {_e(metrics['created'])}.</p>"
+        f"{body}</main></body></html>\n"
+    )
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(document, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------- checking
+
+_VOID = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "source",
+    "track",
+    "wbr",
+    "circle",
+    "line",
+    "rect",
+    "polyline",
+    "path",
+}
+
+
+class _Checker(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.problems: list[str] = []
+        self.images = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images += 1
+            if not str(values.get("src", "")).startswith("data:image/"):
+                self.problems.append(f"img without a data: URI: {str(values.get('src'))[:60]}")
+        if tag in ("script", "link", "iframe", "object", "embed"):
+            self.problems.append(f"<{tag}> element")
+        for name, value in attrs:
+            if name not in ("src", "href", "xlink:href", "action", "data", "poster") or not value:
+                continue
+            value = value.strip().lower()
+            if not value.startswith(("data:", "#")) and ("://" in value or value.startswith("//")):
+                self.problems.append(f"external reference {name}={value[:60]}")
+        if tag not in _VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID and self.stack and self.stack[-1] == tag:
+            self.stack.pop()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes <{self.stack[-1] if self.stack else '-'}>")
+            if tag in self.stack:
+                while self.stack.pop() != tag:
+                    pass
+            return
+        self.stack.pop()
+
+
+def check_report(path: str | Path) -> dict:
+    """Structural check of a report: tags balanced, every ``<img>`` a ``data:`` URI, no script and
+    no ``http(s)`` reference anywhere. Returns ``{"images": n, "problems": [...]}``."""
+    text = Path(path).read_text(encoding="utf-8")
+    checker = _Checker()
+    checker.feed(text)
+    checker.close()
+    problems = list(checker.problems)
+    if checker.stack:
+        problems.append(f"unclosed tags: {checker.stack}")
+    lowered = text.lower()
+    for needle in ("http://", "https://", "url(", "@import"):
+        if needle in lowered:
+            problems.append(f"found {needle!r} in the document")
+    if not text.startswith("<!DOCTYPE html>"):
+        problems.append("no <!DOCTYPE html>")
+    return {"images": checker.images, "problems": problems}

@@ -1,0 +1,1160 @@
+"""``drnet demo``: the paper's three experiments in miniature, within a time budget.
+
+:func:`run_demo` reads top to bottom:
+
+1. set up (threads, device, seed, the Fashion-MNIST items, normalisation statistics);
+2. write the evaluation scenes to disk (``data/``: ``val`` and ``holdout`` ImageFolder trees with
+   boxes, the layout of ``drnet data scenes``), which the localization library reads;
+3. probe training and inference speed for a few iterations and *plan* the number of training
+   scenes so that the whole run fits the budget (printed up front as the time estimate);
+4. train each classifier with the shared engine on fresh scenes rendered in memory, then score
+   top-1/top-5 on the ``val`` scenes (test items) and weakly-supervised localization on them,
+   with the box threshold chosen on the ``holdout`` scenes and the centred-box prior beside it;
+5. re-plan with the time left, train each segmenter (backbone started from its classifier) and
+   score mIoU beside the all-background baseline;
+6. collect per-level activation maps and gridding scores;
+7. write ``metrics.json`` and the self-contained ``report.html``.
+
+Given its plan (the image counts in ``metrics.json``'s ``plan``), a run is a pure function of the
+seed; the plan itself depends on the machine's speed, and ``cls_images``/``seg_images`` fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from drnet.data.fashion_mnist import CLASS_TITLES, ENV_VAR, PACKAGED
+from drnet.data.scenes import (
+    ClassificationScenes,
+    SegmentationScenes,
+    make_classification_scenes,
+)
+from drnet.demo.recipes import Recipe, check_recipe, get_recipe
+from drnet.demo.tasks import (
+    ClassificationSceneData,
+    SceneClassificationTask,
+    SceneSegmentationTask,
+    SegmentationSceneData,
+    scene_statistics,
+    single_thread,
+)
+from drnet.engine import TrainConfig, TrainingInterrupted, train
+from drnet.engine.distributed import resolve_device
+from drnet.errors import DrnetError
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+#: Files and folders a demo run owns inside its output folder (removed when it runs again).
+MARKER_FILE = ".drnet-demo"  # marks a folder as a demo's output (so it may be replaced)
+OWNED = (METRICS_FILE, REPORT_FILE, "data", "models", "figures", MARKER_FILE)
+FLOORS = {"classification_top1": 0.70, "segmentation_miou": 0.20, "localization_margin": 0.05}
+PER_IMAGE_BOX_OVERHEAD_S = 0.003  # PNG decode + box sweep of one localization image (measured)
+REPORT_OVERHEAD_S = 4.0  # activation maps, figures, report
+
+
+@dataclass
+class DemoConfig:
+    """What ``drnet demo`` takes. Every field has a default (the no-argument run)."""
+
+    output_dir: str = "demo-out"
+    paper: bool = False
+    quick: bool = False
+    budget_minutes: float | None = None  # None: the recipe's (6, or 60 with paper)
+    device: str = "auto"
+    seed: int = 0
+    fashion_mnist: str | None = None  # None: $DRNET_FASHION_MNIST, else the packaged subset
+    workers: int = 0
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    progress: bool = True
+    cls_images: int | None = None  # fix the plan (training scenes per model)
+    seg_images: int | None = None
+    recipe: Recipe | None = field(default=None, repr=False)  # overrides paper/quick
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import torchvision
+
+    from drnet import __version__
+
+    return {
+        "drnet": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def _device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "type": device.type,
+        "name": str(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _item_source(config: DemoConfig) -> str:
+    return config.fashion_mnist or os.environ.get(ENV_VAR) or PACKAGED
+
+
+def _prepare_output(out: Path) -> None:
+    """Make ``out``; clear what an earlier demo run left there, refuse a folder of other files."""
+    if out.exists() and not out.is_dir():
+        raise DrnetError(f"--output-dir {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER_FILE).is_file() and not (out / METRICS_FILE).is_file():
+            raise DrnetError(
+                f"--output-dir {out}: not empty and not an earlier demo's output; choose a new "
+                "folder"
+            )
+        for name in OWNED:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).write_text(
+        "written by drnet demo; the folder is replaced by the next run\n"
+    )
+
+
+class _Clock:
+    """Wall time since the start, stage timings, and the budget."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.start = time.monotonic()
+        self.budget_s = budget_s
+        self.stages: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+
+class _Stage:
+    def __init__(self, clock: _Clock, name: str) -> None:
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> _Stage:
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        spent = time.monotonic() - self.t0
+        self.clock.stages[self.name] = round(self.clock.stages.get(self.name, 0.0) + spent, 3)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+@dataclass
+class SceneData:
+    """The in-memory datasets and the on-disk evaluation scenes of a run."""
+
+    source: str
+    cls_mean: list[float]
+    cls_std: list[float]
+    seg_mean: list[float]
+    seg_std: list[float]
+    cls_val: ClassificationSceneData
+    seg_val: SegmentationSceneData
+    loc_dir: Path
+    item_source: str
+
+    def cls_train(self, recipe: Recipe, length: int, seed: int) -> ClassificationSceneData:
+        scenes = ClassificationScenes(
+            "train",
+            length,
+            canvas=recipe.cls_canvas,
+            scale=recipe.cls_scale,
+            seed=seed,
+            source=self.source,
+        )
+        return ClassificationSceneData(scenes, self.cls_mean, self.cls_std, fresh=True)
+
+    def seg_train(self, recipe: Recipe, length: int, seed: int) -> SegmentationSceneData:
+        scenes = SegmentationScenes(
+            "train",
+            length,
+            canvas=recipe.seg_canvas,
+            items=recipe.seg_items,
+            scale=recipe.seg_scale,
+            seed=seed,
+            source=self.source,
+        )
+        return SegmentationSceneData(scenes, self.seg_mean, self.seg_std, fresh=True)
+
+
+def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bool) -> SceneData:
+    """Normalisation statistics (from 256 training scenes of each kind), the in-memory val sets
+    and the localization scenes on disk (``out/data``: ``val``, ``holdout``, ``boxes_*.csv``)."""
+    cls_probe = ClassificationScenes(
+        "train", 256, canvas=recipe.cls_canvas, scale=recipe.cls_scale, seed=seed, source=source
+    )
+    seg_probe = SegmentationScenes(
+        "train",
+        128,
+        canvas=recipe.seg_canvas,
+        items=recipe.seg_items,
+        scale=recipe.seg_scale,
+        seed=seed,
+        source=source,
+    )
+    cls_mean, cls_std = scene_statistics(cls_probe.arrays()[0])
+    seg_mean, seg_std = scene_statistics(seg_probe.arrays()[0])
+    cls_val = ClassificationScenes(
+        "val",
+        recipe.cls_val,
+        canvas=recipe.cls_canvas,
+        scale=recipe.cls_scale,
+        seed=seed,
+        source=source,
+    )
+    seg_val = SegmentationScenes(
+        "val",
+        recipe.seg_val,
+        canvas=recipe.seg_canvas,
+        items=recipe.seg_items,
+        scale=recipe.seg_scale,
+        seed=seed,
+        source=source,
+    )
+    loc_dir = out / "data"
+    make_classification_scenes(
+        loc_dir,
+        0,
+        recipe.cls_val,
+        recipe.cls_holdout,
+        canvas=recipe.cls_canvas,
+        scale=recipe.cls_scale,
+        seed=seed,
+        box_format="csv",
+        source=source,
+        overwrite=True,
+        progress=progress,
+    )
+    return SceneData(
+        source=source,
+        cls_mean=cls_mean,
+        cls_std=cls_std,
+        seg_mean=seg_mean,
+        seg_std=seg_std,
+        cls_val=ClassificationSceneData(cls_val, cls_mean, cls_std),
+        seg_val=SegmentationSceneData(seg_val, seg_mean, seg_std),
+        loc_dir=loc_dir,
+        item_source=cls_probe.pool.items.source,
+    )
+
+
+# ----------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Rates:
+    """Seconds per image of one model, measured by :func:`probe`."""
+
+    cls_train: float
+    cls_infer: float  # batched inference
+    cls_single: float  # one image at a time (localization)
+    seg_train: float
+    seg_single: float  # one image at a time (segmentation evaluation)
+
+    def cls_fixed(self, recipe: Recipe) -> float:
+        """Evaluation time around classification training: monitor sets, val, localization."""
+        monitor = recipe.cls_epochs * min(recipe.cls_monitor, recipe.cls_val) * self.cls_infer
+        loc = (recipe.cls_val + recipe.cls_holdout) * (self.cls_single + PER_IMAGE_BOX_OVERHEAD_S)
+        return monitor + recipe.cls_val * self.cls_infer + loc
+
+    def seg_fixed(self, recipe: Recipe) -> float:
+        monitor = recipe.seg_epochs * min(recipe.seg_monitor, recipe.seg_val) * self.seg_single
+        return monitor + recipe.seg_val * self.seg_single
+
+
+def use_channels_last(recipe: Recipe, model_name: str) -> bool:
+    """Whether ``model_name`` trains in channels-last layout.
+
+    Not when the network has a 1x1 stride-2 convolution on fewer than 16 channels (DRN-B/C at a
+    quarter width): its channels-last backward corrupts the heap on torch 2.14's CPU kernels
+    (``double free or corruption``). The layout changes speed only, never the numbers.
+    """
+    if not recipe.channels_last:
+        return False
+    import drnet
+
+    model = drnet.create_model(
+        model_name, num_classes=0, channels=recipe.model_channels(model_name)
+    )
+    return not any(
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride != (1, 1)
+        and m.in_channels < 16
+        for m in model.modules()
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    loss_fn,
+    device: torch.device,
+    warmup: int,
+    timed: int,
+    channels_last: bool = False,
+) -> float:
+    """Seconds per image of an SGD step: the median over ``timed`` steps after ``warmup``.
+
+    The median, not the mean, so that a moment of contention on a shared machine does not
+    halve the plan; the first steps (memory allocation, kernel selection) are not timed.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model.train()
+    x, y = batch[0].to(device), batch[1].to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(warmup + timed):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / len(x)
+
+
+@torch.no_grad()
+def _time_inference(
+    model: nn.Module, x: torch.Tensor, device: torch.device, warmup: int, timed: int
+) -> float:
+    """Seconds per image of inference on ``x`` (median over ``timed`` calls)."""
+    model.eval()
+    x = x.to(device)
+    times = []
+    for i in range(warmup + timed):
+        _sync(device)
+        t0 = time.perf_counter()
+        model(x)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / len(x)
+
+
+def _render_batch(dataset, size: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+    """A batch of ``size`` training items and the seconds per item it took to render."""
+    t0 = time.perf_counter()
+    items = [dataset[i] for i in range(size)]
+    seconds = (time.perf_counter() - t0) / size
+    images = torch.stack([image for image, _ in items])
+    targets = torch.stack([torch.as_tensor(target) for _, target in items])
+    return (images, targets), seconds
+
+
+def probe(
+    model_name: str, recipe: Recipe, data: SceneData, device: torch.device, seed: int
+) -> Rates:
+    """Time a few training steps (plus rendering the scenes) and inference of one model."""
+    import drnet
+    from drnet.tasks.segment import segmentation_loss
+
+    channels = recipe.model_channels(model_name)
+    torch.manual_seed(seed)
+    warmup, timed = (1, 1) if recipe.fixed_images else (2, 5)
+
+    cls_set = data.cls_train(recipe, _lcm(recipe.cls_batch, 10), seed + 1)
+    cls_batch, cls_render = _render_batch(cls_set, recipe.cls_batch)
+    classifier = drnet.create_model(model_name, num_classes=10, channels=channels).to(device)
+    ce = torch.nn.functional.cross_entropy
+    layout = use_channels_last(recipe, model_name)
+    cls_train = _time_steps(classifier, cls_batch, ce, device, warmup, timed, layout)
+    cls_infer = _time_inference(classifier, cls_batch[0], device, 1, max(1, timed // 2))
+    with single_thread():
+        cls_single = _time_inference(classifier, cls_batch[0][:1], device, warmup, 2 * timed)
+
+    seg_set = data.seg_train(recipe, recipe.seg_batch, seed + 1)
+    seg_batch, seg_render = _render_batch(seg_set, recipe.seg_batch)
+    segmenter = drnet.create_segmentation_model(
+        model_name, num_classes=data.seg_val.num_classes, channels=channels
+    ).to(device)
+    seg_train = _time_steps(segmenter, seg_batch, segmentation_loss, device, warmup, timed, layout)
+    with single_thread():
+        seg_single = _time_inference(segmenter, seg_batch[0][:1], device, warmup, 2 * timed)
+    return Rates(
+        cls_train=cls_train + cls_render,
+        cls_infer=cls_infer,
+        cls_single=cls_single,
+        seg_train=seg_train + seg_render,
+        seg_single=seg_single,
+    )
+
+
+def _per_epoch(images: float, epochs: int, batch: int, minimum: int) -> int:
+    """Training scenes per epoch: a multiple of the batch and of 10 (balanced classes)."""
+    step = _lcm(batch, 10)
+    per_epoch = max(minimum / epochs, images / epochs)
+    return max(step, int(per_epoch // step) * step)
+
+
+@dataclass
+class Plan:
+    """Training scenes per epoch for every model (the same for all models of a run)."""
+
+    cls_per_epoch: int
+    seg_per_epoch: int
+    cls_epochs: int
+    seg_epochs: int
+    estimate_s: float  # the whole run, as planned
+    stages_s: dict[str, float]
+
+    @property
+    def cls_images(self) -> int:
+        return self.cls_per_epoch * self.cls_epochs
+
+    @property
+    def seg_images(self) -> int:
+        return self.seg_per_epoch * self.seg_epochs
+
+
+def make_plan(
+    recipe: Recipe, rates: dict[str, Rates], elapsed: float, budget_s: float, config: DemoConfig
+) -> Plan:
+    """Share the time left after the fixed costs between classification and segmentation
+    training, the same number of scenes for every model."""
+    cls_fixed = sum(r.cls_fixed(recipe) for r in rates.values())
+    seg_fixed = sum(r.seg_fixed(recipe) for r in rates.values())
+    other = REPORT_OVERHEAD_S * len(rates)
+    train_s = max(0.0, budget_s * recipe.safety - elapsed - cls_fixed - seg_fixed - other)
+    cls_cost = sum(r.cls_train for r in rates.values())
+    seg_cost = sum(r.seg_train for r in rates.values())
+    cls_images = recipe.cls_share * train_s / cls_cost
+    seg_images = (1 - recipe.cls_share) * train_s / seg_cost
+    if recipe.fixed_images:
+        cls_images, seg_images = recipe.fixed_images
+    cls_images = min(cls_images, recipe.max_images[0])
+    seg_images = min(seg_images, recipe.max_images[1])
+    if config.cls_images:
+        cls_images = config.cls_images
+    if config.seg_images:
+        seg_images = config.seg_images
+    cls_per_epoch = _per_epoch(
+        cls_images, recipe.cls_epochs, recipe.cls_batch, recipe.min_images[0]
+    )
+    seg_per_epoch = _per_epoch(
+        seg_images, recipe.seg_epochs, recipe.seg_batch, recipe.min_images[1]
+    )
+    stages = {
+        "classification_training": cls_per_epoch * recipe.cls_epochs * cls_cost,
+        "classification_evaluation": cls_fixed,
+        "segmentation_training": seg_per_epoch * recipe.seg_epochs * seg_cost,
+        "segmentation_evaluation": seg_fixed,
+        "activations_and_report": other,
+    }
+    return Plan(
+        cls_per_epoch,
+        seg_per_epoch,
+        recipe.cls_epochs,
+        recipe.seg_epochs,
+        elapsed + sum(stages.values()),
+        {k: round(v, 1) for k, v in stages.items()},
+    )
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def _train_with_deadline(task, train_config: TrainConfig, dataset, seconds: float | None) -> dict:
+    """``engine.train`` that stops gracefully after ``seconds`` (the budget's safety net; None:
+    no limit).
+
+    Returns ``{"stopped_early": bool, "history": [...], "checkpoint": path}``.
+    """
+    dataset.deadline = None if seconds is None else time.monotonic() + seconds
+    dataset.deadline_hit = False
+    out = Path(train_config.output_dir)
+    try:
+        summary = train(task, train_config)
+        history = summary["history"]
+        stopped = False
+    except TrainingInterrupted:
+        if not dataset.deadline_hit:
+            raise  # the user's Ctrl-C / SIGTERM
+        _say(
+            f"note: training stopped at its time limit ({_fmt_s(seconds)}); "
+            "using the weights so far"
+        )
+        history = _read_log(out / "log.csv")
+        stopped = True
+    finally:
+        dataset.deadline = None
+    return {"stopped_early": stopped, "history": history, "checkpoint": out / "checkpoint_last.pth"}
+
+
+def _read_log(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: _number(v) for k, v in row.items()} for row in rows]
+
+
+def _number(value: str) -> Any:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
+def _history(rows: list[dict]) -> list[dict]:
+    return [{k: _number(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
+def _slowdown(per_model: dict, rates: dict[str, Rates], plan: Plan) -> float:
+    """Actual over probed seconds per classification training image (within 0.5..3)."""
+    actual = probed = 0.0
+    for m, entry in per_model.items():
+        history = entry.get("classification", {}).get("history", [])
+        seconds = sum(float(row.get("time_s", 0)) for row in history)
+        if seconds and history:
+            actual += seconds / (plan.cls_per_epoch * len(history))
+            probed += rates[m].cls_train
+    return min(3.0, max(0.5, actual / probed)) if probed else 1.0
+
+
+def _train_config(
+    recipe: Recipe, model_name: str, kind: str, out: Path, config: DemoConfig, device: torch.device
+) -> TrainConfig:
+    cls = kind == "classification"
+    return TrainConfig(
+        output_dir=str(out),
+        epochs=recipe.cls_epochs if cls else recipe.seg_epochs,
+        batch_size=recipe.cls_batch if cls else recipe.seg_batch,
+        lr=recipe.cls_lr if cls else recipe.seg_lr,
+        lr_mode=recipe.cls_lr_mode if cls else recipe.seg_lr_mode,
+        weight_decay=recipe.cls_weight_decay if cls else recipe.seg_weight_decay,
+        momentum=0.9,
+        workers=config.workers,
+        device=str(device),
+        amp=device.type == "cuda",
+        seed=config.seed,
+        progress=config.progress,
+        handle_signals=True,
+        channels_last=use_channels_last(recipe, model_name),
+    )
+
+
+def train_classifier(
+    model_name: str,
+    recipe: Recipe,
+    data: SceneData,
+    plan: Plan,
+    out: Path,
+    config: DemoConfig,
+    device: torch.device,
+    time_limit: float | None,
+) -> dict:
+    """Train one classifier; returns the run's record (history, checkpoint, card)."""
+    from drnet.tasks.classify import ClassifierCard
+
+    channels = recipe.model_channels(model_name)
+    card = ClassifierCard(
+        model=model_name,
+        num_classes=10,
+        classes=list(data.cls_val.scenes.classes),
+        channels=list(channels),
+        mean=list(data.cls_mean),
+        std=list(data.cls_std),
+        crop_size=recipe.cls_canvas,
+        resize_size=recipe.cls_canvas,
+    )
+    train_set = data.cls_train(recipe, plan.cls_per_epoch, config.seed)
+    monitor = Subset(data.cls_val, range(min(recipe.cls_monitor, recipe.cls_val)))
+    task = SceneClassificationTask(card, train_set, monitor)
+    out.mkdir(parents=True, exist_ok=True)
+    card.save(out)
+    t0 = time.monotonic()
+    result = _train_with_deadline(
+        task,
+        _train_config(recipe, model_name, "classification", out, config, device),
+        train_set,
+        time_limit,
+    )
+    result.update(card=card, seconds=time.monotonic() - t0)
+    return result
+
+
+def evaluate_classification(
+    model_name: str, run: dict, data: SceneData, out: Path, device: torch.device, progress: bool
+) -> tuple[nn.Module, dict]:
+    """Top-1/top-5, per-class accuracy and the confusion matrix on all val scenes."""
+    from drnet.tasks.classify import (
+        evaluate_classifier,
+        load_classifier,
+        write_classification_report,
+    )
+
+    model, card = load_classifier(weights=run["checkpoint"])
+    model.to(device)
+    loader = DataLoader(data.cls_val, batch_size=128, shuffle=False)
+    result = evaluate_classifier(model, loader, card.class_names(), device, progress=progress)
+    metrics = write_classification_report(result, out)
+    # sample predictions for the report: the first two val scenes of each class
+    images = torch.stack([data.cls_val[i][0] for i in range(20)])
+    with torch.no_grad():
+        probabilities = model(images.to(device)).float().softmax(1).cpu()
+    samples = []
+    for i in range(20):
+        p, c = probabilities[i].max(0)
+        truth = data.cls_val[i][1]
+        samples.append(
+            {
+                "index": i,
+                "true": card.classes[truth],
+                "predicted": card.classes[int(c)],
+                "probability": round(float(p), 4),
+                "correct": int(c) == truth,
+            }
+        )
+    metrics["samples"] = samples
+    return model, metrics
+
+
+def evaluate_localization_stage(
+    model: nn.Module, card, data: SceneData, out: Path, device: torch.device, progress: bool
+) -> dict:
+    """The paper's protocol on the val scenes, threshold chosen on the holdout scenes."""
+    with single_thread():
+        metrics = _evaluate_localization(model, card, data, out, device, progress)
+    prior = metrics["centred_box_prior"]
+    metrics["top1_accuracy"] = 1 - metrics["top1_loc_err"]
+    metrics["top1_error"] = metrics["top1_loc_err"]
+    metrics["top5_error"] = metrics["top5_loc_err"]
+    metrics["gt_known_error"] = metrics["gt_known_loc_err"]
+    prior["top1_accuracy"] = 1 - prior["top1_loc_err"]
+    prior["gt_known_accuracy"] = 1 - prior["gt_known_loc_err"]
+    return metrics
+
+
+def _evaluate_localization(model, card, data: SceneData, out: Path, device, progress) -> dict:
+    from drnet.tasks.localize import evaluate_localization
+
+    return evaluate_localization(
+        model,
+        card,
+        data.loc_dir / "val",
+        data.loc_dir / "boxes_val.csv",
+        out,
+        threshold="auto",
+        val_dir=data.loc_dir / "holdout",
+        val_boxes_source=data.loc_dir / "boxes_holdout.csv",
+        save_images=12,
+        device=device,
+        workers=0,
+        progress=progress,
+    )
+
+
+def train_segmenter(
+    model_name: str,
+    recipe: Recipe,
+    data: SceneData,
+    plan: Plan,
+    out: Path,
+    config: DemoConfig,
+    device: torch.device,
+    time_limit: float | None,
+    backbone: Path | None,
+) -> dict:
+    channels = recipe.model_channels(model_name)
+    train_set = data.seg_train(recipe, plan.seg_per_epoch, config.seed)
+    monitor = Subset(data.seg_val, range(min(recipe.seg_monitor, recipe.seg_val)))
+    monitor.num_classes = data.seg_val.num_classes  # what the evaluation reads
+    task = SceneSegmentationTask(model_name, channels, train_set, monitor, backbone)
+    t0 = time.monotonic()
+    result = _train_with_deadline(
+        task,
+        _train_config(recipe, model_name, "segmentation", out, config, device),
+        train_set,
+        time_limit,
+    )
+    result["seconds"] = time.monotonic() - t0
+    return result
+
+
+def background_baseline(confusion: torch.Tensor) -> dict:
+    """mIoU and pixel accuracy of predicting background (class 0) everywhere, on the same
+    pixels as ``confusion`` (rows = ground truth)."""
+    from drnet.metrics import segmentation_metrics
+
+    hist = torch.zeros_like(confusion)
+    hist[:, 0] = confusion.sum(1)
+    metrics = segmentation_metrics(hist)
+    return {"miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"]}
+
+
+def evaluate_segmentation_stage(
+    run: dict, data: SceneData, out: Path, device: torch.device, progress: bool, examples: int = 6
+) -> dict:
+    """mIoU, per-class IoU, pixel accuracy on all val scenes, the all-background baseline, and
+    a few predictions (arrays kept for the report)."""
+    from drnet.tasks.segment import evaluate_segmentation, load_segmentation_model
+
+    model, _ = load_segmentation_model(run["checkpoint"])
+    model.to(device)
+    with single_thread():
+        metrics = evaluate_segmentation(model, data.seg_val, device, progress=progress)
+    confusion = torch.tensor(metrics["confusion_matrix"])
+    names = list(data.seg_val.class_names)
+    baseline = background_baseline(confusion)
+    result = {
+        "miou": metrics["miou"],
+        "pixel_accuracy": metrics["pixel_accuracy"],
+        "mean_accuracy": metrics["mean_accuracy"],
+        "background_baseline_miou": baseline["miou"],
+        "background_baseline_pixel_accuracy": baseline["pixel_accuracy"],
+        "per_class_iou": {
+            n: (None if math.isnan(v) else v) for n, v in zip(names, metrics["iou"], strict=True)
+        },
+        "class_names": names,
+        "confusion_matrix": metrics["confusion_matrix"],
+        "num_images": metrics["num_images"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segmentation_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    samples = []
+    with torch.no_grad():
+        for i in range(min(examples, len(data.seg_val))):
+            scene = data.seg_val.scenes.render(i)
+            image, _ = data.seg_val[i]
+            pred = model(image[None].to(device))["out"].argmax(1)[0].cpu().numpy()
+            samples.append(
+                {"image": scene.image, "label": scene.mask, "pred": pred.astype(np.uint8)}
+            )
+    return {**result, "_samples": samples}
+
+
+# ----------------------------------------------------------------------------------- activations
+
+
+def activation_analysis(
+    model: nn.Module, data: SceneData, count: int, device: torch.device
+) -> tuple[dict, dict]:
+    """Per-level activations on ``count`` val scenes and their gridding scores.
+
+    Returns ``(scores, activations of the first scene)``; a level whose maps are smaller than
+    8x8 has ``score`` None (on 4x4 maps every frequency is a period-2/4 lattice frequency).
+    """
+    from drnet.analysis import collect_activations, gridding_scores
+
+    model.eval()
+    images = torch.stack([data.cls_val[i][0] for i in range(count)]).to(device)
+    acts = collect_activations(model, images)
+    scores = {}
+    for name, entry in gridding_scores(acts).items():
+        if min(entry["height"], entry["width"]) < 8:
+            entry = {**entry, "score": None, "chance": None}
+        scores[name] = entry
+    first = {name: a[:1].cpu() for name, a in acts.items()}
+    return scores, first
+
+
+# ----------------------------------------------------------------------------------- the run
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run the demo as ``config`` says; writes ``metrics.json`` and ``report.html`` into
+    ``config.output_dir`` and returns the metrics."""
+    from drnet.demo.report import write_report
+
+    recipe = config.recipe or get_recipe(config.paper, config.quick)
+    if config.budget_minutes is not None and config.budget_minutes <= 0:
+        raise DrnetError(f"--budget-minutes must be positive; got {config.budget_minutes}")
+    check_recipe(recipe)
+    if config.workers < 0:
+        raise DrnetError(f"--workers must be >= 0; got {config.workers}")
+    clock = _Clock(60.0 * (config.budget_minutes or recipe.budget_minutes))
+    load_start = _load()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    out = Path(config.output_dir)
+    _prepare_output(out)
+    source = _item_source(config)
+    models = recipe.models
+    _say(
+        f"drnet demo ({recipe.name} recipe): {', '.join(models)}; budget "
+        f"{_fmt_s(clock.budget_s)} on {device.type} ({torch.get_num_threads()} threads); "
+        f"load average {load_start}"
+    )
+
+    # ---- data, probe, plan --------------------------------------------------------------------
+    with clock.stage("data"):
+        _say(f"[1/6] generating scenes (items: {source}) ...")
+        data = prepare_data(recipe, out, config.seed, source, config.progress)
+    with clock.stage("probe"):
+        _say("[2/6] measuring training speed ...")
+        rates = {m: probe(m, recipe, data, device, config.seed) for m in models}
+    plan = make_plan(recipe, rates, clock.elapsed(), clock.budget_s, config)
+    _say(
+        f"plan: {plan.cls_images:,} classification scenes ({plan.cls_epochs} epochs) and "
+        f"{plan.seg_images:,} segmentation scenes ({plan.seg_epochs} epochs) per model"
+    )
+    for stage, seconds in plan.stages_s.items():
+        _say(f"      {stage.replace('_', ' '):<28} ~{_fmt_s(seconds)}")
+    _say(f"estimated total: {_fmt_s(plan.estimate_s)} (budget {_fmt_s(clock.budget_s)})")
+    # a plan fixed by hand (or by the quick recipe) is trained in full: no hard stop
+    fixed_plan = bool(recipe.fixed_images or config.cls_images or config.seg_images)
+    if fixed_plan:
+        _say("note: the plan is fixed, so training is not stopped at the budget")
+
+    models_dir = out / "models"
+    per_model: dict[str, dict] = {
+        m: {
+            "model": m,
+            "channels": list(recipe.model_channels(m)),
+            "channels_last": use_channels_last(recipe, m),
+        }
+        for m in models
+    }
+    classifiers: dict[str, nn.Module] = {}
+    min_cls, min_seg = recipe.min_images
+    report_s = REPORT_OVERHEAD_S * len(models)
+
+    # ---- classification + localization --------------------------------------------------------
+    for index, m in enumerate(models):
+        rest = models[index + 1 :]
+        reserve = rates[m].cls_fixed(recipe) + report_s
+        reserve += sum(rates[k].cls_fixed(recipe) + min_cls * rates[k].cls_train for k in rest)
+        reserve += sum(r.seg_fixed(recipe) + min_seg * r.seg_train for r in rates.values())
+        limit = None if fixed_plan else clock.left() - 1.3 * reserve - 5
+        planned = plan.cls_images * rates[m].cls_train
+        _say(f"[3/6] training classifier {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
+        run_dir = models_dir / m / "classification"
+        with clock.stage("classification_training"):
+            run = train_classifier(m, recipe, data, plan, run_dir, config, device, limit)
+        with clock.stage("classification_evaluation"):
+            model, cls = evaluate_classification(m, run, data, run_dir, device, config.progress)
+        _say(f"      {m}: top-1 {cls['top1']:.3f}, top-5 {cls['top5']:.3f}")
+        _say(f"[4/6] localization {m}: threshold on the holdout scenes, scored on val scenes")
+        with clock.stage("localization"):
+            loc = evaluate_localization_stage(
+                model, run["card"], data, models_dir / m / "localization", device, config.progress
+            )
+        _say(
+            f"      {m}: top-1 localization accuracy {loc['top1_accuracy']:.3f} at "
+            f"t = {loc['threshold']:.2f}; centred-box prior "
+            f"{loc['centred_box_prior']['top1_accuracy']:.3f}"
+        )
+        cls.update(_run_record(run, plan.cls_images, 1 / rates[m].cls_train))
+        per_model[m].update(classification=cls, localization=loc)
+        classifiers[m] = model
+
+    # ---- segmentation, re-planned with the time left ------------------------------------------
+    slowdown = _slowdown(per_model, rates, plan)
+    seg_cost = sum(r.seg_train for r in rates.values()) * slowdown
+    if not fixed_plan:
+        fixed_left = sum(r.seg_fixed(recipe) for r in rates.values()) * slowdown + report_s
+        available = clock.budget_s * recipe.safety - clock.elapsed() - fixed_left
+        images = min(available / seg_cost, recipe.max_images[1])
+        plan.seg_per_epoch = _per_epoch(images, recipe.seg_epochs, recipe.seg_batch, min_seg)
+        _say(
+            f"re-plan with the time left: {plan.seg_images:,} segmentation scenes per model "
+            f"(~{_fmt_s(plan.seg_images * seg_cost)})"
+        )
+    for index, m in enumerate(models):
+        rest = models[index + 1 :]
+        reserve = rates[m].seg_fixed(recipe) * slowdown + report_s
+        reserve += sum(
+            (rates[k].seg_fixed(recipe) + min_seg * rates[k].seg_train) * slowdown for k in rest
+        )
+        limit = None if fixed_plan else clock.left() - 1.3 * reserve - 5
+        planned = plan.seg_images * rates[m].seg_train * slowdown
+        backbone = None
+        if recipe.seg_from_classifier:
+            backbone = models_dir / m / "classification" / "checkpoint_last.pth"
+        _say(f"[5/6] training segmenter {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
+        run_dir = models_dir / m / "segmentation"
+        with clock.stage("segmentation_training"):
+            run = train_segmenter(m, recipe, data, plan, run_dir, config, device, limit, backbone)
+        with clock.stage("segmentation_evaluation"):
+            seg = evaluate_segmentation_stage(run, data, run_dir, device, config.progress)
+        _say(
+            f"      {m}: mIoU {seg['miou']:.3f} (all-background baseline "
+            f"{seg['background_baseline_miou']:.3f})"
+        )
+        seg.update(_run_record(run, plan.seg_images, 1 / rates[m].seg_train))
+        seg["backbone_from_classifier"] = backbone is not None
+        per_model[m]["segmentation"] = seg
+
+    # ---- activation maps and gridding, metrics, report ----------------------------------------
+    _say("[6/6] activation maps, gridding scores and the report ...")
+    activations: dict[str, dict] = {}
+    with clock.stage("activations"):
+        for m, model in classifiers.items():
+            scores, first = activation_analysis(model, data, recipe.activation_images, device)
+            per_model[m]["gridding"] = scores
+            activations[m] = first
+    metrics = _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_start)
+    figures = out / "figures"
+    with clock.stage("report"):
+        write_report(out, metrics, per_model, activations, data, figures)
+        metrics["timings"] = {**clock.stages, "total": round(clock.elapsed(), 2)}
+        metrics["wall_seconds"] = round(clock.elapsed(), 2)
+        metrics["load_average"]["end"] = _load()
+        metrics["within_budget"] = clock.elapsed() <= clock.budget_s
+        # the report shows the timings too: write it again with the final numbers (fast)
+        write_report(out, metrics, per_model, activations, data, figures)
+    _write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def _run_record(run: dict, images: int, images_per_s: float) -> dict:
+    """What ``metrics.json`` keeps of a training run."""
+    return {
+        "images_seen": None if run["stopped_early"] else images,
+        "epochs": len(run["history"]),
+        "stopped_early": run["stopped_early"],
+        "training_seconds": round(run["seconds"], 2),
+        "history": _history(run["history"]),
+        "probed_images_per_s": round(images_per_s, 1),
+    }
+
+
+def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_start) -> dict:
+    """``metrics.json``: the main model's sections at the top level, every model in ``models``,
+    the paper table in ``comparison``."""
+    main = recipe.models[-1] if "drn_d_22" not in recipe.models else "drn_d_22"
+    public = {m: {k: v for k, v in entry.items()} for m, entry in per_model.items()}
+    for entry in public.values():
+        if "segmentation" in entry:
+            entry["segmentation"] = {
+                k: v for k, v in entry["segmentation"].items() if not k.startswith("_")
+            }
+    top = public[main]
+    cls, loc, seg = top["classification"], top["localization"], top["segmentation"]
+    prior = loc["centred_box_prior"]
+    floors = {
+        "classification_top1": {
+            "value": cls["top1"],
+            "floor": FLOORS["classification_top1"],
+            "pass": cls["top1"] >= FLOORS["classification_top1"],
+        },
+        "segmentation_miou": {
+            "value": seg["miou"],
+            "floor": FLOORS["segmentation_miou"],
+            "background_baseline": seg["background_baseline_miou"],
+            "pass": seg["miou"] >= FLOORS["segmentation_miou"],
+        },
+        "localization_top1_vs_prior": {
+            "value": loc["top1_accuracy"],
+            "prior": prior["top1_accuracy"],
+            "prior_box_only": prior["gt_known_accuracy"],
+            "margin": FLOORS["localization_margin"],
+            "floor": prior["top1_accuracy"] + FLOORS["localization_margin"],
+            "pass": loc["top1_accuracy"] >= prior["top1_accuracy"] + FLOORS["localization_margin"],
+        },
+    }
+    comparison = []
+    for m, entry in public.items():
+        levels = entry.get("gridding", {})
+        final = list(levels)[-1] if levels else None
+        score = levels[final] if final else {}
+        comparison.append(
+            {
+                "model": m,
+                "channels": entry["channels"],
+                "classification_error": 1 - entry["classification"]["top1"],
+                "top5_error": 1 - entry["classification"]["top5"],
+                "top1_localization_error": entry["localization"]["top1_error"],
+                "centred_box_prior_error": entry["localization"]["centred_box_prior"][
+                    "top1_loc_err"
+                ],
+                "miou": entry["segmentation"]["miou"],
+                "gridding_level": final,
+                "gridding_map": f"{score['height']}x{score['width']}" if score else None,
+                "gridding_score": score.get("score"),
+                "gridding_chance": score.get("chance"),
+            }
+        )
+    return {
+        "drnet_demo": recipe.name,
+        "main_model": main,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seed": config.seed,
+        "quick": recipe.name.endswith("quick"),
+        "budget_seconds": clock.budget_s,
+        "estimate_seconds": round(plan.estimate_s, 1),
+        "device": _device_info(device),
+        "versions": _versions(),
+        "load_average": {"start": load_start, "end": None},
+        "recipe": recipe.to_dict(),
+        "plan": {
+            "classification_images": plan.cls_images,
+            "classification_per_epoch": plan.cls_per_epoch,
+            "segmentation_images": plan.seg_images,
+            "segmentation_per_epoch": plan.seg_per_epoch,
+            "stages_seconds": plan.stages_s,
+            "rates_seconds_per_image": {m: asdict(r) for m, r in rates.items()},
+        },
+        "data": {
+            "item_source": data.item_source,
+            "classification": {
+                "canvas": recipe.cls_canvas,
+                "scale": list(recipe.cls_scale),
+                "val_scenes": recipe.cls_val,
+                "holdout_scenes": recipe.cls_holdout,
+                "mean": data.cls_mean,
+                "std": data.cls_std,
+                "scenes_dir": str(data.loc_dir),
+            },
+            "segmentation": {
+                "canvas": recipe.seg_canvas,
+                "items": list(recipe.seg_items),
+                "scale": list(recipe.seg_scale),
+                "val_scenes": recipe.seg_val,
+                "mean": data.seg_mean,
+                "std": data.seg_std,
+            },
+            "class_titles": list(CLASS_TITLES),
+        },
+        "classification": cls,
+        "localization": loc,
+        "segmentation": seg,
+        "gridding": top.get("gridding", {}),
+        "floors": floors,
+        "comparison": comparison,
+        "models": public,
+        "timings": dict(clock.stages),
+    }
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return str(obj)
+
+
+def _clean(obj: Any) -> Any:
+    """NaN -> None (strict JSON), recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(_clean(json.loads(json.dumps(data, default=_json_default))), indent=2)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+
+
+def summary_lines(metrics: dict, output_dir: str | os.PathLike) -> list[str]:
+    """What ``drnet demo`` prints at the end: the floors, the paper table, the files."""
+    floors = metrics["floors"]
+    c, s, lf = (
+        floors["classification_top1"],
+        floors["segmentation_miou"],
+        floors["localization_top1_vs_prior"],
+    )
+
+    def mark(ok: bool) -> str:
+        return "ok" if ok else "BELOW FLOOR"
+
+    lines = [
+        f"drnet demo ({metrics['drnet_demo']}): {metrics['main_model']}, "
+        f"{metrics['wall_seconds']:.0f} s (budget {metrics['budget_seconds']:.0f} s)",
+        f"  classification top-1        {c['value']:.3f}   floor {c['floor']:.2f}   "
+        f"{mark(c['pass'])}",
+        f"  top-1 localization accuracy {lf['value']:.3f}   centred-box prior {lf['prior']:.3f}"
+        f" (+{lf['margin']:.2f} needed)   {mark(lf['pass'])}",
+        f"  segmentation mIoU           {s['value']:.3f}   floor {s['floor']:.2f}   "
+        f"all-background {s['background_baseline']:.3f}   {mark(s['pass'])}",
+    ]
+    if len(metrics["comparison"]) > 1:
+        lines.append("")
+        lines.append(
+            f"  {'model':<10} {'cls err':>8} {'loc err':>8} {'prior':>8} {'mIoU':>7} "
+            f"{'gridding':>9}"
+        )
+        for row in metrics["comparison"]:
+            grid = row["gridding_score"]
+            lines.append(
+                f"  {row['model']:<10} {row['classification_error']:>8.3f} "
+                f"{row['top1_localization_error']:>8.3f} {row['centred_box_prior_error']:>8.3f} "
+                f"{row['miou']:>7.3f} {'n/a' if grid is None else f'{grid:.3f}':>9}"
+            )
+    out = Path(output_dir)
+    lines.append(f"report: {out / REPORT_FILE}   metrics: {out / METRICS_FILE}")
+    return lines

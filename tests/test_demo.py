@@ -1,0 +1,226 @@
+"""``drnet demo``: recipes, planning, the hard stop, and a tiny-budget end-to-end run (``--quick``)
+through the command line, checking ``metrics.json`` and ``report.html``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from drnet.cli import main
+from drnet.demo.recipes import PAPER_MODELS, Recipe, default_recipe, get_recipe, paper_recipe
+from drnet.demo.report import check_report
+from drnet.demo.run import (
+    DemoConfig,
+    Rates,
+    background_baseline,
+    make_plan,
+    run_demo,
+)
+from drnet.errors import DrnetError
+
+# ----------------------------------------------------------------------------- recipes and plans
+
+
+def test_recipes_name_their_models_and_widths() -> None:
+    assert default_recipe().models == ("drn_d_22",)
+    assert default_recipe().model_channels("drn_d_22") == (16, 32, 64, 64, 128, 128, 128, 128)
+    paper = paper_recipe()
+    assert paper.models == PAPER_MODELS and paper.budget_minutes == 60
+    assert paper.model_channels("resnet18") == (16, 32, 64, 128)
+    assert paper.model_channels("drn_c_26") == (8, 8, 16, 32, 64, 128, 128, 128)
+    quick = get_recipe(quick=True)
+    assert quick.fixed_images and quick.name == "default-quick"
+    assert json.dumps(paper.to_dict())  # recorded in metrics.json
+
+
+RATES = Rates(cls_train=0.004, cls_infer=0.001, cls_single=0.002, seg_train=0.01, seg_single=0.01)
+
+
+def test_plan_fits_the_budget_in_balanced_multiples_of_the_batch() -> None:
+    recipe = default_recipe()
+    plan = make_plan(recipe, {"drn_d_22": RATES}, elapsed=10.0, budget_s=360.0, config=DemoConfig())
+    assert plan.cls_per_epoch % 160 == 0 and plan.seg_per_epoch % 80 == 0  # lcm(batch, 10)
+    assert recipe.min_images[0] <= plan.cls_images and recipe.min_images[1] <= plan.seg_images
+    assert plan.estimate_s <= 360 * recipe.safety + 1
+    assert plan.estimate_s > 360 * recipe.safety * 0.8  # and uses most of it
+    slower = make_plan(
+        recipe,
+        {"drn_d_22": Rates(0.008, 0.002, 0.004, 0.02, 0.02)},
+        elapsed=10.0,
+        budget_s=360.0,
+        config=DemoConfig(),
+    )
+    assert slower.cls_images < plan.cls_images and slower.seg_images < plan.seg_images
+
+
+def test_plan_can_be_fixed_from_the_command_line() -> None:
+    config = DemoConfig(cls_images=1600, seg_images=960)
+    plan = make_plan(default_recipe(), {"drn_d_22": RATES}, 0.0, 360.0, config)
+    assert (plan.cls_images, plan.seg_images) == (1280, 960)  # whole epochs of whole batches
+
+
+def test_paper_plan_gives_every_model_the_same_images() -> None:
+    recipe = paper_recipe()
+    rates = {m: RATES for m in recipe.models}
+    plan = make_plan(recipe, rates, 0.0, 3600.0, DemoConfig())
+    single = make_plan(
+        Recipe(name="one", budget_minutes=60), {"m": RATES}, 0.0, 3600.0, DemoConfig()
+    )
+    assert plan.cls_images < single.cls_images  # five models share the hour
+
+
+def test_background_baseline_predicts_background_everywhere() -> None:
+    confusion = torch.tensor([[80, 0, 0], [5, 10, 0], [0, 0, 5]])  # rows: truth
+    baseline = background_baseline(confusion)
+    # background IoU 80/100, the two item classes 0 -> mean 0.8 / 3
+    assert baseline["miou"] == pytest.approx(0.8 / 3)
+    assert baseline["pixel_accuracy"] == pytest.approx(0.8)
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DrnetError, match="not an earlier demo's output"):
+        run_demo(DemoConfig(output_dir=str(tmp_path), quick=True, progress=False))
+    with pytest.raises(DrnetError, match="budget-minutes"):
+        run_demo(DemoConfig(output_dir=str(tmp_path / "new"), budget_minutes=-1, quick=True))
+
+
+def test_training_stops_at_its_deadline(tmp_path: Path) -> None:
+    """The hard stop: the engine's own graceful stop, then the weights so far are used."""
+    from drnet.data.scenes import ClassificationScenes
+    from drnet.demo.run import _train_with_deadline
+    from drnet.demo.tasks import ClassificationSceneData, SceneClassificationTask
+    from drnet.engine import TrainConfig
+    from drnet.tasks.classify import ClassifierCard
+
+    scenes = ClassificationScenes("train", 40, canvas=32, scale=(0.6, 1.0), seed=0)
+    train_set = ClassificationSceneData(scenes, [0.5] * 3, [0.25] * 3, fresh=True)
+    card = ClassifierCard("drn_d_22", 10, list(scenes.classes), [4, 8, 8, 8, 8, 8, 8, 8])
+    task = SceneClassificationTask(card, train_set, None)
+    config = TrainConfig(output_dir=str(tmp_path), epochs=3, batch_size=4, workers=0)
+    config.progress = False
+    result = _train_with_deadline(task, config, train_set, seconds=-1.0)
+    assert result["stopped_early"] and result["history"] == []
+    assert result["checkpoint"].is_file() and train_set.deadline is None
+    done = _train_with_deadline(task, config, train_set, seconds=600.0)
+    assert not done["stopped_early"] and len(done["history"]) == 3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+METRIC_FIELDS = {
+    ("classification", "top1"),
+    ("classification", "top5"),
+    ("classification", "per_class_accuracy"),
+    ("localization", "top1_accuracy"),
+    ("localization", "top1_error"),
+    ("localization", "centred_box_prior"),
+    ("localization", "threshold"),
+    ("localization", "curve"),
+    ("localization", "held_out_curve"),
+    ("segmentation", "miou"),
+    ("segmentation", "background_baseline_miou"),
+    ("segmentation", "per_class_iou"),
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    assert main(["demo", "--quick", "--output-dir", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_metrics(quick_run: Path) -> None:
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    for section, key in METRIC_FIELDS:
+        assert key in metrics[section], (section, key)
+    assert 0 <= metrics["classification"]["top1"] <= 1
+    assert metrics["localization"]["centred_box_prior"]["top1_accuracy"] is not None
+    assert set(metrics["floors"]) == {
+        "classification_top1",
+        "segmentation_miou",
+        "localization_top1_vs_prior",
+    }
+    assert all(isinstance(f["pass"], bool) for f in metrics["floors"].values())
+    gridding = metrics["gridding"]
+    assert "layer5" in gridding and {"score", "chance", "height", "width"} <= set(
+        gridding["layer5"]
+    )
+    for key in ("recipe", "device", "versions", "timings", "plan", "load_average", "comparison"):
+        assert key in metrics
+    assert metrics["quick"] is True and metrics["wall_seconds"] > 0
+    assert set(metrics["timings"]) >= {"data", "classification_training", "localization", "total"}
+    assert metrics["classification"]["history"] and metrics["segmentation"]["history"]
+    # the evaluation scenes are on disk in the layout of `drnet data scenes`
+    assert (quick_run / "data" / "val").is_dir() and (
+        quick_run / "data" / "boxes_val.csv"
+    ).is_file()
+
+
+@pytest.mark.slow
+def test_quick_demo_report_is_self_contained(quick_run: Path) -> None:
+    report = quick_run / "report.html"
+    result = check_report(report)
+    assert result["problems"] == []
+    assert result["images"] >= 20  # samples, overlays, segmentation, activation maps
+    text = report.read_text()
+    for heading in ("Summary", "Training curves", "Weakly-supervised localization", "Segmentation"):
+        assert heading in text
+    assert "<svg" in text and "centred-box prior" in text
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_again_into_the_same_folder(quick_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(quick_run, out)
+    metrics = run_demo(DemoConfig(output_dir=str(out), quick=True, progress=False))
+    first = json.loads((quick_run / "metrics.json").read_text())
+    # same seed, same plan: the same numbers
+    assert metrics["classification"]["top1"] == first["classification"]["top1"]
+    assert metrics["segmentation"]["miou"] == pytest.approx(first["segmentation"]["miou"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_quick_demo_report_renders_in_headless_chromium(quick_run: Path, tmp_path: Path) -> None:
+    report = (quick_run / "report.html").resolve()
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Weakly-supervised localization" in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert console == [], console
+    shot = tmp_path / "report.png"
+    render = subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,3000", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert render.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000
