@@ -41,11 +41,20 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-CLASSIFIERS = ["drn_a_18", "drn_b_26", "drn_c_26", "drn_c_58", "drn_d_22", "drn_d_54", "resnet18"]
+# (model, channels_last): every family, both layouts on the two most used models
+CLASSIFIER_CASES = [
+    ("drn_d_22", False),
+    ("drn_d_22", True),
+    ("drn_c_26", False),
+    ("drn_c_26", True),
+    ("drn_c_58", True),
+    ("drn_b_26", True),
+    ("drn_a_18", True),
+    ("drn_d_54", False),
+]
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("name", "channels_last"), CLASSIFIER_CASES)
 def test_fast_classifier_matches_eager(name: str, channels_last: bool) -> None:
     torch.manual_seed(0)
     model = drnet.create_model(name, num_classes=10, channels=tiny_channels(name)).eval()
@@ -88,11 +97,11 @@ def test_drn_c_58_discarded_downsample_not_run() -> None:
     assert model.layer7[0].downsample is not None  # keys kept on the original
 
 
-SEGMENTERS = ["drn_d_22", "drn_c_26", "drn_a_18"]
+SEGMENTER_CASES = [("drn_d_22", (64, 64)), ("drn_d_22", (61, 83)), ("drn_c_26", (61, 83))]
+SEGMENTER_CASES += [("drn_a_18", (48, 72))]
 
 
-@pytest.mark.parametrize("name", SEGMENTERS)
-@pytest.mark.parametrize("size", [(64, 64), (61, 83)])
+@pytest.mark.parametrize(("name", "size"), SEGMENTER_CASES)
 def test_fast_segmentation_matches_eager(name: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = drnet.create_segmentation_model(name, 5, channels=tiny_channels(name)).eval()
@@ -209,3 +218,17 @@ def test_fast_inference_switch() -> None:
     assert isinstance(fast_inference(model), InferenceModel)
     plain = fast_inference(model, enabled=False)
     assert plain is model and not plain.training
+
+
+def test_packed_weights_copy_and_follow_weight_changes() -> None:
+    torch.manual_seed(0)
+    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_DRN).eval()
+    fast = optimize_for_inference(model, channels_last=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = fast(x)  # packs the weights (oneDNN builds)
+        copied = copy.deepcopy(fast)  # the opaque packed copies are dropped, then rebuilt
+        assert torch.allclose(copied(x), out, rtol=1e-5, atol=1e-6)
+        conv = next(m for m in fast.modules() if isinstance(m, ConvAct))
+        conv.weight.mul_(2.0)  # a changed weight is repacked
+        assert not torch.allclose(fast(x), out)

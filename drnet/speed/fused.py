@@ -32,6 +32,7 @@ def _onednn_pointwise_available() -> bool:
 
 
 ONEDNN_POINTWISE = _onednn_pointwise_available()
+PACKED_WEIGHTS = ONEDNN_POINTWISE and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 
 
 def _use_onednn(x: torch.Tensor, use_onednn: bool) -> bool:
@@ -66,6 +67,33 @@ class ConvAct(nn.Module):
         self.groups = conv.groups
         self.relu = relu
         self.use_onednn = use_onednn
+        self._packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight
+        self._packed_key: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # the packed (opaque) weight cannot be copied: repack later
+        state["_packed"], state["_packed_key"] = None, None
+        return state
+
+    def onednn_weight(self) -> torch.Tensor:
+        """The weight reordered once into oneDNN's blocked layout (eager reorders it on every
+        call: for the 512-channel 3x3 convs that costs about as much as the conv itself)."""
+        if not PACKED_WEIGHTS:
+            return self.weight
+        weight = self.weight
+        key = (weight.data_ptr(), 0 if weight.is_inference() else weight._version)
+        if self._packed is None or self._packed_key != key:
+            with torch.no_grad():
+                self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight.detach().contiguous(),
+                    self.padding,
+                    self.stride,
+                    self.dilation,
+                    self.groups,
+                    None,
+                )
+            self._packed_key = key
+        return self._packed
 
     def extra_repr(self) -> str:
         c_out, c_in, kh, kw = self.weight.shape
@@ -79,7 +107,7 @@ class ConvAct(nn.Module):
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x,
-                    self.weight,
+                    self.onednn_weight(),
                     self.bias,
                     self.padding,
                     self.stride,
@@ -95,7 +123,7 @@ class ConvAct(nn.Module):
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x,
                     residual,
-                    self.weight,
+                    self.onednn_weight(),
                     self.bias,
                     self.padding,
                     self.stride,
