@@ -164,6 +164,8 @@ class FusedBlock(nn.Module):
         self.last = _conv_act(convs[-1], relu=True, use_onednn=use_onednn)
         self.residual = block.residual
         self.downsample = block.downsample if block.residual else None
+        if self.downsample is not None:
+            _fuse_in_place(self.downsample, use_onednn)  # its conv gains the packed weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
@@ -173,6 +175,10 @@ class FusedBlock(nn.Module):
             return self.last(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.last(out, shortcut)
+
+
+def _plain_padding(conv: nn.Conv2d) -> bool:
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
 def _fuse_in_place(module: nn.Module, use_onednn: bool) -> None:
@@ -197,6 +203,10 @@ def _fuse_in_place(module: nn.Module, use_onednn: bool) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, (BasicBlock, Bottleneck)):
             setattr(module, name, FusedBlock(child, use_onednn))
+        elif isinstance(child, nn.Conv2d) and _plain_padding(child):
+            # a conv without ReLU (projection shortcut, DRNSeg's seg, a conv classifier):
+            # still gains the once-packed weight
+            setattr(module, name, ConvAct(child, relu=False, use_onednn=use_onednn))
         elif not isinstance(child, (ConvAct, FusedBlock)):
             _fuse_in_place(child, use_onednn)
 
