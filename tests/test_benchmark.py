@@ -16,8 +16,7 @@ TINY = (8, 8, 16, 16, 32, 32, 32, 32)
 def test_benchmark_cli_inference_tiny(tmp_path, capsys) -> None:
     code = main(
         ["benchmark", "--channels", ",".join(map(str, TINY)), "--size", "32", "--repeats", "1",
-         "--num-classes", "3", "--out", str(tmp_path), "--name", "quick", "--quiet", "--no-peak",
-         "--no-memory"]
+         "--num-classes", "3", "--out", str(tmp_path), "--name", "quick", "--quiet", "--no-peak"]
     )  # fmt: skip
     assert code == 0
     rows = json.loads((tmp_path / "quick.json").read_text())["rows"]

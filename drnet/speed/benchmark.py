@@ -171,10 +171,10 @@ class LiveTensorMemory:
                 inputs = {
                     t.untyped_storage()._cdata
                     for t in tree_leaves((args, kwargs))
-                    if isinstance(t, torch.Tensor) and t.device.type == tracker.device_type
+                    if tracker._tracked(t)
                 }
                 for t in tree_leaves(out):
-                    if not isinstance(t, torch.Tensor) or t.device.type != tracker.device_type:
+                    if not tracker._tracked(t):
                         continue
                     storage = t.untyped_storage()
                     key = storage._cdata
@@ -186,6 +186,14 @@ class LiveTensorMemory:
                 return out
 
         self._mode = _Mode()
+
+    def _tracked(self, t: Any) -> bool:
+        # opaque tensors (oneDNN's packed weights) have no storage to follow
+        return (
+            isinstance(t, torch.Tensor)
+            and t.layout == torch.strided
+            and t.device.type == self.device_type
+        )
 
     def _collect(self) -> None:
         self.peak = max(self.peak, self.current)
