@@ -29,7 +29,7 @@ from drnet.errors import DrnetError
 
 def test_recipes_name_their_models_and_widths() -> None:
     assert default_recipe().models == ("drn_d_22",)
-    assert default_recipe().model_channels("drn_d_22") == (16, 32, 64, 64, 128, 128, 128, 128)
+    assert default_recipe().model_channels("drn_d_22") == (16, 16, 32, 64, 64, 64, 64, 64)
     paper = paper_recipe()
     assert paper.models == PAPER_MODELS and paper.budget_minutes == 60
     assert paper.model_channels("resnet18") == (16, 32, 64, 128)
@@ -100,7 +100,7 @@ def test_training_stops_at_its_deadline(tmp_path: Path) -> None:
     from drnet.tasks.classify import ClassifierCard
 
     scenes = ClassificationScenes("train", 40, canvas=32, scale=(0.6, 1.0), seed=0)
-    train_set = ClassificationSceneData(scenes, [0.5] * 3, [0.25] * 3, fresh=True)
+    train_set = ClassificationSceneData(scenes, [0.5] * 3, [0.25] * 3, train=True)
     card = ClassifierCard("drn_d_22", 10, list(scenes.classes), [4, 8, 8, 8, 8, 8, 8, 8])
     task = SceneClassificationTask(card, train_set, None)
     config = TrainConfig(output_dir=str(tmp_path), epochs=3, batch_size=4, workers=0)

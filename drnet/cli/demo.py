@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drnet.demo.run import DemoConfig, run_demo, summary_lines
+    import time
+
+    from drnet.demo.run import DemoConfig, process_age, run_demo, summary_lines
 
     config = DemoConfig(
         output_dir=args.output_dir,
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cls_images=args.cls_images,
         seg_images=args.seg_images,
+        started=time.monotonic() - process_age(),
     )
     metrics = run_demo(config)
     print("\n".join(summary_lines(metrics, config.output_dir)))

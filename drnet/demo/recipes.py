@@ -27,7 +27,7 @@ TINY_CHANNELS = (4, 8, 16, 16, 32, 32, 32, 32)
 
 @dataclass(frozen=True)
 class Recipe:
-    """One demo recipe. Image counts are *training scenes seen*; every epoch renders fresh ones.
+    """One demo recipe. Image counts are *training scenes seen* (epochs x scenes per epoch).
 
     ``channels`` maps a model name to its per-level widths; a model without an entry gets its
     registered widths times ``width_mult``.
@@ -63,14 +63,14 @@ class Recipe:
     seg_monitor: int = 100
     seg_from_classifier: bool = True  # backbone starts from the trained classifier
     # -- how the training time is split and bounded
-    cls_share: float = 0.45  # of the training time; segmentation gets the rest
+    cls_share: float = 0.75  # of the training time; segmentation (started from the classifier)
+    # needs much less: a few thousand scenes already give twice the floor
     min_images: tuple[int, int] = (1280, 480)  # (classification, segmentation) at least
     max_images: tuple[int, int] = (200_000, 60_000)  # enough on a GPU
     fixed_images: tuple[int, int] | None = None  # skip planning (quick recipes)
-    activation_images: int = 32
-    channels_last: bool = (
-        True  # 10-30% faster convolutions on CPU  # val scenes averaged for the gridding scores
-    )
+    activation_images: int = 32  # val scenes averaged for the gridding scores
+    scene_rounds: int | None = 1  # reuse one set of training scenes every epoch (None: fresh)
+    channels_last: bool = True  # 10-30% faster convolutions on CPU
 
     def model_channels(self, model: str) -> tuple[int, ...]:
         """The per-level widths ``model`` is trained at."""
@@ -92,7 +92,9 @@ def default_recipe(quick: bool = False) -> Recipe:
     recipe = Recipe(
         name="default",
         models=("drn_d_22",),
-        channels={"drn_d_22": (16, 32, 64, 64, 128, 128, 128, 128)},
+        # measured on 2 CPU cores: wide early levels (the items are small) and narrow late ones
+        # train faster and reach a higher top-1 in the same time than 8..128 or 16..128
+        channels={"drn_d_22": (16, 16, 32, 64, 64, 64, 64, 64)},
     )
     return quick_version(recipe) if quick else recipe
 

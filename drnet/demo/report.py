@@ -98,6 +98,23 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) 
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) within
+    ``[low, high]``."""
+    import math
+
+    raw = (high - low) / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + 1e-9 * step:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
 def line_chart(
     series: Mapping[str, Sequence[tuple[float, float]]],
     title: str,
@@ -115,8 +132,17 @@ def line_chart(
     points = [p for s in series.values() for p in s if p[1] is not None]
     if not points:
         return f'<p class="note">{_e(title)}: no data.</p>'
-    legend_rows = -(-len(series) // 4) if len(series) > 1 else 0
-    left, right, top, bottom = 52, 14, 26 + 14 * legend_rows, 40
+    left, right, bottom = 52, 14, 40
+    # legend entries laid out left to right in the top margin, wrapping at the chart's width
+    legend, lx, ly = [], left, 34
+    for name in series if len(series) > 1 else []:
+        advance = 30 + 6 * len(str(name))
+        if lx + advance > width - right and lx > left:
+            lx, ly = left, ly + 14
+        legend.append((lx, ly))
+        lx += advance
+    legend_rows = (ly - 34) // 14 + 1 if legend else 0
+    top = 26 + 14 * legend_rows
     height += 14 * legend_rows
     xs = [p[0] for p in points] + [v for v, _ in vlines]
     ys = [p[1] for p in points] + [v for v, _ in hlines]
@@ -143,8 +169,7 @@ def line_chart(
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
         f'<text x="{left}" y="15" style="font-weight:600">{_e(title)}</text>',
     ]
-    for i in range(5):
-        y = y0 + (y1 - y0) * i / 4
+    for y in nice_ticks(y0, y1):
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
             f'stroke="#e6e9ed"/>'
@@ -154,7 +179,7 @@ def line_chart(
     if whole and x1 - x0 <= 12:
         x_ticks = [float(x) for x in range(int(x0), int(x1) + 1)]
     else:
-        x_ticks = [x0 + (x1 - x0) * i / 4 for i in range(5)]
+        x_ticks = nice_ticks(x0, x1)
     for x in x_ticks:
         parts.append(
             f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:.3g}</text>'
@@ -172,8 +197,7 @@ def line_chart(
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" y2="{sy(value):.1f}" '
             f'stroke="#777" stroke-dasharray="5 4"/>'
-            f'<text x="{width - right - 4}" y="{sy(value) - 4:.1f}" text-anchor="end">'
-            f"{_e(label)}</text>"
+            f'<text x="{left + 4}" y="{sy(value) - 4:.1f}">{_e(label)}</text>'
         )
     for value, label in vlines:
         parts.append(
@@ -191,8 +215,8 @@ def line_chart(
         parts += [
             f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in valid
         ]
-        if len(series) > 1:
-            lx, ly = left + 110 * (i % 4), 34 + 14 * (i // 4)
+        if legend:
+            lx, ly = legend[i]
             parts.append(
                 f'<rect x="{lx}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>'
                 f'<text x="{lx + 14}" y="{ly + 1}">{_e(name)}</text>'
@@ -311,7 +335,16 @@ def _comparison(metrics: dict) -> str:
     return f"<h2>The paper's comparison in miniature</h2>{table}{note}"
 
 
-def _curves(per_model: dict) -> str:
+def _curves(per_model: dict, recipe: dict) -> str:
+    rounds = recipe.get("scene_rounds")
+    scenes_note = (
+        "Every epoch renders fresh training scenes (flipped at random)."
+        if rounds is None
+        else "Each epoch draws from the same training scenes"
+        + (f" ({rounds} sets)" if rounds > 1 else "")
+        + ", rendered once and flipped at random."
+    )
+
     def collect(kind: str, key: str) -> dict:
         return {m: _curve(e[kind].get("history", []), key) for m, e in per_model.items()}
 
@@ -344,9 +377,9 @@ def _curves(per_model: dict) -> str:
         ),
     ]
     note = (
-        '<p class="note">From the engine\'s <code>log.csv</code>. Every epoch renders fresh '
-        "training scenes; the monitor scenes are the first val scenes, scored after each epoch "
-        "(the final numbers use all val scenes).</p>"
+        '<p class="note">From the engine\'s <code>log.csv</code>. '
+        f"{_e(scenes_note)} The monitor scenes are the first val scenes, scored after each "
+        "epoch (the final numbers use all val scenes).</p>"
     )
     return "<h2>Training curves</h2>" + note + '<div class="grid">' + "".join(charts) + "</div>"
 
@@ -414,17 +447,15 @@ def _localization(model: str, entry: dict, root: Path) -> str:
         vlines=[(loc["threshold"], f"chosen t = {loc['threshold']:.2f}")],
     )
     figures = []
-    boxes = root / "boxes.json"
-    records = json.loads(boxes.read_text()) if boxes.is_file() else []
-    for record in records:
-        if "overlay" not in record or not (root / record["overlay"]).is_file():
+    for example in loc.get("examples", []):
+        picture = root / example["picture"]
+        if not picture.is_file():
             continue
-        top = record["predictions"][0]
-        mark = "ok" if record["top1_loc_correct"] else "bad"
+        mark = "ok" if example["correct"] else "bad"
         figures.append(
-            f"<figure>{_img(Image.open(root / record['overlay']), 128, record['image'], True)}"
-            f'<span class="{mark}">{_e(top["class"])}, IoU {top["iou"]:.2f}</span><br>'
-            f"<small>true: {_e(record['label'])}</small></figure>"
+            f"<figure>{_img(Image.open(picture), 128, example['image'])}"
+            f'<span class="{mark}">{_e(example["predicted"])}, IoU {example["iou"]:.2f}</span><br>'
+            f"<small>true: {_e(example['true'])}</small></figure>"
         )
     note = (
         '<p class="note">The paper\'s protocol: the classifier without global pooling gives a '
@@ -541,7 +572,7 @@ def _run_info(metrics: dict) -> str:
     command = "drnet demo" + (" --paper" if recipe["name"].startswith("paper") else "")
     command += " --quick" if metrics.get("quick") else ""
     command += f" --seed {metrics['seed']} --cls-images {plan['classification_images']}"
-    command += f" --seg-images {plan['segmentation_images']}"
+    command += f" --seg-images {plan['segmentation_images']} --threads {plan.get('threads', 1)}"
     return (
         "<h2>Run</h2>"
         f"<p>Device {_e(device['name'])}{_e(gpu)} ({device['torch_threads']} threads, "
@@ -573,7 +604,7 @@ def write_report(
     sections = [_summary(metrics)]
     if len(per_model) > 1:
         sections.append(_comparison(metrics))
-    sections.append(_curves(per_model))
+    sections.append(_curves(per_model, metrics["recipe"]))
     sections.append(_classification(main, per_model[main], root / "classification", data))
     sections.append(_localization(main, per_model[main], root / "localization"))
     sections.append(_segmentation(main, per_model[main], list(data.seg_val.class_names)))

@@ -21,6 +21,7 @@ seed; the plan itself depends on the machine's speed, and ``cls_images``/``seg_i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -83,6 +84,7 @@ class DemoConfig:
     cls_images: int | None = None  # fix the plan (training scenes per model)
     seg_images: int | None = None
     recipe: Recipe | None = field(default=None, repr=False)  # overrides paper/quick
+    started: float | None = None  # time.monotonic() when the command started (None: now)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -163,11 +165,24 @@ def _prepare_output(out: Path) -> None:
     )
 
 
+def process_age() -> float:
+    """Seconds since this process started (0 where /proc is not available): the budget counts
+    the command's start-up (importing torch) too."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class _Clock:
     """Wall time since the start, stage timings, and the budget."""
 
-    def __init__(self, budget_s: float) -> None:
-        self.start = time.monotonic()
+    def __init__(self, budget_s: float, start: float | None = None) -> None:
+        self.start = time.monotonic() if start is None else start
         self.budget_s = budget_s
         self.stages: dict[str, float] = {}
 
@@ -220,7 +235,9 @@ class SceneData:
             seed=seed,
             source=self.source,
         )
-        return ClassificationSceneData(scenes, self.cls_mean, self.cls_std, fresh=True)
+        return ClassificationSceneData(
+            scenes, self.cls_mean, self.cls_std, train=True, rounds=recipe.scene_rounds
+        )
 
     def seg_train(self, recipe: Recipe, length: int, seed: int) -> SegmentationSceneData:
         scenes = SegmentationScenes(
@@ -232,7 +249,9 @@ class SceneData:
             seed=seed,
             source=self.source,
         )
-        return SegmentationSceneData(scenes, self.seg_mean, self.seg_std, fresh=True)
+        return SegmentationSceneData(
+            scenes, self.seg_mean, self.seg_std, train=True, rounds=recipe.scene_rounds
+        )
 
 
 def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bool) -> SceneData:
@@ -308,6 +327,16 @@ class Rates:
     cls_single: float  # one image at a time (localization)
     seg_train: float
     seg_single: float  # one image at a time (segmentation evaluation)
+    cls_data: float = 0.0  # the data pipeline's share of cls_train (rendering, seeding, ...)
+    seg_data: float = 0.0
+    threads: int = 1  # the torch threads cls_train and seg_train were measured with
+    cls_train_one: float = math.inf  # ... and with one thread
+    seg_train_one: float = math.inf
+
+    def with_one_thread(self) -> Rates:
+        return dataclasses.replace(
+            self, cls_train=self.cls_train_one, seg_train=self.seg_train_one, threads=1
+        )
 
     def cls_fixed(self, recipe: Recipe) -> float:
         """Evaluation time around classification training: monitor sets, val, localization."""
@@ -318,6 +347,19 @@ class Rates:
     def seg_fixed(self, recipe: Recipe) -> float:
         monitor = recipe.seg_epochs * min(recipe.seg_monitor, recipe.seg_val) * self.seg_single
         return monitor + recipe.seg_val * self.seg_single
+
+
+def choose_threads(rates: dict[str, Rates], gain: float = 1.25) -> int:
+    """More than one torch thread only where it is clearly faster for every model and task.
+
+    On two cores shared with another busy process the threads of one operation wait for each
+    other; that costs far more than the second core brings, so one thread is the safe choice.
+    """
+    threads = min(r.threads for r in rates.values())
+    for r in rates.values():
+        if r.cls_train * gain > r.cls_train_one or r.seg_train * gain > r.seg_train_one:
+            return 1
+    return threads
 
 
 def use_channels_last(recipe: Recipe, model_name: str) -> bool:
@@ -356,11 +398,13 @@ def _time_steps(
     warmup: int,
     timed: int,
     channels_last: bool = False,
+    give_up_after: float = math.inf,
 ) -> float:
     """Seconds per image of an SGD step: the median over ``timed`` steps after ``warmup``.
 
     The median, not the mean, so that a moment of contention on a shared machine does not
-    halve the plan; the first steps (memory allocation, kernel selection) are not timed.
+    halve the plan; the first steps (memory allocation, kernel selection) are not timed. A
+    timed step slower than ``give_up_after`` seconds ends the measurement: ``inf``.
     """
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
@@ -377,6 +421,8 @@ def _time_steps(
         loss.backward()
         optimizer.step()
         _sync(device)
+        if time.perf_counter() - t0 > give_up_after:
+            return math.inf
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return float(np.median(times)) / len(x)
@@ -400,52 +446,104 @@ def _time_inference(
     return float(np.median(times)) / len(x)
 
 
-def _render_batch(dataset, size: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
-    """A batch of ``size`` training items and the seconds per item it took to render."""
+def _data_seconds(dataset, size: int, epochs: int, rounds: int | None) -> tuple[tuple, float]:
+    """A training batch of ``size`` items, and the data pipeline's seconds per item seen.
+
+    Items are drawn twice: the first time renders (and caches) the scenes, the second goes
+    through what the engine adds (per-sample seeding, collation), so the cost per item seen is
+    the second pass plus the rendering as often as it happens (:func:`render_share`).
+    """
+    from torch.utils.data import default_collate
+
+    from drnet.engine.data import SeededDataset
+
     t0 = time.perf_counter()
-    items = [dataset[i] for i in range(size)]
-    seconds = (time.perf_counter() - t0) / size
-    images = torch.stack([image for image, _ in items])
-    targets = torch.stack([torch.as_tensor(target) for _, target in items])
-    return (images, targets), seconds
+    for i in range(size):
+        dataset[i]
+    first = (time.perf_counter() - t0) / size
+    t0 = time.perf_counter()
+    seeded = SeededDataset(dataset, 0)
+    batch = default_collate([seeded[i] for i in range(size)])
+    second = (time.perf_counter() - t0) / size
+    seconds = second if rounds is None else second + first * render_share(rounds, epochs)
+    return (batch[0], batch[1]), seconds
 
 
 def probe(
-    model_name: str, recipe: Recipe, data: SceneData, device: torch.device, seed: int
+    model_name: str,
+    recipe: Recipe,
+    data: SceneData,
+    device: torch.device,
+    seed: int,
+    choose_threads: bool = True,
 ) -> Rates:
-    """Time a few training steps (plus rendering the scenes) and inference of one model."""
+    """Time a few training steps (plus rendering the scenes) and inference of one model.
+
+    With ``choose_threads`` (on the CPU) the training steps are also timed with one thread and
+    the faster count is kept: on a machine busy with other jobs a second thread mostly waits.
+    """
     import drnet
     from drnet.tasks.segment import segmentation_loss
 
     channels = recipe.model_channels(model_name)
     torch.manual_seed(seed)
     warmup, timed = (1, 1) if recipe.fixed_images else (2, 5)
+    layout = use_channels_last(recipe, model_name)
+    choose_threads = choose_threads and device.type == "cpu" and torch.get_num_threads() > 1
+
+    def timed_steps(model, batch, loss_fn) -> tuple[float, float]:
+        """Seconds per image with the current thread count and with one thread."""
+        if not choose_threads:
+            seconds = _time_steps(model, batch, loss_fn, device, warmup, timed, layout)
+            return seconds, seconds
+        with single_thread():
+            one = _time_steps(model, batch, loss_fn, device, warmup, timed, layout)
+        # more threads only pay when they are clearly faster: stop timing once they are not
+        # (the first step may be slower: it sets up the threads' kernels)
+        limit = 3.0 * one * len(batch[0])
+        return _time_steps(model, batch, loss_fn, device, 1, timed, layout, limit), one
 
     cls_set = data.cls_train(recipe, _lcm(recipe.cls_batch, 10), seed + 1)
-    cls_batch, cls_render = _render_batch(cls_set, recipe.cls_batch)
+    cls_batch, cls_data = _data_seconds(
+        cls_set, recipe.cls_batch, recipe.cls_epochs, recipe.scene_rounds
+    )
     classifier = drnet.create_model(model_name, num_classes=10, channels=channels).to(device)
-    ce = torch.nn.functional.cross_entropy
-    layout = use_channels_last(recipe, model_name)
-    cls_train = _time_steps(classifier, cls_batch, ce, device, warmup, timed, layout)
-    cls_infer = _time_inference(classifier, cls_batch[0], device, 1, max(1, timed // 2))
-    with single_thread():
+    cls_train, cls_one = timed_steps(classifier, cls_batch, torch.nn.functional.cross_entropy)
+    with single_thread():  # a safe upper bound whichever thread count is chosen
+        cls_infer = _time_inference(classifier, cls_batch[0], device, 1, max(1, timed // 2))
         cls_single = _time_inference(classifier, cls_batch[0][:1], device, warmup, 2 * timed)
 
     seg_set = data.seg_train(recipe, recipe.seg_batch, seed + 1)
-    seg_batch, seg_render = _render_batch(seg_set, recipe.seg_batch)
+    seg_batch, seg_data = _data_seconds(
+        seg_set, recipe.seg_batch, recipe.seg_epochs, recipe.scene_rounds
+    )
     segmenter = drnet.create_segmentation_model(
         model_name, num_classes=data.seg_val.num_classes, channels=channels
     ).to(device)
-    seg_train = _time_steps(segmenter, seg_batch, segmentation_loss, device, warmup, timed, layout)
+    seg_train, seg_one = timed_steps(segmenter, seg_batch, segmentation_loss)
     with single_thread():
         seg_single = _time_inference(segmenter, seg_batch[0][:1], device, warmup, 2 * timed)
     return Rates(
-        cls_train=cls_train + cls_render,
+        cls_train=cls_train + cls_data,
         cls_infer=cls_infer,
         cls_single=cls_single,
-        seg_train=seg_train + seg_render,
+        seg_train=seg_train + seg_data,
         seg_single=seg_single,
+        cls_data=cls_data,
+        seg_data=seg_data,
+        threads=torch.get_num_threads(),
+        cls_train_one=cls_one + cls_data,
+        seg_train_one=seg_one + seg_data,
     )
+
+
+def render_share(rounds: int | None, epochs: int) -> float:
+    """Scenes rendered per scene seen: 1 when every draw is fresh; with ``rounds`` reused sets
+    (see :class:`~drnet.demo.tasks.ClassificationSceneData`) the expected share of draws that
+    meet a scene for the first time."""
+    if rounds is None:
+        return 1.0
+    return rounds * (1 - (1 - 1 / rounds) ** epochs) / epochs
 
 
 def _per_epoch(images: float, epochs: int, batch: int, minimum: int) -> int:
@@ -687,6 +785,9 @@ def evaluate_localization_stage(
     """The paper's protocol on the val scenes, threshold chosen on the holdout scenes."""
     with single_thread():
         metrics = _evaluate_localization(model, card, data, out, device, progress)
+        metrics["examples"] = localization_examples(
+            model, card, data, out, metrics["threshold"], device
+        )
     prior = metrics["centred_box_prior"]
     metrics["top1_accuracy"] = 1 - metrics["top1_loc_err"]
     metrics["top1_error"] = metrics["top1_loc_err"]
@@ -695,6 +796,60 @@ def evaluate_localization_stage(
     prior["top1_accuracy"] = 1 - prior["top1_loc_err"]
     prior["gt_known_accuracy"] = 1 - prior["gt_known_loc_err"]
     return metrics
+
+
+@torch.no_grad()
+def localization_examples(
+    model: nn.Module, card, data: SceneData, out: Path, threshold: float, device, count: int = 20
+) -> list[dict]:
+    """Heatmap-and-box pictures of the first ``count`` val scenes (two per class), drawn at
+    twice the scene size with the localization library's overlay; returns their captions."""
+    import torch.nn.functional as F
+
+    from drnet.data.classification import full_image_transform, load_rgb
+    from drnet.data.fashion_mnist import CLASS_NAMES
+    from drnet.tasks.boxes import iou
+    from drnet.tasks.localize import (
+        LocalizationSettings,
+        class_heatmap,
+        localize_image,
+        render_overlay,
+    )
+
+    transform = full_image_transform(card.resize_size, card.mean, card.std)
+    settings = LocalizationSettings(top_k=1)
+    names = card.class_names()
+    examples = []
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    for i in range(min(count, len(data.cls_val))):
+        name = CLASS_NAMES[i % len(CLASS_NAMES)]  # scene i shows class i % 10
+        image = load_rgb(data.loc_dir / "val" / name / f"{i:06d}.png")
+        size = (image.height, image.width)
+        target = names.index(name)
+        result = localize_image(
+            model, transform(image).to(device), size, [threshold], settings, extra_class=target
+        )
+        predicted = int(result.classes[0])
+        box = result.boxes[0, 0]
+        gt = torch.tensor(data.cls_val.scenes.render(i).placements[0].box, dtype=torch.float32)
+        overlap = float(iou(box[None], gt[None])[0, 0])
+        heat = class_heatmap(result, predicted)
+        big = F.interpolate(heat[None, None], scale_factor=2, mode="bilinear")[0, 0]
+        picture = render_overlay(image.resize((2 * size[1], 2 * size[0])), big, 2 * box, 2 * gt)
+        path = out / "examples" / f"{i:06d}.png"
+        picture.save(path)
+        examples.append(
+            {
+                "image": f"val/{name}/{i:06d}.png",
+                "picture": str(path.relative_to(out)),
+                "true": name,
+                "predicted": names[predicted],
+                "probability": round(float(result.probabilities[0]), 4),
+                "iou": round(overlap, 4),
+                "correct": predicted == target and overlap > settings.iou_threshold,
+            }
+        )
+    return examples
 
 
 def _evaluate_localization(model, card, data: SceneData, out: Path, device, progress) -> dict:
@@ -709,7 +864,7 @@ def _evaluate_localization(model, card, data: SceneData, out: Path, device, prog
         threshold="auto",
         val_dir=data.loc_dir / "holdout",
         val_boxes_source=data.loc_dir / "boxes_holdout.csv",
-        save_images=12,
+        save_images=0,  # the report draws its own examples (two per class)
         device=device,
         workers=0,
         progress=progress,
@@ -826,6 +981,14 @@ def activation_analysis(
 def run_demo(config: DemoConfig) -> dict:
     """Run the demo as ``config`` says; writes ``metrics.json`` and ``report.html`` into
     ``config.output_dir`` and returns the metrics."""
+    threads = torch.get_num_threads()
+    try:
+        return _run_demo(config)
+    finally:
+        torch.set_num_threads(threads)  # the run may choose its own
+
+
+def _run_demo(config: DemoConfig) -> dict:
     from drnet.demo.report import write_report
 
     recipe = config.recipe or get_recipe(config.paper, config.quick)
@@ -834,7 +997,9 @@ def run_demo(config: DemoConfig) -> dict:
     check_recipe(recipe)
     if config.workers < 0:
         raise DrnetError(f"--workers must be >= 0; got {config.workers}")
-    clock = _Clock(60.0 * (config.budget_minutes or recipe.budget_minutes))
+    clock = _Clock(60.0 * (config.budget_minutes or recipe.budget_minutes), config.started)
+    if clock.elapsed() > 0.5:
+        clock.stages["start_up"] = round(clock.elapsed(), 3)
     load_start = _load()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -855,12 +1020,22 @@ def run_demo(config: DemoConfig) -> dict:
         data = prepare_data(recipe, out, config.seed, source, config.progress)
     with clock.stage("probe"):
         _say("[2/6] measuring training speed ...")
-        rates = {m: probe(m, recipe, data, device, config.seed) for m in models}
+        choose = config.threads is None
+        rates = {m: probe(m, recipe, data, device, config.seed, choose) for m in models}
+        threads = choose_threads(rates) if choose else torch.get_num_threads()
+        if threads == 1:
+            rates = {m: r.with_one_thread() for m, r in rates.items()}
+        torch.set_num_threads(threads)
     plan = make_plan(recipe, rates, clock.elapsed(), clock.budget_s, config)
     _say(
         f"plan: {plan.cls_images:,} classification scenes ({plan.cls_epochs} epochs) and "
         f"{plan.seg_images:,} segmentation scenes ({plan.seg_epochs} epochs) per model"
     )
+    for m, r in rates.items():
+        _say(
+            f"      {m}: {1 / r.cls_train:.0f} classification and {1 / r.seg_train:.0f} "
+            f"segmentation scenes/s with {threads} torch thread{'s' if threads > 1 else ''}"
+        )
     for stage, seconds in plan.stages_s.items():
         _say(f"      {stage.replace('_', ' '):<28} ~{_fmt_s(seconds)}")
     _say(f"estimated total: {_fmt_s(plan.estimate_s)} (budget {_fmt_s(clock.budget_s)})")
@@ -1055,6 +1230,7 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
             "classification_per_epoch": plan.cls_per_epoch,
             "segmentation_images": plan.seg_images,
             "segmentation_per_epoch": plan.seg_per_epoch,
+            "threads": torch.get_num_threads(),
             "stages_seconds": plan.stages_s,
             "rates_seconds_per_image": {m: asdict(r) for m, r in rates.items()},
         },

@@ -48,23 +48,41 @@ def to_tensor(image: np.ndarray, mean: Tensor, std: Tensor) -> Tensor:
     return (x - mean) / std
 
 
-class single_thread:
-    """Run a block with one torch thread (then restore the count).
+class torch_threads:
+    """Run a block with ``threads`` torch threads (0: as it is), then restore the count."""
+
+    def __init__(self, threads: int = 0) -> None:
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.previous)
+
+
+class single_thread(torch_threads):
+    """Run a block with one torch thread.
 
     One image at a time (localization, segmentation evaluation) is made of small operations,
     where a second thread mostly adds synchronisation; on a busy machine it costs up to 10x.
     """
 
-    def __enter__(self) -> None:
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.threads)
+    def __init__(self) -> None:
+        super().__init__(1)
 
 
 class _SceneData:
-    """Normalisation, and the hard stop of a training run at a deadline.
+    """Normalisation, drawing training scenes, and the hard stop of a training run.
+
+    For training (``train=True``) item ``i`` is flipped with probability 0.5 and is one of
+    ``rounds`` scenes of the same class, ``i + len * r`` for ``r`` in ``[0, rounds)``: with
+    ``rounds=None`` a new scene every time it is drawn; with a number the rendered scenes are
+    kept in memory and reused (rendering costs about a third of a small network's step). The
+    draws come from the torch RNG, which the engine seeds per sample. Without ``train`` item
+    ``i`` is scene ``i`` as it is.
 
     When :attr:`deadline` (a ``time.monotonic()`` value) has passed, the next item drawn in the
     main process raises SIGTERM once: the engine's own graceful stop, which finishes the
@@ -73,11 +91,33 @@ class _SceneData:
     workers) means the signal always arrives inside the engine's loop, never outside it.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], train: bool, rounds: int | None
+    ) -> None:
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
+        self.train = train
+        self.rounds = rounds
+        self.cache: dict[int, tuple] = {}
         self.deadline: float | None = None
         self.deadline_hit = False
+
+    def _render(self, index: int) -> tuple:
+        raise NotImplementedError
+
+    def _draw(self, index: int, length: int) -> tuple[tuple, bool]:
+        """The rendered scene of item ``index`` and whether to flip it."""
+        self._check_deadline()
+        if not self.train:
+            return self._render(index), False
+        if self.rounds is None:
+            index += length * int(torch.randint(FRESH_ROUNDS, ()))
+            return self._render(index), bool(torch.rand(()) < 0.5)
+        if self.rounds > 1:
+            index += length * int(torch.randint(self.rounds, ()))
+        if index not in self.cache:
+            self.cache[index] = self._render(index)
+        return self.cache[index], bool(torch.rand(()) < 0.5)
 
     def _check_deadline(self) -> None:
         if self.deadline is None or self.deadline_hit or time.monotonic() < self.deadline:
@@ -88,74 +128,64 @@ class _SceneData:
 
 
 class ClassificationSceneData(Dataset, _SceneData):
-    """``(image [3, H, W], target)`` from :class:`ClassificationScenes`.
-
-    With ``fresh`` (training) item ``i`` renders a new scene of the same class every time it is
-    drawn and flips it with probability 0.5 (both from the torch RNG, which the engine seeds per
-    sample); without it item ``i`` is scene ``i`` as it is.
-    """
+    """``(image [3, H, W], target)`` from :class:`ClassificationScenes` (``train`` and
+    ``rounds``: see :class:`_SceneData`)."""
 
     def __init__(
         self,
         scenes: ClassificationScenes,
         mean: Sequence[float],
         std: Sequence[float],
-        fresh: bool = False,
+        train: bool = False,
+        rounds: int | None = None,
     ) -> None:
-        _SceneData.__init__(self, mean, std)
-        if fresh and len(scenes) % 10:
-            raise ValueError("fresh scenes keep their class only for a length divisible by 10")
+        _SceneData.__init__(self, mean, std, train, rounds)
+        if train and len(scenes) % 10:
+            raise ValueError("training scenes keep their class only for a length divisible by 10")
         self.scenes = scenes
-        self.fresh = fresh
 
     def __len__(self) -> int:
         return len(self.scenes)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        flip = False
-        self._check_deadline()
-        if self.fresh:
-            index += len(self.scenes) * int(torch.randint(FRESH_ROUNDS, ()))
-            flip = bool(torch.rand(()) < 0.5)
+    def _render(self, index: int) -> tuple:
         scene = self.scenes.render(index)
-        image = to_tensor(scene.image, self.mean, self.std)
-        if flip:
-            image = image.flip(-1)
-        return image, self.scenes.label_to_target[scene.placements[0].label]
+        return scene.image, self.scenes.label_to_target[scene.placements[0].label]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        (image, target), flip = self._draw(index, len(self.scenes))
+        x = to_tensor(image, self.mean, self.std)
+        return (x.flip(-1) if flip else x), target
 
 
 class SegmentationSceneData(Dataset, _SceneData):
-    """``(image [3, H, W], label int64 [H, W])`` from :class:`SegmentationScenes` (``fresh`` as in
-    :class:`ClassificationSceneData`). ``num_classes`` is what the segmentation evaluation reads."""
+    """``(image [3, H, W], label int64 [H, W])`` from :class:`SegmentationScenes` (``train`` and
+    ``rounds``: see :class:`_SceneData`). ``num_classes`` is what the segmentation evaluation
+    reads."""
 
     def __init__(
         self,
         scenes: SegmentationScenes,
         mean: Sequence[float],
         std: Sequence[float],
-        fresh: bool = False,
+        train: bool = False,
+        rounds: int | None = None,
     ) -> None:
-        _SceneData.__init__(self, mean, std)
+        _SceneData.__init__(self, mean, std, train, rounds)
         self.scenes = scenes
-        self.fresh = fresh
         self.num_classes = scenes.num_classes
         self.class_names = tuple(scenes.class_names)
 
     def __len__(self) -> int:
         return len(self.scenes)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        flip = False
-        self._check_deadline()
-        if self.fresh:
-            index += len(self.scenes) * int(torch.randint(FRESH_ROUNDS, ()))
-            flip = bool(torch.rand(()) < 0.5)
+    def _render(self, index: int) -> tuple:
         scene = self.scenes.render(index)
-        image = to_tensor(scene.image, self.mean, self.std)
-        label = torch.from_numpy(scene.mask.astype(np.int64))
-        if flip:
-            image, label = image.flip(-1), label.flip(-1)
-        return image, label
+        return scene.image, scene.mask
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        (image, mask), flip = self._draw(index, len(self.scenes))
+        x, label = to_tensor(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))
+        return (x.flip(-1), label.flip(-1)) if flip else (x, label)
 
     def name(self, index: int) -> str:
         return f"{index:06d}"
