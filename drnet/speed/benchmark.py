@@ -306,7 +306,7 @@ def inference_runners(
             )
         elif variant in ("fast", "fast_nchw", "fast_channels_last"):
             if variant == "fast":
-                fast = optimize_for_inference(model, example_input=x, repeats=3)
+                fast = optimize_for_inference(model, example_input=x)
             else:
                 fast = optimize_for_inference(model, channels_last=variant.endswith("last"))
             note = fast.choice.name
