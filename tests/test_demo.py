@@ -19,7 +19,9 @@ from drnet.demo.run import (
     DemoConfig,
     Rates,
     background_baseline,
+    choose_threads,
     make_plan,
+    render_share,
     run_demo,
 )
 from drnet.errors import DrnetError
@@ -73,6 +75,35 @@ def test_paper_plan_gives_every_model_the_same_images() -> None:
         Recipe(name="one", budget_minutes=60), {"m": RATES}, 0.0, 3600.0, DemoConfig()
     )
     assert plan.cls_images < single.cls_images  # five models share the hour
+
+
+def test_more_threads_only_where_clearly_faster() -> None:
+    fast = Rates(
+        0.002, 0.001, 0.002, 0.005, 0.003, threads=2, cls_train_one=0.004, seg_train_one=0.009
+    )
+    assert choose_threads({"a": fast}) == 2
+    marginal = Rates(
+        0.002, 0.001, 0.002, 0.005, 0.003, threads=2, cls_train_one=0.0022, seg_train_one=0.009
+    )
+    assert choose_threads({"a": fast, "b": marginal}) == 1  # one model is enough to say no
+    busy = Rates(
+        float("inf"),
+        0.001,
+        0.002,
+        float("inf"),
+        0.003,
+        threads=2,
+        cls_train_one=0.004,
+        seg_train_one=0.009,
+    )
+    assert choose_threads({"a": busy}) == 1
+    assert busy.with_one_thread().cls_train == 0.004
+
+
+def test_render_share_counts_first_draws() -> None:
+    assert render_share(None, 8) == 1.0  # fresh scenes: every draw renders
+    assert render_share(1, 8) == pytest.approx(1 / 8)  # one set, rendered in the first epoch
+    assert 1 / 8 < render_share(2, 8) < render_share(8, 8) < 1
 
 
 def test_background_baseline_predicts_background_everywhere() -> None:

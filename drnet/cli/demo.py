@@ -41,12 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="data-loading processes (0: render in-process)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1, or more where a probe finds them clearly faster)",
+    )
     parser.add_argument(
         "--cls-images",
         type=int,
         default=None,
-        help="training scenes per classifier instead of the planned number (reproduce a run)",
+        help="training scenes per classifier instead of the planned number (reproduce a run; "
+        "a fixed plan is trained in full, without the budget's hard stop)",
     )
     parser.add_argument(
         "--seg-images",

@@ -2,12 +2,13 @@
 
 :func:`run_demo` reads top to bottom:
 
-1. set up (threads, device, seed, the Fashion-MNIST items, normalisation statistics);
+1. set up (device, seed, the Fashion-MNIST items, normalisation statistics);
 2. write the evaluation scenes to disk (``data/``: ``val`` and ``holdout`` ImageFolder trees with
    boxes, the layout of ``drnet data scenes``), which the localization library reads;
-3. probe training and inference speed for a few iterations and *plan* the number of training
-   scenes so that the whole run fits the budget (printed up front as the time estimate);
-4. train each classifier with the shared engine on fresh scenes rendered in memory, then score
+3. probe training and inference speed for a few iterations (and the number of torch threads)
+   and *plan* the number of training scenes so that the whole run fits the budget (printed up
+   front as the time estimate);
+4. train each classifier with the shared engine on scenes rendered in memory, then score
    top-1/top-5 on the ``val`` scenes (test items) and weakly-supervised localization on them,
    with the box threshold chosen on the ``holdout`` scenes and the centred-box prior beside it;
 5. re-plan with the time left, train each segmenter (backbone started from its classifier) and
@@ -15,8 +16,9 @@
 6. collect per-level activation maps and gridding scores;
 7. write ``metrics.json`` and the self-contained ``report.html``.
 
-Given its plan (the image counts in ``metrics.json``'s ``plan``), a run is a pure function of the
-seed; the plan itself depends on the machine's speed, and ``cls_images``/``seg_images`` fix it.
+Given its plan (the image counts and thread count in ``metrics.json``'s ``plan``), a run is a pure
+function of the seed; the plan itself depends on the machine's speed, and ``cls_images``,
+``seg_images`` and ``threads`` fix it.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class DemoConfig:
     seed: int = 0
     fashion_mnist: str | None = None  # None: $DRNET_FASHION_MNIST, else the packaged subset
     workers: int = 0
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    threads: int | None = None  # torch threads (None: one, or more where the probe finds it pays)
     progress: bool = True
     cls_images: int | None = None  # fix the plan (training scenes per model)
     seg_images: int | None = None
@@ -1020,7 +1022,7 @@ def _run_demo(config: DemoConfig) -> dict:
         data = prepare_data(recipe, out, config.seed, source, config.progress)
     with clock.stage("probe"):
         _say("[2/6] measuring training speed ...")
-        choose = config.threads is None
+        choose = config.threads is None and not recipe.fixed_images
         rates = {m: probe(m, recipe, data, device, config.seed, choose) for m in models}
         threads = choose_threads(rates) if choose else torch.get_num_threads()
         if threads == 1:
