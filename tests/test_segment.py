@@ -248,3 +248,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_create_segmentation_model_available():
     assert "drn_d_22" in drnet.list_models()
+
+
+def test_eval_fast_path_gives_the_eager_numbers(trained, data_dir, tmp_path):
+    """The inference fast path (default) and the plain eager model (--no-fast) agree."""
+    results = [
+        run_evaluation(
+            trained["checkpoint_last"],
+            data_dir,
+            "val",
+            tmp_path / f"eval_{fast}",
+            device="cpu",
+            progress=False,
+            print_table=False,
+            fast=fast,
+        )
+        for fast in (True, False)
+    ]
+    assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
+    assert results[0]["miou"] == pytest.approx(results[1]["miou"])

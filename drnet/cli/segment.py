@@ -108,6 +108,11 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="plain eager model instead of the inference fast path (BN folding, fused convs)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -281,6 +286,7 @@ def run_eval(args: argparse.Namespace) -> int:
         save_predictions=args.save_predictions,
         progress=not args.no_progress,
         channels=args.channels,
+        fast=not args.no_fast,
     )
     print(f"mIoU {100 * result['miou']:.2f}  ({result['metrics_json']})")
     return 0
@@ -325,9 +331,11 @@ def run_predict(args: argparse.Namespace) -> int:
             "(give --data-dir with an info.json to use the dataset's)",
             file=sys.stderr,
         )
+    from drnet.speed.inference import fast_inference
+
     device = resolve_device(args.device)
     results = predict_segmentation(
-        model.to(device),
+        fast_inference(model.to(device), enabled=not args.no_fast),
         items,
         args.output_dir,
         mean,

@@ -367,9 +367,12 @@ def run_evaluation(
     progress: bool = True,
     print_table: bool = True,
     channels: Sequence[int] | None = None,
+    fast: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split; writes ``output_dir/metrics.json`` and prints the table.
     ``channels``: backbone widths of a checkpoint that does not record them (``--channels``).
+    ``fast``: run the inference fast path (:func:`drnet.speed.inference.fast_inference`: BN
+    folded, fused convs, measured layout; same numbers within 1e-4 relative).
 
     Runs under ``torchrun`` too: each process scores its shard and rank 0 writes the results.
     """
@@ -378,7 +381,9 @@ def run_evaluation(
     dataset = open_segmentation_dataset(
         data_dir, split, meta["num_classes"], layout=layout, list_dir=list_dir
     )
-    model.to(ctx.device)
+    from drnet.speed.inference import fast_inference
+
+    model = fast_inference(model.to(ctx.device), enabled=fast)
     out = Path(output_dir)
     metrics = evaluate_segmentation(
         model,
