@@ -125,6 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="plain eager model instead of the inference fast path (BN folding, fused convs)",
+    )
     evaluate.set_defaults(func=run_eval)
 
     predict = commands.add_parser(
@@ -141,6 +146,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--workers", type=non_negative_int, default=0)
     predict.add_argument("--device", default="auto")
     predict.add_argument("--no-progress", action="store_true")
+    predict.add_argument(
+        "--no-fast",
+        action="store_true",
+        help="plain eager model instead of the inference fast path (BN folding, fused convs)",
+    )
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -166,6 +176,11 @@ def load_model_from_args(args: argparse.Namespace):
         card.resize_size = default_resize_size(args.crop_size)
     if getattr(args, "resize_size", None):
         card.resize_size = args.resize_size
+    if hasattr(args, "no_fast"):
+        from drnet.engine.distributed import resolve_device
+        from drnet.speed.inference import fast_inference
+
+        model = fast_inference(model.to(resolve_device(args.device)), enabled=not args.no_fast)
     return model, card
 
 
