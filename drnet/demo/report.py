@@ -280,7 +280,7 @@ def _summary(metrics: dict) -> str:
         else ""
     )
     head = ["", "result", "floor", "baseline", ""]
-    table = _table(head, [[r[0], *r[1:]] for r in rows])
+    table = _table(head, rows)
     extra = (
         f'<p class="note">Top-5 accuracy {_pct(metrics["classification"]["top5"])}; top-1 '
         f"localization error {_pct(loc['top1_error'])} (top-5 {_pct(loc['top5_error'])}, "
@@ -320,7 +320,7 @@ def _comparison(metrics: dict) -> str:
             "top-1 loc error",
             "prior loc error",
             "mIoU",
-            "gridding (last level)",
+            "gridding of the final features",
         ],
         rows,
         left=2,
@@ -512,7 +512,7 @@ def _segmentation(model: str, entry: dict, names: Sequence[str]) -> str:
     )
 
 
-def _activations(per_model: dict, activations: dict, data, figures: Path, main: str) -> str:
+def _activations(per_model: dict, activations: dict, data, figures: Path) -> str:
     from drnet.analysis import render_activation_grid
     from drnet.demo.recipes import GRIDDING_FIGURE_MODELS
 
@@ -551,8 +551,6 @@ def _activations(per_model: dict, activations: dict, data, figures: Path, main: 
             [_e(n), f"{s['height']}x{s['width']}", _num(s.get("score")), _num(s.get("chance"))]
             for n, s in scores.items()
         ]
-        if model == main or len(activations) == 1 or model not in figure_models:
-            pass
         parts.append(
             f"<h3>{_e(model)}</h3><figure>{_img(grid, None, f'activation maps {model}', True)}"
             f"</figure>{_table(['level', 'map', 'gridding score', 'chance'], rows)}"
@@ -608,7 +606,7 @@ def write_report(
     sections.append(_classification(main, per_model[main], root / "classification", data))
     sections.append(_localization(main, per_model[main], root / "localization"))
     sections.append(_segmentation(main, per_model[main], list(data.seg_val.class_names)))
-    sections.append(_activations(per_model, activations, data, figures, main))
+    sections.append(_activations(per_model, activations, data, figures))
     sections.append(_run_info(metrics))
     title = "drnet demo" + (" --paper" if len(per_model) > 1 else "")
     body = "".join(sections)
