@@ -74,11 +74,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def is_training_checkpoint(state: Any) -> bool:
-    """True for a dict written by the drnet engine (has model, optimizer and epoch)."""
-    return isinstance(state, dict) and {"model", "optimizer", "epoch"} <= state.keys()
-
-
 def capture_rng_state() -> dict[str, Any]:
     """The global RNG states (torch CPU and CUDA, Python ``random``, NumPy), checkpoint-safe."""
     np_state = np.random.get_state()

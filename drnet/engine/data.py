@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import random
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from drnet.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -83,7 +85,7 @@ class SeededDataset(Dataset):
 
     Set :attr:`epoch` before building each epoch's DataLoader (workers get a copy of this object
     when the loader's iterator starts). With ``skip_bad_samples`` a :class:`DataError` raised by an
-    item is reported on stderr (it names the file), counted in :meth:`skipped_count`, and the next
+    item is logged as a warning (it names the file), counted in :meth:`skipped_count`, and the next
     index is used instead.
     """
 
@@ -126,9 +128,7 @@ class SeededDataset(Dataset):
             except DataError as exc:
                 with self._skipped.get_lock():
                     self._skipped.value += 1
-                print(
-                    f"drnet: warning: skipping bad sample {i}: {exc}", file=sys.stderr, flush=True
-                )
+                logger.warning("skipping bad sample %d: %s", i, exc)
         raise DataError(
             f"{min(n, 100)} consecutive bad samples from index {index} on; giving up "
             "(run 'drnet data check' on the dataset)"
