@@ -1,18 +1,21 @@
 """The one training loop shared by every task.
 
-Read top to bottom: set up (device, distributed, seed) -> data -> model -> optimizer and schedule
--> resume -> for each epoch: train, evaluate, log, checkpoint. A task (classification,
-segmentation, ...) subclasses :class:`Task` and supplies what differs: datasets, model, loss and
-metrics.
+:func:`train` reads top to bottom: set up (device, distributed, seed, data, model, optimizer and
+schedule) -> restore from a checkpoint -> for each epoch: train one epoch, evaluate, log and
+checkpoint -> summary. A task (classification, segmentation, ...) subclasses :class:`Task` and
+supplies what differs: datasets, model, loss and metrics.
 
 Reproducibility: training is a pure function of ``(seed, epoch, iteration)``. The shuffle order of
 an epoch comes from ``seed + epoch``, the augmentation of a sample from ``(seed, epoch, index)``
 (:mod:`drnet.engine.data`), and a checkpoint stores the global RNG state, so a run that is stopped
-(at an epoch boundary, or mid-epoch by SIGTERM/SIGINT) and resumed ends with the same weights as
-an uninterrupted one, whatever the number of data workers.
+(at an epoch boundary, or mid-epoch by SIGTERM/SIGINT, ``time_limit`` or ``should_stop``) and
+resumed ends with the same weights as an uninterrupted one, whatever the number of data workers.
 
 Batch size: ``TrainConfig.batch_size`` is the global batch, split evenly over the processes of a
 ``torchrun`` job (as the original code split it over GPUs with DataParallel).
+
+Messages go to ``logging.getLogger("drnet.engine.trainer")`` on rank 0 (INFO: progress, WARNING:
+ignored options and skipped samples); the CLI installs the handler that prints them.
 """
 
 from __future__ import annotations
@@ -21,19 +24,19 @@ import contextlib
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
-import signal
-import sys
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from drnet.engine import distributed as D
 from drnet.engine.checkpoint import (
@@ -45,9 +48,12 @@ from drnet.engine.checkpoint import (
     save_checkpoint,
 )
 from drnet.engine.data import SeededDataset, ShardedSampler
-from drnet.engine.schedule import build_scheduler
+from drnet.engine.schedule import IterationLR, build_scheduler
+from drnet.engine.stop import SIGNAL, SignalFlag, StopCheck
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.models.weights import load_into
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +85,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
     pin_memory: bool = True  # only used on CUDA
     handle_signals: bool = True  # SIGTERM/SIGINT -> checkpoint at the next iteration, then stop
+    time_limit: float | None = None  # seconds from the start of train(): checkpoint, return
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,39 +154,6 @@ class TrainingInterrupted(DrnetError):
     """Training stopped on SIGTERM/SIGINT after writing a resumable checkpoint."""
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT handler: ask the loop to stop after the current iteration."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class _NoFlag:
-    signum = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def autocast_context(device: torch.device, amp: bool):
     """``torch.autocast`` on CUDA when ``amp`` (bf16 if supported, else fp16), else a no-op."""
     if not amp or device.type != "cuda":
@@ -188,9 +162,238 @@ def autocast_context(device: torch.device, amp: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _log(ctx: D.DistributedContext, message: str) -> None:
+# ------------------------------------------------------------------------------------ the loop
+
+
+def train(
+    task: Task, config: TrainConfig, *, should_stop: Callable[[], bool] | None = None
+) -> dict[str, Any]:
+    """Train ``task`` as ``config`` says; returns a summary.
+
+    The summary has ``best_metric``, ``best_epoch``, ``main_metric``, ``epochs`` (the configured
+    number), ``last_metrics``, ``history`` (one dict per epoch) and the paths ``output_dir``,
+    ``checkpoint_last``, ``checkpoint_best`` (None when there is no validation set), ``log_csv``,
+    ``config_json``, and ``skipped_samples`` (bad samples skipped with ``skip_bad_samples``; each
+    epoch's count is also in ``log.csv``). About this call: ``iterations``, ``samples_seen``
+    (training samples, all processes), ``train_seconds`` (wall time of the training epochs, data
+    loading included), ``stopped_early``, ``stop_reason`` and ``partial_epoch``.
+
+    Stopping early: after every iteration the run checks ``config.time_limit`` (seconds since
+    ``train`` was called) and ``should_stop()`` (called once per iteration, on every process;
+    one True suffices). When either fires, the iteration is finished, ``checkpoint_last.pth`` is
+    written (``resume="auto"`` continues bit-identically) and the summary is returned with
+    ``stopped_early=True``, ``stop_reason`` ``"time_limit"`` or ``"should_stop"`` and
+    ``partial_epoch`` = ``{"epoch", "iterations", "samples", "train_loss", "time_s"}`` (this
+    call's part of the unfinished epoch). A stop on an epoch's last iteration lets that epoch be
+    evaluated and logged, then ends the run (``partial_epoch`` None).
+
+    Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a resumable checkpoint was written)
+    and :class:`DrnetError` on a non-finite loss (the last good checkpoint is kept).
+    """
+    started = time.perf_counter()
+    ctx = D.init_distributed(config.device)
+    _check_config(config)
+    run = _set_up(task, config, ctx)
+    _restore(run)
+    _wrap(run)
+    _open_logs(run)
+    with SignalFlag(config.handle_signals) as signals:
+        stops = StopCheck(signals, config.time_limit, should_stop, started)
+        for epoch in range(run.start_epoch, config.epochs):
+            done = _train_one_epoch(run, epoch, stops)
+            if done.cut_short:
+                _save(run, epoch, done.iteration, done.skipped)
+                D.barrier()
+                return _stop(run, done, signals)
+            metrics = _evaluate(run, epoch)
+            _log_epoch(run, done, metrics)
+            if done.stop and epoch + 1 < config.epochs:
+                return _stop(run, done, signals)
+    return _summary(run)
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train` works with: the objects :func:`_set_up` builds, the
+    position in the run, the best metric so far and this call's counters."""
+
+    task: Task
+    config: TrainConfig
+    ctx: D.DistributedContext
+    use_amp: bool
+    batch_per_rank: int
+    iters_per_epoch: int
+    train_set: SeededDataset
+    val_set: Dataset | None
+    sampler: ShardedSampler
+    model: nn.Module  # the bare model: what checkpoints store and evaluate() receives
+    optimizer: torch.optim.Optimizer
+    scheduler: IterationLR
+    scaler: torch.amp.GradScaler
+    out_dir: Path
+    paths: dict[str, Any]
+    resolved: dict[str, Any]  # config.json, and "config" in checkpoints
+    model_for_train: nn.Module | None = None  # DDP and/or compiled wrapper of model
+    start_epoch: int = 0  # where training starts (a checkpoint's epoch and iteration)
+    start_iter: int = 0
+    skip_carry: int = 0  # bad samples skipped in the part of an epoch done before a restart
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    have_checkpoint: bool = False  # a good checkpoint of this run exists
+    csv_log: _CsvLog | None = None  # rank 0 only
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    iterations: int = 0  # counters of this call
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+
+@dataclass
+class _EpochPass:
+    """What one call of :func:`_train_one_epoch` did."""
+
+    epoch: int  # 0-based
+    first_lr: float  # lr of the pass's first iteration
+    iteration: int  # position in the epoch when the pass ended
+    iterations: int = 0  # iterations run by this pass
+    samples: int = 0  # training samples, all processes
+    loss_sum: float = 0.0  # sum of per-sample mean losses
+    seconds: float = 0.0
+    skipped: int = 0  # bad samples skipped in the epoch so far, all processes
+    stop: str | None = None  # agreed reason to stop (see drnet.engine.stop.REASONS)
+    cut_short: bool = False  # stopped before the epoch's last iteration
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "train_loss": self.loss_sum / max(1, self.samples),
+            "lr": self.first_lr,
+            "time_s": self.seconds,
+            "img_per_s": self.samples / max(self.seconds, 1e-9),
+        }
+
+
+# ------------------------------------------------------------------------------------- set up
+
+
+def _check_config(config: TrainConfig) -> None:
+    """Refuse settings the loop cannot run with, naming the option (not a ZeroDivisionError)."""
+    for option, value, lowest in (
+        ("--batch-size", config.batch_size, 1),
+        ("--epochs", config.epochs, 1),
+        ("--workers", config.workers, 0),
+    ):
+        if value < lowest:
+            raise DrnetError(f"{option} must be at least {lowest}, got {value}")
+    if not (math.isfinite(config.lr) and config.lr >= 0):
+        raise DrnetError(f"--lr must be a finite number >= 0, got {config.lr}")
+    if config.time_limit is not None and not config.time_limit >= 0:
+        raise DrnetError(f"time_limit must be a number of seconds >= 0, got {config.time_limit}")
+
+
+def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
+    """Seed, data, model, optimizer and schedule, output paths and the resolved config."""
+    device = ctx.device
+    out_dir = Path(config.output_dir)
     if ctx.is_main:
-        print(message, file=sys.stderr, flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    use_amp = config.amp and device.type == "cuda"
+    if config.amp and not use_amp:
+        _warn(ctx, f"note: --amp ignored on {device.type}; training in float32")
+    if config.batch_size % ctx.world_size:
+        raise DrnetError(
+            f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes"
+        )
+    batch_per_rank = config.batch_size // ctx.world_size
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    train_set = SeededDataset(task.train_dataset(), config.seed, config.skip_bad_samples)
+    val_set = task.val_dataset()
+    sampler = ShardedSampler(
+        len(train_set), shuffle=True, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
+    )
+    iters_per_epoch = _iters_per_epoch(len(train_set), len(sampler), batch_per_rank, config)
+    model = _build_model(task, config, ctx)
+    optimizer = torch.optim.SGD(
+        task.optim_parameters(model),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer, config.lr_mode, iters_per_epoch, config.epochs,
+        config.lr_step, config.lr_gamma, config.poly_power,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=use_amp and not torch.cuda.is_bf16_supported()
+    )
+    paths = {
+        "output_dir": str(out_dir),
+        "checkpoint_last": str(out_dir / CHECKPOINT_LAST),
+        "checkpoint_best": None,
+        "log_csv": str(out_dir / "log.csv"),
+        "config_json": str(out_dir / "config.json"),
+    }
+    resolved = _resolved_config(task, config, ctx, use_amp, batch_per_rank, iters_per_epoch)
+    return _Run(
+        task, config, ctx, use_amp, batch_per_rank, iters_per_epoch, train_set, val_set, sampler,
+        model, optimizer, scheduler, scaler, out_dir, paths, resolved,
+    )  # fmt: skip
+
+
+def _iters_per_epoch(
+    n_samples: int, per_rank: int, batch_per_rank: int, config: TrainConfig
+) -> int:
+    iters = per_rank // batch_per_rank
+    if iters == 0:
+        raise DataError(
+            f"the training set has {n_samples} samples ({per_rank} per process), fewer "
+            f"than one batch of {batch_per_rank}; lower --batch-size"
+        )
+    return min(iters, config.max_iters) if config.max_iters else iters
+
+
+def _build_model(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> nn.Module:
+    """The task's model on the device, with the requested memory format and options."""
+    model = task.build_model().to(ctx.device)
+    if config.grad_checkpoint:
+        if hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        else:
+            _warn(ctx, "note: this model has no gradient checkpointing; --grad-checkpoint ignored")
+    if config.bn_sync and ctx.is_distributed:
+        if ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # torch's SyncBatchNorm only synchronises GPU tensors
+            _warn(ctx, f"note: --bn-sync needs CUDA; ignored on {ctx.device.type}")
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _resolved_config(
+    task: Task,
+    config: TrainConfig,
+    ctx: D.DistributedContext,
+    use_amp: bool,
+    batch_per_rank: int,
+    iters_per_epoch: int,
+) -> dict[str, Any]:
+    """What ``config.json`` and the checkpoints' ``"config"`` hold: the config as run."""
+    amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return _plain(
+        {
+            **config.to_dict(),
+            "device_resolved": str(ctx.device),
+            "world_size": ctx.world_size,
+            "batch_per_process": batch_per_rank,
+            "iters_per_epoch": iters_per_epoch,
+            "amp_dtype": amp_dtype if use_amp else None,
+            "task": _plain(task.describe()),
+        }
+    )
 
 
 def _resolve_resume(config: TrainConfig) -> Path | None:
@@ -200,6 +403,298 @@ def _resolve_resume(config: TrainConfig) -> Path | None:
         path = Path(config.output_dir) / CHECKPOINT_LAST
         return path if path.is_file() else None
     return Path(config.resume)
+
+
+def _restore(run: _Run) -> None:
+    """Continue from ``config.resume``: weights, optimizer, schedule, scaler, position, RNG."""
+    path = _resolve_resume(run.config)
+    if path is None:
+        return
+    state = load_checkpoint(path, map_location="cpu")
+    # lists missing/unexpected/wrongly shaped keys (e.g. other --arch or --channels)
+    load_into(run.model, state["model"], strict=True, source=f"--resume {path}")
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path} does not fit this optimizer: {str(exc).splitlines()[0]}"
+        ) from exc
+    if state.get("scheduler"):  # the step count; the lr follows the current config
+        run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.start_iter = int(state["epoch"]), int(state.get("iteration", 0))
+    run.best_metric, run.best_epoch = state.get("best_metric"), state.get("best_epoch")
+    run.skip_carry = int(state.get("skipped_samples") or 0) if run.start_iter else 0
+    run.have_checkpoint = True
+    restore_rng_state(state.get("rng"))
+    _info(run.ctx, f"resumed from {path} at epoch {run.start_epoch} iteration {run.start_iter}")
+
+
+def _wrap(run: _Run) -> None:
+    """The module that trains: DDP around the bare model under torchrun, compiled on request."""
+    model: nn.Module = run.model
+    if run.ctx.is_distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            find_unused_parameters=run.task.find_unused_parameters,
+        )
+    if run.config.compile:
+        model = torch.compile(model)
+    run.model_for_train = model
+
+
+def _open_logs(run: _Run) -> None:
+    """Rank 0 writes ``config.json`` and reopens ``log.csv`` up to the restored epoch."""
+    if not run.ctx.is_main:
+        return
+    with open(run.paths["config_json"], "w") as f:
+        json.dump(run.resolved, f, indent=2, default=str)
+    run.csv_log = _CsvLog(Path(run.paths["log_csv"]), run.start_epoch)
+    run.history = list(run.csv_log.rows)
+
+
+# ------------------------------------------------------------------------------ one epoch
+
+
+def _train_one_epoch(run: _Run, epoch: int, stops: StopCheck) -> _EpochPass:
+    """Train from ``run.start_iter`` to the end of ``epoch``, or until a stop is agreed."""
+    run.train_set.epoch = epoch
+    skip_start = run.train_set.skipped_count()
+    run.sampler.set_epoch(epoch, start=run.start_iter * run.batch_per_rank)
+    loader = _loader(run, epoch)
+    run.model_for_train.train()
+    done = _EpochPass(epoch, run.optimizer.param_groups[0]["lr"], iteration=run.start_iter)
+    bar = _progress_bar(run, epoch)
+    t_start = t_last = time.perf_counter()
+    try:
+        for batch in loader:
+            if done.iteration >= run.iters_per_epoch:
+                break
+            inputs, target = run.task.batch_to_device(batch, run.device, run.config.channels_last)
+            loss, lr, done.stop = _train_step(run, inputs, target, stops, epoch, done.iteration)
+            n_batch = run.task.batch_size_of(inputs) * run.ctx.world_size
+            done.iteration += 1
+            done.iterations += 1
+            done.samples += n_batch
+            done.loss_sum += loss * n_batch
+            if bar is not None:
+                t_last = _show_step(bar, t_last, loss, lr, n_batch)
+            if done.stop and done.iteration < run.iters_per_epoch:
+                done.cut_short = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    del loader
+    if run.config.skip_bad_samples:
+        done.skipped = run.skip_carry + _skipped_since(run, skip_start)
+    done.seconds = time.perf_counter() - t_start
+    run.skip_carry, run.start_iter = 0, 0
+    run.iterations += done.iterations
+    run.samples_seen += done.samples
+    run.train_seconds += done.seconds
+    return done
+
+
+def _train_step(run: _Run, inputs, target, stops: StopCheck, epoch: int, iteration: int):
+    """Forward, backward, step; returns ``(mean loss over processes, lr used, stop reason)``."""
+    with autocast_context(run.device, run.use_amp):
+        output = run.model_for_train(inputs)
+        loss = run.task.loss(output, target)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    # one collective per step: the summed loss and every process's votes to stop
+    stats = torch.tensor([loss.detach().float().item(), *stops.votes()], dtype=torch.float64)
+    D.all_reduce_sum(stats)
+    loss_value = stats[0].item() / run.ctx.world_size
+    if not math.isfinite(loss_value):
+        raise _non_finite(run, loss_value, epoch, iteration)
+    lr_used = run.optimizer.param_groups[0]["lr"]
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return loss_value, lr_used, stops.agreed(stats[1:].tolist())
+
+
+def _loader(run: _Run, epoch: int) -> DataLoader:
+    return DataLoader(
+        run.train_set,
+        batch_size=run.batch_per_rank,
+        sampler=run.sampler,
+        num_workers=run.config.workers,
+        collate_fn=run.task.collate_fn(),
+        pin_memory=run.config.pin_memory and run.device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator().manual_seed(run.config.seed + epoch),
+    )
+
+
+def _progress_bar(run: _Run, epoch: int) -> tqdm | None:
+    if not (run.ctx.is_main and run.config.progress):
+        return None
+    return tqdm(
+        total=run.iters_per_epoch,
+        initial=run.start_iter,
+        desc=f"epoch {epoch + 1}/{run.config.epochs}",
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+def _show_step(bar: tqdm, t_last: float, loss: float, lr: float, n_batch: int) -> float:
+    now = time.perf_counter()
+    dt = max(now - t_last, 1e-9)  # includes data loading
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{n_batch / dt:.1f}", refresh=False)
+    bar.update(1)
+    return now
+
+
+def _skipped_since(run: _Run, start: int) -> int:
+    """Bad samples skipped since the count was ``start``, summed over processes."""
+    count = torch.tensor([run.train_set.skipped_count() - start], dtype=torch.float64)
+    D.all_reduce_sum(count)
+    return int(count.item())
+
+
+def _non_finite(run: _Run, loss: float, epoch: int, iteration: int) -> DrnetError:
+    kept = (
+        f"last good checkpoint: {run.paths['checkpoint_last']}, --resume auto continues from it"
+        if run.have_checkpoint
+        else "no checkpoint was written yet"
+    )
+    return DrnetError(
+        f"loss is {loss} at epoch {epoch + 1} batch {iteration + 1}; stopped ({kept}). "
+        "Try a lower --lr, or check the data with 'drnet data check'"
+    )
+
+
+# --------------------------------------------------------------- evaluate, log, checkpoint
+
+
+def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
+    """The task's metrics on the validation set when due (empty dict otherwise)."""
+    D.broadcast_buffers(run.model)  # every rank evaluates and saves rank 0's statistics
+    config = run.config
+    due = (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == config.epochs
+    if run.val_set is None or not due:
+        return {}
+    run.model.eval()
+    metrics: dict[str, float] = {}
+    if run.task.distributed_eval or run.ctx.is_main:
+        metrics = run.task.evaluate(run.model, run.val_set, config, run.device)
+    D.barrier()
+    run.model.train()
+    run.last_metrics = metrics
+    return metrics
+
+
+def _log_epoch(run: _Run, done: _EpochPass, metrics: dict[str, float]) -> None:
+    """Track the best metric; rank 0 checkpoints, appends to ``log.csv`` and logs the epoch."""
+    epoch = done.epoch + 1
+    value = metrics.get(run.task.main_metric)
+    is_best = value is not None and (run.best_metric is None or value > run.best_metric)
+    if is_best:
+        run.best_metric, run.best_epoch = float(value), epoch
+    if run.ctx.is_main:
+        row = {
+            "epoch": epoch,
+            **done.row(),
+            **({"skipped_samples": done.skipped} if run.config.skip_bad_samples else {}),
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
+        _save(run, epoch, 0, best=is_best)
+        run.csv_log.append({k: _fmt(v) for k, v in row.items()})
+        run.history.append(row)
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k != "epoch")
+        _info(run.ctx, f"epoch {epoch}/{run.config.epochs}: {shown}")
+    run.have_checkpoint = True
+    D.barrier()
+
+
+def _save(run: _Run, epoch: int, iteration: int, skipped: int = 0, best: bool = False) -> None:
+    """Rank 0 writes ``checkpoint_last.pth`` (and ``checkpoint_best.pth`` when ``best``):
+    ``epoch`` epochs and ``iteration`` more iterations done, ``skipped`` bad samples in them."""
+    if not run.ctx.is_main:
+        return
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch,
+        "iteration": iteration,
+        "config": run.resolved,
+        "task": run.resolved["task"],
+        "rng": capture_rng_state(),
+        "best_metric": run.best_metric,
+        "best_epoch": run.best_epoch,
+        "skipped_samples": skipped,  # inside a partly done epoch
+    }
+    save_checkpoint(state, run.paths["checkpoint_last"])
+    if best:
+        save_checkpoint(state, run.out_dir / CHECKPOINT_BEST)
+
+
+# ------------------------------------------------------------------------------ the end
+
+
+def _stop(run: _Run, done: _EpochPass, signals: SignalFlag) -> dict[str, Any]:
+    """End the run early after ``done`` (its checkpoint is written): raise for a signal, else
+    return the summary."""
+    epoch, iteration = (done.epoch, done.iteration) if done.cut_short else (done.epoch + 1, 0)
+    where = f"at epoch {epoch + 1} iteration {iteration}" if iteration else f"after epoch {epoch}"
+    resume = f"checkpoint {run.paths['checkpoint_last']} (continue with --resume auto)"
+    if done.stop == SIGNAL:
+        raise TrainingInterrupted(f"stopped by {signals.name()} {where}; {resume}")
+    cause = "at the time limit" if done.stop == "time_limit" else "as should_stop() asked"
+    _info(run.ctx, f"stopped {cause} {where}; {resume}")
+    partial = None
+    if done.cut_short:
+        row = done.row()
+        partial = {"epoch": epoch + 1, "iterations": done.iterations, "samples": done.samples,
+                   "train_loss": row["train_loss"], "time_s": done.seconds}  # fmt: skip
+    return _summary(run, done.stop, partial)
+
+
+def _summary(
+    run: _Run, stop_reason: str | None = None, partial_epoch: dict | None = None
+) -> dict[str, Any]:
+    if (run.out_dir / CHECKPOINT_BEST).is_file():
+        run.paths["checkpoint_best"] = str(run.out_dir / CHECKPOINT_BEST)
+    skipped_total = sum(int(float(row.get("skipped_samples") or 0)) for row in run.history)
+    if skipped_total:
+        _warn(run.ctx, f"skipped {skipped_total} bad sample(s) in total (see the warnings above)")
+    return {
+        "main_metric": run.task.main_metric,
+        "best_metric": run.best_metric,
+        "best_epoch": run.best_epoch,
+        "epochs": run.config.epochs,
+        "last_metrics": run.last_metrics,
+        "history": run.history,
+        "skipped_samples": skipped_total,
+        "stopped_early": stop_reason is not None,
+        "stop_reason": stop_reason,
+        "samples_seen": run.samples_seen,
+        "iterations": run.iterations,
+        "train_seconds": run.train_seconds,
+        "partial_epoch": partial_epoch,
+        **run.paths,
+    }
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _info(ctx: D.DistributedContext, message: str) -> None:
+    if ctx.is_main:
+        logger.info(message)
+
+
+def _warn(ctx: D.DistributedContext, message: str) -> None:
+    if ctx.is_main:
+        logger.warning(message)
 
 
 class _CsvLog:
@@ -231,367 +726,5 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _interrupted(stop: Any, epoch: int, iteration: int, paths: dict) -> TrainingInterrupted:
-    name = signal.Signals(stop.signum).name if stop.signum else "a signal"
-    where = f"at epoch {epoch + 1} iteration {iteration}" if iteration else f"after epoch {epoch}"
-    return TrainingInterrupted(
-        f"stopped by {name} {where}; checkpoint {paths['checkpoint_last']} "
-        f"(continue with --resume auto)"
-    )
-
-
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def train(task: Task, config: TrainConfig) -> dict[str, Any]:
-    """Train ``task`` as ``config`` says; returns a summary.
-
-    The summary has ``best_metric``, ``best_epoch``, ``main_metric``, ``epochs`` (completed),
-    ``last_metrics``, ``history`` (one dict per epoch) and the paths ``output_dir``,
-    ``checkpoint_last``, ``checkpoint_best`` (None when there is no validation set), ``log_csv``,
-    ``config_json``, and ``skipped_samples`` (bad samples skipped with ``skip_bad_samples``; each
-    epoch's count is also in ``log.csv``).
-
-    Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a resumable checkpoint was written)
-    and :class:`DrnetError` on a non-finite loss (the last good checkpoint is kept).
-    """
-    # ---- setup: device, distributed, seed -----------------------------------------------------
-    ctx = D.init_distributed(config.device)
-    return _train(task, config, ctx)
-
-
-def _check_config(config: TrainConfig) -> None:
-    """Refuse settings the loop cannot run with, naming the option (not a ZeroDivisionError)."""
-    for option, value, lowest in (
-        ("--batch-size", config.batch_size, 1),
-        ("--epochs", config.epochs, 1),
-        ("--workers", config.workers, 0),
-    ):
-        if value < lowest:
-            raise DrnetError(f"{option} must be at least {lowest}, got {value}")
-    if not (math.isfinite(config.lr) and config.lr >= 0):
-        raise DrnetError(f"--lr must be a finite number >= 0, got {config.lr}")
-
-
-def _train(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> dict[str, Any]:
-    _check_config(config)
-    device = ctx.device
-    out_dir = Path(config.output_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    use_amp = config.amp and device.type == "cuda"
-    if config.amp and not use_amp:
-        _log(ctx, f"note: --amp ignored on {device.type}; training in float32")
-    if config.batch_size % ctx.world_size:
-        raise DrnetError(
-            f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes"
-        )
-    batch_per_rank = config.batch_size // ctx.world_size
-    torch.manual_seed(config.seed)  # same initial weights on every rank
-
-    # ---- data ---------------------------------------------------------------------------------
-    train_set = SeededDataset(task.train_dataset(), config.seed, config.skip_bad_samples)
-    val_set = task.val_dataset()
-    sampler = ShardedSampler(
-        len(train_set), shuffle=True, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
-    )
-    iters_per_epoch = len(sampler) // batch_per_rank
-    if iters_per_epoch == 0:
-        raise DataError(
-            f"the training set has {len(train_set)} samples ({len(sampler)} per process), fewer "
-            f"than one batch of {batch_per_rank}; lower --batch-size"
-        )
-    if config.max_iters:
-        iters_per_epoch = min(iters_per_epoch, config.max_iters)
-
-    # ---- model --------------------------------------------------------------------------------
-    model = task.build_model().to(device)
-    if config.grad_checkpoint:
-        if hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing(True)
-        else:
-            _log(ctx, "note: this model has no gradient checkpointing; --grad-checkpoint ignored")
-    if config.bn_sync and ctx.is_distributed:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:  # torch's SyncBatchNorm only synchronises GPU tensors
-            _log(ctx, f"note: --bn-sync needs CUDA; ignored on {device.type}")
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    bare_model = model  # what checkpoints store and evaluate() receives
-
-    # ---- optimizer and schedule ---------------------------------------------------------------
-    optimizer = torch.optim.SGD(
-        task.optim_parameters(model),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = build_scheduler(
-        optimizer,
-        config.lr_mode,
-        iters_per_epoch,
-        config.epochs,
-        config.lr_step,
-        config.lr_gamma,
-        config.poly_power,
-    )
-    scaler_enabled = use_amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=scaler_enabled)
-
-    # ---- resume -------------------------------------------------------------------------------
-    start_epoch, start_iter, best_metric, best_epoch = 0, 0, None, None
-    skip_carry = 0  # bad samples skipped in the part of the epoch done before an interruption
-    resume_path = _resolve_resume(config)
-    have_checkpoint = resume_path is not None  # a good checkpoint of this run exists
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location="cpu")
-        # lists missing/unexpected/wrongly shaped keys (e.g. other --arch or --channels)
-        load_into(bare_model, state["model"], strict=True, source=f"--resume {resume_path}")
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"{resume_path} does not fit this optimizer: {str(exc).splitlines()[0]}"
-            ) from exc
-        sched_state = dict(state.get("scheduler") or {})
-        if sched_state:
-            # keep the schedule's shape from the current config (e.g. more --epochs)
-            sched_state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
-            sched_state["base_lrs"] = [config.lr] * len(optimizer.param_groups)
-            scheduler.load_state_dict(sched_state)
-            # the lr of the next step, from the current config (same value if it is unchanged)
-            for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
-                group["initial_lr"] = config.lr
-                group["lr"] = config.lr * fn(scheduler.last_epoch)
-            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_iter = int(state["epoch"]), int(state.get("iteration", 0))
-        best_metric, best_epoch = state.get("best_metric"), state.get("best_epoch")
-        skip_carry = int(state.get("skipped_samples") or 0) if start_iter else 0
-        restore_rng_state(state.get("rng"))
-        _log(ctx, f"resumed from {resume_path} at epoch {start_epoch} iteration {start_iter}")
-        del state
-
-    # ---- wrap: DDP, compile -------------------------------------------------------------------
-    model_for_train: nn.Module = model
-    if ctx.is_distributed:
-        model_for_train = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=task.find_unused_parameters,
-        )
-    if config.compile:
-        model_for_train = torch.compile(model_for_train)
-
-    task_info = _plain(task.describe())
-    resolved = {
-        **config.to_dict(),
-        "device_resolved": str(device),
-        "world_size": ctx.world_size,
-        "batch_per_process": batch_per_rank,
-        "iters_per_epoch": iters_per_epoch,
-        "amp_dtype": (
-            ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if use_amp else None
-        ),
-        "task": task_info,
-    }
-    resolved = _plain(resolved)
-    paths = {
-        "output_dir": str(out_dir),
-        "checkpoint_last": str(out_dir / CHECKPOINT_LAST),
-        "checkpoint_best": None,
-        "log_csv": str(out_dir / "log.csv"),
-        "config_json": str(out_dir / "config.json"),
-    }
-    if ctx.is_main:
-        with open(out_dir / "config.json", "w") as f:
-            json.dump(resolved, f, indent=2, default=str)
-    csv_log = _CsvLog(out_dir / "log.csv", start_epoch) if ctx.is_main else None
-    history: list[dict[str, Any]] = list(csv_log.rows) if csv_log else []
-
-    def checkpoint_state(epoch: int, iteration: int, skipped: int = 0) -> dict[str, Any]:
-        return {
-            "model": bare_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "iteration": iteration,
-            "config": resolved,
-            "task": task_info,
-            "rng": capture_rng_state(),
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "skipped_samples": skipped,  # inside a partly done epoch
-        }
-
-    def skipped_since(start: int) -> int:
-        """Bad samples skipped since the count was ``start``, summed over processes."""
-        count = torch.tensor([train_set.skipped_count() - start], dtype=torch.float64)
-        D.all_reduce_sum(count)
-        return int(count.item())
-
-    # ---- epochs -------------------------------------------------------------------------------
-    last_metrics: dict[str, float] = {}
-    flag_ctx = _StopFlag() if config.handle_signals else _NoFlag()
-    with flag_ctx as stop:
-        for epoch in range(start_epoch, config.epochs):
-            # -- train one epoch
-            train_set.epoch = epoch
-            skip_start = train_set.skipped_count()
-            sampler.set_epoch(epoch, start=start_iter * batch_per_rank)
-            loader = DataLoader(
-                train_set,
-                batch_size=batch_per_rank,
-                sampler=sampler,
-                num_workers=config.workers,
-                collate_fn=task.collate_fn(),
-                pin_memory=config.pin_memory and device.type == "cuda",
-                drop_last=True,
-                generator=torch.Generator().manual_seed(config.seed + epoch),
-            )
-            model_for_train.train()
-            loss_sum, n_seen, t_start = 0.0, 0, time.perf_counter()
-            epoch_lr = optimizer.param_groups[0]["lr"]  # lr of the epoch's first iteration
-            t0 = t_start
-            bar = None
-            if ctx.is_main and config.progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=iters_per_epoch,
-                    initial=start_iter,
-                    desc=f"epoch {epoch + 1}/{config.epochs}",
-                    dynamic_ncols=True,
-                    leave=False,
-                )
-            iteration = start_iter
-            stopped = stop_agreed = False
-            for batch in loader:
-                if iteration >= iters_per_epoch:
-                    break
-                inputs, target = task.batch_to_device(batch, device, config.channels_last)
-                with autocast_context(device, use_amp):
-                    output = model_for_train(inputs)
-                    loss = task.loss(output, target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                # one collective per step: summed loss + "someone was asked to stop"
-                stats = torch.tensor(
-                    [loss.detach().float().item(), 1.0 if stop.signum else 0.0],
-                    dtype=torch.float64,
-                )
-                D.all_reduce_sum(stats)
-                loss_value = stats[0].item() / ctx.world_size
-                if not math.isfinite(loss_value):
-                    if bar is not None:
-                        bar.close()
-                    kept = (
-                        f"last good checkpoint: {paths['checkpoint_last']}, --resume auto "
-                        "continues from it"
-                        if have_checkpoint
-                        else "no checkpoint was written yet"
-                    )
-                    raise DrnetError(
-                        f"loss is {loss_value} at epoch {epoch + 1} batch {iteration + 1}; "
-                        f"stopped ({kept}). Try a lower --lr, or check the data with "
-                        "'drnet data check'"
-                    )
-                lr_used = optimizer.param_groups[0]["lr"]
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                iteration += 1
-                n_batch = task.batch_size_of(inputs) * ctx.world_size
-                loss_sum += loss_value * n_batch
-                n_seen += n_batch
-                if bar is not None:
-                    now = time.perf_counter()
-                    dt, t0 = max(now - t0, 1e-9), now  # includes data loading
-                    bar.set_postfix(
-                        loss=f"{loss_value:.4f}",
-                        lr=f"{lr_used:.3g}",
-                        img_s=f"{n_batch / dt:.1f}",
-                        refresh=False,
-                    )
-                    bar.update(1)
-                stop_agreed = stats[1].item() > 0
-                if stop_agreed and iteration < iters_per_epoch:
-                    stopped = True
-                    break
-            if bar is not None:
-                bar.close()
-            del loader
-            epoch_skipped = skip_carry + skipped_since(skip_start) if config.skip_bad_samples else 0
-            skip_carry = 0
-            if stopped:
-                if ctx.is_main:
-                    save_checkpoint(
-                        checkpoint_state(epoch, iteration, epoch_skipped), paths["checkpoint_last"]
-                    )
-                D.barrier()
-                raise _interrupted(stop, epoch, iteration, paths)
-            start_iter = 0
-            elapsed = time.perf_counter() - t_start
-            D.broadcast_buffers(bare_model)  # every rank evaluates and saves rank 0's statistics
-
-            # -- evaluate
-            metrics: dict[str, float] = {}
-            do_eval = val_set is not None and (
-                (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == config.epochs
-            )
-            if do_eval:
-                bare_model.eval()
-                if task.distributed_eval or ctx.is_main:
-                    metrics = task.evaluate(bare_model, val_set, config, device)
-                D.barrier()
-                bare_model.train()
-                last_metrics = metrics
-
-            # -- log and checkpoint (rank 0 writes)
-            value = metrics.get(task.main_metric)
-            is_best = value is not None and (best_metric is None or value > best_metric)
-            if is_best:
-                best_metric, best_epoch = float(value), epoch + 1
-            if ctx.is_main:
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": loss_sum / max(1, n_seen),
-                    "lr": epoch_lr,
-                    "time_s": elapsed,
-                    "img_per_s": n_seen / max(elapsed, 1e-9),
-                    **({"skipped_samples": epoch_skipped} if config.skip_bad_samples else {}),
-                    **{f"val_{k}": v for k, v in metrics.items()},
-                }
-                state = checkpoint_state(epoch + 1, 0)
-                save_checkpoint(state, paths["checkpoint_last"])
-                if is_best:
-                    save_checkpoint(state, out_dir / CHECKPOINT_BEST)
-                del state
-                csv_log.append({k: _fmt(v) for k, v in row.items()})
-                history.append(row)
-                shown = ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k != "epoch")
-                _log(ctx, f"epoch {epoch + 1}/{config.epochs}: {shown}")
-            have_checkpoint = True
-            D.barrier()
-            if stop_agreed and epoch + 1 < config.epochs:
-                raise _interrupted(stop, epoch + 1, 0, paths)
-
-    if (out_dir / CHECKPOINT_BEST).is_file():
-        paths["checkpoint_best"] = str(out_dir / CHECKPOINT_BEST)
-    skipped_total = sum(int(float(row.get("skipped_samples") or 0)) for row in history)
-    if skipped_total:
-        _log(ctx, f"skipped {skipped_total} bad sample(s) in total (see the warnings above)")
-    return {
-        "main_metric": task.main_metric,
-        "best_metric": best_metric,
-        "best_epoch": best_epoch,
-        "epochs": config.epochs,
-        "last_metrics": last_metrics,
-        "history": history,
-        "skipped_samples": skipped_total,
-        **paths,
-    }
