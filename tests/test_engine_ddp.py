@@ -95,3 +95,46 @@ def test_two_process_ddp_ranks_agree_and_match_single_process(tmp_path):
     single = torch.load(tmp_path / "single/rank0.pt")
     for k in r0:
         torch.testing.assert_close(r0[k], single[k], rtol=1e-5, atol=1e-6)
+
+
+STOP_SCRIPT = SCRIPT.replace(
+    "\ntrain(Toy(), cfg)\n",
+    textwrap.dedent(
+        """
+        import json
+        calls = []
+        def should_stop():  # only rank 1 asks, after its 3rd iteration
+            calls.append(1)
+            return int(os.environ["RANK"]) == 1 and len(calls) >= 3
+        cfg.resume = "auto" if len(sys.argv) > 2 else None
+        summary = train(Toy(), cfg, should_stop=None if cfg.resume else should_stop)
+        keys = ("iterations", "stop_reason", "samples_seen")
+        with open(os.path.join(out, f"summary{os.environ['RANK']}.json"), "w") as f:
+            json.dump({k: summary[k] for k in keys}, f)
+        """
+    ),
+)
+assert STOP_SCRIPT != SCRIPT
+
+
+@pytest.mark.slow
+def test_two_process_stop_is_agreed_and_resumes_bit_identically(tmp_path):
+    """One rank's should_stop() stops both after the same iteration; --resume auto then ends
+    with the weights of an uninterrupted two-process run."""
+    import json
+
+    from drnet.engine import load_checkpoint
+
+    script = tmp_path / "ddp_stop.py"
+    script.write_text(STOP_SCRIPT)
+    run_torchrun(str(script), [str(tmp_path / "ref"), "resume"])  # no checkpoint: a full run
+    run_torchrun(str(script), [str(tmp_path / "run")])
+    for rank in (0, 1):
+        summary = json.loads((tmp_path / f"run/summary{rank}.json").read_text())
+        assert summary == {"iterations": 3, "stop_reason": "should_stop", "samples_seen": 24}
+    state = load_checkpoint(tmp_path / "run/checkpoint_last.pth")
+    assert (state["epoch"], state["iteration"]) == (0, 3)
+    run_torchrun(str(script), [str(tmp_path / "run"), "resume"])
+    ref, out = torch.load(tmp_path / "ref/rank0.pt"), torch.load(tmp_path / "run/rank0.pt")
+    for k in ref:
+        assert torch.equal(ref[k], out[k]), k
