@@ -20,11 +20,10 @@ from drnet.data.classification import (
     unique_names,
 )
 from drnet.errors import CheckpointError, DataError, DrnetError
+from drnet.models.loading import ModelCard, load_model
 from drnet.tasks.classify import (
     ClassificationResult,
     ClassificationTask,
-    ClassifierCard,
-    load_classifier,
     match_split_classes,
     predict_classes,
     save_confusion_matrix_png,
@@ -153,25 +152,26 @@ def test_unique_names():
 
 
 def test_match_split_classes():
-    card = ClassifierCard(model="m", num_classes=3, classes=["a", "b", "c"])
+    card = ModelCard(model="m", num_classes=3, class_names=["a", "b", "c"])
     assert match_split_classes(["c", "a"], card, "val") == [2, 0]
     with pytest.raises(DataError, match="'?z'? are not classes|z are not classes"):
         match_split_classes(["z"], card, "val")
-    nameless = ClassifierCard(model="m", num_classes=2)
+    nameless = ModelCard(model="m", num_classes=2)
     assert match_split_classes(["x", "y"], nameless, "val") == [0, 1]
-    assert nameless.classes == ["x", "y"]
-    with pytest.raises(DataError, match="--classes"):
-        match_split_classes(["x"], ClassifierCard(model="m", num_classes=2), "val")
+    assert nameless.class_names == ["x", "y"]
+    with pytest.raises(DataError, match="--class-names"):
+        match_split_classes(["x"], ModelCard(model="m", num_classes=2), "val")
 
 
-def test_load_classifier_from_a_run_directory(tmp_path: Path):
+def test_load_model_from_a_run_directory(tmp_path: Path):
     model = drnet.create_model("drn_d_22", num_classes=3, channels=TINY)
     torch.save({"model": model.state_dict(), "epoch": 1}, tmp_path / "checkpoint_best.pth")
-    ClassifierCard("drn_d_22", 3, ["a", "b", "c"], list(TINY), crop_size=32, resize_size=37).save(
-        tmp_path
-    )
-    loaded, card = load_classifier(weights=tmp_path)
-    assert card.class_names() == ["a", "b", "c"] and card.crop_size == 32
+    ModelCard(
+        "drn_d_22", 3, class_names=["a", "b", "c"], channels=list(TINY), crop_size=32,
+        resize_size=37,
+    ).save(tmp_path)  # fmt: skip
+    loaded, card = load_model(tmp_path)
+    assert card.names() == ["a", "b", "c"] and card.crop_size == 32
     x = torch.randn(1, 3, 24, 24)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model.eval()(x))
@@ -179,23 +179,26 @@ def test_load_classifier_from_a_run_directory(tmp_path: Path):
     bare = tmp_path / "elsewhere" / "bare.pth"
     bare.parent.mkdir()
     torch.save(model.state_dict(), bare)
-    _, card = load_classifier("drn_d_22", bare, channels=TINY)
-    assert card.num_classes == 3 and card.class_names() == ["0", "1", "2"]
+    _, card = load_model(bare, model="drn_d_22", channels=TINY)
+    assert card.num_classes == 3 and card.names() == ["0", "1", "2"]
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_classifier("drn_d_22", bare, channels=[2 * c for c in TINY])  # other widths
+        load_model(bare, model="drn_d_22", channels=[2 * c for c in TINY])  # other widths
     with pytest.raises(DrnetError, match="--model"):
-        load_classifier(weights=bare)
-    with pytest.raises(CheckpointError, match="not found"):
-        load_classifier("drn_d_22", tmp_path / "missing.pth")
+        load_model(bare)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_model(tmp_path / "missing.pth", model="drn_d_22")
 
 
 def test_task_checks_that_splits_share_classes(tmp_path: Path):
     for split, classes in (("train", "ab"), ("val", "ab"), ("other", "ac")):
         for name in classes:
             write_image(tmp_path / split / name / "0.png")
-    task = ClassificationTask("drn_d_22", tmp_path / "train", tmp_path / "val", crop_size=16)
-    assert task.card.classes == ["a", "b"] and task.card.resize_size == 18
+    task = ClassificationTask.from_dirs(
+        "drn_d_22", tmp_path / "train", tmp_path / "val", crop_size=16
+    )
+    assert task.card.class_names == ["a", "b"] and task.card.resize_size == 18
     assert task.train_dataset()[0][0].shape == (3, 16, 16)
-    assert task.describe()["classes"] == ["a", "b"]
+    assert task.describe()["class_names"] == ["a", "b"]
+    assert ModelCard.from_dict(task.describe()) == task.card  # checkpoints rebuild the card
     with pytest.raises(DataError, match="same classes"):
-        ClassificationTask("drn_d_22", tmp_path / "train", tmp_path / "other")
+        ClassificationTask.from_dirs("drn_d_22", tmp_path / "train", tmp_path / "other")

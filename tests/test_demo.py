@@ -122,25 +122,31 @@ def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
         run_demo(DemoConfig(output_dir=str(tmp_path / "new"), budget_minutes=-1, quick=True))
 
 
-def test_training_stops_at_its_deadline(tmp_path: Path) -> None:
-    """The hard stop: the engine's own graceful stop, then the weights so far are used."""
+def test_training_stops_at_its_time_limit(tmp_path: Path) -> None:
+    """The hard stop is the engine's own: the library task returns its summary with the weights
+    so far (no signal, no re-reading of log.csv)."""
     from drnet.data.scenes import ClassificationScenes
-    from drnet.demo.run import _train_with_deadline
-    from drnet.demo.tasks import ClassificationSceneData, SceneClassificationTask
+    from drnet.demo.data import ClassificationSceneData
+    from drnet.demo.run import _train_run
     from drnet.engine import TrainConfig
-    from drnet.tasks.classify import ClassifierCard
+    from drnet.models.loading import ModelCard
+    from drnet.tasks.classify import ClassificationTask, train_classifier
 
     scenes = ClassificationScenes("train", 40, canvas=32, scale=(0.6, 1.0), seed=0)
     train_set = ClassificationSceneData(scenes, [0.5] * 3, [0.25] * 3, train=True)
-    card = ClassifierCard("drn_d_22", 10, list(scenes.classes), [4, 8, 8, 8, 8, 8, 8, 8])
-    task = SceneClassificationTask(card, train_set, None)
+    card = ModelCard("drn_d_22", 10, class_names=list(scenes.classes), channels=[4] + [8] * 7)
+    task = ClassificationTask(card, train_set, None)
     config = TrainConfig(output_dir=str(tmp_path), epochs=3, batch_size=4, workers=0)
     config.progress = False
-    result = _train_with_deadline(task, config, train_set, seconds=-1.0)
+    config.time_limit = 0.0
+    result = _train_run(train_classifier, task, config)
     assert result["stopped_early"] and result["history"] == []
-    assert result["checkpoint"].is_file() and train_set.deadline is None
-    done = _train_with_deadline(task, config, train_set, seconds=600.0)
+    assert result["images_seen"] == 4  # one iteration, then the stop
+    assert result["checkpoint"].is_file()
+    config.time_limit = 600.0
+    done = _train_run(train_classifier, task, config)
     assert not done["stopped_early"] and len(done["history"]) == 3
+    assert done["images_seen"] == 3 * 40
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from drnet.errors import DataError, DrnetError
-from drnet.tasks.classify import ClassifierCard
+from drnet.models.loading import ModelCard
 from drnet.tasks.localize import (
     LocalizationSettings,
     choose_threshold,
@@ -83,11 +83,11 @@ class ColourNet(nn.Module):
         return self.forward_map(x).mean(dim=(2, 3))
 
 
-def colour_card() -> ClassifierCard:
-    return ClassifierCard(
+def colour_card() -> ModelCard:
+    return ModelCard(
         model="colournet",
         num_classes=3,
-        classes=sorted(COLOURS),
+        class_names=sorted(COLOURS),
         mean=[0.0, 0.0, 0.0],
         std=[1.0, 1.0, 1.0],
         crop_size=32,
@@ -171,7 +171,7 @@ def test_a_box_of_the_right_class_but_wrong_place_is_an_error(tree: Path, tmp_pa
 
 def test_wrong_class_is_a_localization_error_even_with_a_good_box(tree: Path, tmp_path: Path):
     card = colour_card()
-    card.classes = ["blue", "red", "green"]  # green and red swapped: every red/green is wrong
+    card.class_names = ["blue", "red", "green"]  # green and red swapped: every red/green is wrong
     metrics = evaluate_localization(
         ColourNet(), card, tree / "val", tree / "boxes.csv", tmp_path, threshold=0.2
     )

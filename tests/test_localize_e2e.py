@@ -15,7 +15,7 @@ from test_localize import make_shape_tree
 
 import drnet
 from drnet.cli import main
-from drnet.tasks.classify import ClassifierCard
+from drnet.models.loading import ModelCard
 
 TINY = "4,8,16,16,32,32,32,32"
 
@@ -70,7 +70,9 @@ def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path:
     model = drnet.create_model("drn_d_22", num_classes=3, channels=channels)
     run.mkdir()
     torch.save(model.state_dict(), run / "checkpoint_last.pth")
-    ClassifierCard("drn_d_22", 3, ["blue", "green", "red"], channels, crop_size=32).save(run)
+    ModelCard(
+        "drn_d_22", 3, class_names=["blue", "green", "red"], channels=channels, crop_size=32
+    ).save(run)
 
     out = tmp_path / "fixed"
     argv = ["localize", "eval", str(data / "val"), "--boxes", str(data / "boxes.csv")]

@@ -17,10 +17,10 @@ from drnet.cli import main
 from drnet.data.palettes import get_palette
 from drnet.engine import TrainConfig, TrainingInterrupted, load_checkpoint
 from drnet.errors import CheckpointError, DrnetError
+from drnet.models.loading import load_model
 from drnet.tasks.segment import (
     SegmentationTask,
     SegmentOptions,
-    load_segmentation_model,
     run_evaluation,
     segmentation_loss,
     train_segmentation,
@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory):
 def options(data_dir, **kw) -> SegmentOptions:
     base = dict(
         data_dir=str(data_dir),
-        arch="drn_d_22",
+        model="drn_d_22",
         channels=TINY_CHANNELS,
         crop_size=32,
         random_scale=1.5,
@@ -74,7 +74,7 @@ def test_training_loss_falls_and_files(trained):
     assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
     assert trained["best_metric"] is not None and 0 <= trained["best_metric"] <= 1
     state = load_checkpoint(trained["checkpoint_last"])
-    assert state["task"]["arch"] == "drn_d_22" and state["task"]["num_classes"] == 3
+    assert state["task"]["model"] == "drn_d_22" and state["task"]["num_classes"] == 3
     assert state["config"]["task"]["mean"] == [0.4, 0.3, 0.35]
 
 
@@ -106,7 +106,8 @@ def test_eval_json_matches_confusion_from_saved_predictions(trained, data_dir, t
 
 
 def test_load_official_and_old_checkpoint_layouts(trained, tmp_path):
-    model, meta = load_segmentation_model(trained["checkpoint_last"])
+    model, card = load_model(trained["checkpoint_last"])
+    assert card.task == "segmentation" and card.num_classes == 3
     x = torch.randn(1, 3, 24, 40)
     with torch.no_grad():
         ref = model(x)["out"]
@@ -116,22 +117,24 @@ def test_load_official_and_old_checkpoint_layouts(trained, tmp_path):
     sd = {f"module.{k}": v for k, v in model.state_dict().items()}
     torch.save({"epoch": 3, "arch": "drn_d_22", "state_dict": sd, "best_prec1": 1.0}, old)
     for path in (bare, old):
-        with pytest.raises(DrnetError, match="--arch"):
-            load_segmentation_model(path)
-        other, meta = load_segmentation_model(path, arch="drn_d_22", channels=TINY_CHANNELS)
-        assert meta["num_classes"] == 3
+        with pytest.raises(DrnetError, match="--model"):
+            load_model(path)
+        other, card = load_model(path, model="drn_d_22", channels=TINY_CHANNELS)
+        assert card.num_classes == 3 and card.task == "segmentation"
         with torch.no_grad():
             assert torch.equal(other(x)["out"], ref)
-    with pytest.raises(CheckpointError, match="3 classes but --classes is 5"):
-        load_segmentation_model(bare, "drn_d_22", num_classes=5, channels=TINY_CHANNELS)
+    with pytest.raises(CheckpointError, match="3 classes but --num-classes is 5"):
+        load_model(bare, model="drn_d_22", num_classes=5, channels=TINY_CHANNELS)
     with pytest.raises(CheckpointError):  # a bigger architecture does not fit
-        load_segmentation_model(bare, "drn_d_22")
+        load_model(bare, model="drn_d_22")
+    with pytest.raises(CheckpointError, match="is a segmentation model, not a classification"):
+        load_model(bare, model="drn_d_22", channels=TINY_CHANNELS, task="classification")
 
 
 def test_train_starts_from_weights(trained, data_dir, tmp_path):
-    task = SegmentationTask(options(data_dir, weights=trained["checkpoint_last"]))
+    task = SegmentationTask.from_options(options(data_dir, weights=trained["checkpoint_last"]))
     model = task.build_model()
-    ref, _ = load_segmentation_model(trained["checkpoint_last"])
+    ref, _ = load_model(trained["checkpoint_last"])
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 

@@ -13,7 +13,7 @@ import torch
 import drnet
 from drnet.errors import CheckpointError, DrnetError
 from drnet.models import registry
-from drnet.models.weights import load_state_dict_file
+from drnet.models.loading import load_state_dict_file
 
 TINY = (8, 8, 16, 16, 32, 32, 32, 32)
 

@@ -38,26 +38,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from drnet.data.fashion_mnist import CLASS_TITLES, ENV_VAR, PACKAGED
 from drnet.data.scenes import (
     ClassificationScenes,
     SegmentationScenes,
     make_classification_scenes,
+    make_segmentation_scenes,
 )
-from drnet.demo.recipes import Recipe, check_recipe, get_recipe
-from drnet.demo.tasks import (
+from drnet.demo.data import (
     ClassificationSceneData,
-    SceneClassificationTask,
-    SceneSegmentationTask,
     SegmentationSceneData,
     scene_statistics,
     single_thread,
 )
-from drnet.engine import TrainConfig, TrainingInterrupted, train
+from drnet.demo.recipes import Recipe, check_recipe, get_recipe
+from drnet.engine import TrainConfig
 from drnet.engine.distributed import resolve_device
 from drnet.errors import DrnetError
+from drnet.models.loading import ModelCard, load_model
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -228,7 +228,8 @@ class SceneData:
     seg_std: list[float]
     cls_val: ClassificationSceneData
     seg_val: SegmentationSceneData
-    loc_dir: Path
+    loc_dir: Path  # ImageFolder val/ and holdout/ with boxes (drnet data scenes, classification)
+    seg_dir: Path  # list-file layout with info.json (drnet data scenes, segmentation)
     item_source: str
 
     def cls_train(self, recipe: Recipe, length: int, seed: int) -> ClassificationSceneData:
@@ -261,21 +262,13 @@ class SceneData:
 
 def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bool) -> SceneData:
     """Normalisation statistics (from 256 training scenes of each kind), the in-memory val sets
-    and the localization scenes on disk (``out/data``: ``val``, ``holdout``, ``boxes_*.csv``)."""
+    and the evaluation scenes on disk, in the layouts of ``drnet data scenes``: ``out/data``
+    (``val``, ``holdout``, ``boxes_*.csv``) and ``out/data/segmentation`` (list files,
+    ``info.json`` with the statistics of 128 training scenes)."""
     cls_probe = ClassificationScenes(
         "train", 256, canvas=recipe.cls_canvas, scale=recipe.cls_scale, seed=seed, source=source
     )
-    seg_probe = SegmentationScenes(
-        "train",
-        128,
-        canvas=recipe.seg_canvas,
-        items=recipe.seg_items,
-        scale=recipe.seg_scale,
-        seed=seed,
-        source=source,
-    )
     cls_mean, cls_std = scene_statistics(cls_probe.arrays()[0])
-    seg_mean, seg_std = scene_statistics(seg_probe.arrays()[0])
     cls_val = ClassificationScenes(
         "val",
         recipe.cls_val,
@@ -307,6 +300,20 @@ def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bo
         overwrite=True,
         progress=progress,
     )
+    seg_dir = loc_dir / "segmentation"
+    make_segmentation_scenes(
+        seg_dir,
+        128,
+        recipe.seg_val,
+        canvas=recipe.seg_canvas,
+        items=recipe.seg_items,
+        scale=recipe.seg_scale,
+        seed=seed,
+        source=source,
+        progress=progress,
+    )
+    info = json.loads((seg_dir / "info.json").read_text())
+    seg_mean, seg_std = info["mean"], info["std"]  # what evaluation normalises with
     return SceneData(
         source=source,
         cls_mean=cls_mean,
@@ -316,6 +323,7 @@ def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bo
         cls_val=ClassificationSceneData(cls_val, cls_mean, cls_std),
         seg_val=SegmentationSceneData(seg_val, seg_mean, seg_std),
         loc_dir=loc_dir,
+        seg_dir=seg_dir,
         item_source=cls_probe.pool.items.source,
     )
 
@@ -545,7 +553,7 @@ def probe(
 
 def render_share(rounds: int | None, epochs: int) -> float:
     """Scenes rendered per scene seen: 1 when every draw is fresh; with ``rounds`` reused sets
-    (see :class:`~drnet.demo.tasks.ClassificationSceneData`) the expected share of draws that
+    (see :class:`~drnet.demo.data.ClassificationSceneData`) the expected share of draws that
     meet a scene for the first time."""
     if rounds is None:
         return 1.0
@@ -626,53 +634,25 @@ def make_plan(
 # ----------------------------------------------------------------------------------- training
 
 
-def _train_with_deadline(task, train_config: TrainConfig, dataset, seconds: float | None) -> dict:
-    """``engine.train`` that stops gracefully after ``seconds`` (the budget's safety net; None:
-    no limit).
-
-    Returns ``{"stopped_early": bool, "history": [...], "checkpoint": path}``.
-    """
-    dataset.deadline = None if seconds is None else time.monotonic() + seconds
-    dataset.deadline_hit = False
-    out = Path(train_config.output_dir)
-    try:
-        summary = train(task, train_config)
-        history = summary["history"]
-        stopped = False
-    except TrainingInterrupted:
-        if not dataset.deadline_hit:
-            raise  # the user's Ctrl-C / SIGTERM
+def _train_run(train_fn, task, train_config: TrainConfig) -> dict:
+    """Train with the library (``train_fn``: :func:`drnet.tasks.classify.train_classifier` or
+    :func:`drnet.tasks.segment.train_segmentation`); the engine stops by itself at
+    ``train_config.time_limit`` (the budget's safety net), keeping the weights so far."""
+    t0 = time.monotonic()
+    summary = train_fn(task, train_config)
+    if summary["stopped_early"]:
         _say(
-            f"note: training stopped at its time limit ({_fmt_s(seconds)}); "
+            f"note: training stopped at its time limit ({_fmt_s(train_config.time_limit)}); "
             "using the weights so far"
         )
-        history = _read_log(out / "log.csv")
-        stopped = True
-    finally:
-        dataset.deadline = None
-    return {"stopped_early": stopped, "history": history, "checkpoint": out / "checkpoint_last.pth"}
-
-
-def _read_log(path: Path) -> list[dict]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: _number(v) for k, v in row.items()} for row in rows]
-
-
-def _number(value: str) -> Any:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return value
-    return int(number) if number.is_integer() and "." not in str(value) else number
-
-
-def _history(rows: list[dict]) -> list[dict]:
-    return [{k: _number(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    return {
+        "stopped_early": summary["stopped_early"],
+        "history": summary["history"],
+        "images_seen": summary["samples_seen"],
+        "checkpoint": Path(summary["checkpoint_last"]),
+        "run_dir": Path(summary["output_dir"]),
+        "seconds": time.monotonic() - t0,
+    }
 
 
 def _slowdown(per_model: dict, rates: dict[str, Rates], plan: Plan) -> float:
@@ -688,7 +668,13 @@ def _slowdown(per_model: dict, rates: dict[str, Rates], plan: Plan) -> float:
 
 
 def _train_config(
-    recipe: Recipe, model_name: str, kind: str, out: Path, config: DemoConfig, device: torch.device
+    recipe: Recipe,
+    model_name: str,
+    kind: str,
+    out: Path,
+    config: DemoConfig,
+    device: torch.device,
+    time_limit: float | None,
 ) -> TrainConfig:
     cls = kind == "classification"
     return TrainConfig(
@@ -706,6 +692,7 @@ def _train_config(
         progress=config.progress,
         handle_signals=True,
         channels_last=use_channels_last(recipe, model_name),
+        time_limit=time_limit,
     )
 
 
@@ -719,15 +706,15 @@ def train_classifier(
     device: torch.device,
     time_limit: float | None,
 ) -> dict:
-    """Train one classifier; returns the run's record (history, checkpoint, card)."""
-    from drnet.tasks.classify import ClassifierCard
+    """Train one classifier with the library task; returns the run's record."""
+    from drnet.tasks.classify import ClassificationTask
+    from drnet.tasks.classify import train_classifier as train_fn
 
-    channels = recipe.model_channels(model_name)
-    card = ClassifierCard(
+    card = ModelCard(
         model=model_name,
         num_classes=10,
-        classes=list(data.cls_val.scenes.classes),
-        channels=list(channels),
+        class_names=list(data.cls_val.scenes.classes),
+        channels=list(recipe.model_channels(model_name)),
         mean=list(data.cls_mean),
         std=list(data.cls_std),
         crop_size=recipe.cls_canvas,
@@ -735,39 +722,37 @@ def train_classifier(
     )
     train_set = data.cls_train(recipe, plan.cls_per_epoch, config.seed)
     monitor = Subset(data.cls_val, range(min(recipe.cls_monitor, recipe.cls_val)))
-    task = SceneClassificationTask(card, train_set, monitor)
-    out.mkdir(parents=True, exist_ok=True)
-    card.save(out)
-    t0 = time.monotonic()
-    result = _train_with_deadline(
-        task,
-        _train_config(recipe, model_name, "classification", out, config, device),
-        train_set,
-        time_limit,
-    )
-    result.update(card=card, seconds=time.monotonic() - t0)
-    return result
+    task = ClassificationTask(card, train_set, monitor, eval_batch_size=64)
+    settings = _train_config(recipe, model_name, "classification", out, config, device, time_limit)
+    return {**_train_run(train_fn, task, settings), "card": card}
 
 
 def evaluate_classification(
-    model_name: str, run: dict, data: SceneData, out: Path, device: torch.device, progress: bool
+    run: dict, data: SceneData, out: Path, device: torch.device, progress: bool
 ) -> tuple[nn.Module, dict]:
-    """Top-1/top-5, per-class accuracy and the confusion matrix on all val scenes."""
+    """Top-1/top-5, per-class accuracy and the confusion matrix on the val scenes on disk,
+    through the same functions as ``drnet classify eval`` (the inference fast path included)."""
     from drnet.tasks.classify import (
         evaluate_classifier,
-        load_classifier,
+        folder_dataset,
         write_classification_report,
     )
 
-    model, card = load_classifier(weights=run["checkpoint"])
-    model.to(device)
-    loader = DataLoader(data.cls_val, batch_size=128, shuffle=False)
-    result = evaluate_classifier(model, loader, card.class_names(), device, progress=progress)
+    model, card = load_model(run["checkpoint"], task="classification")
+    dataset = folder_dataset(data.loc_dir / "val", card)
+    result = evaluate_classifier(
+        model, dataset, card.names(), device, batch_size=128, progress=progress
+    )
     metrics = write_classification_report(result, out)
-    # sample predictions for the report: the first two val scenes of each class
+    metrics["samples"] = _classification_samples(model.to(device), card, data, device)
+    return model, metrics
+
+
+@torch.no_grad()
+def _classification_samples(model: nn.Module, card: ModelCard, data: SceneData, device) -> list:
+    """The report's sample predictions: the first two val scenes of each class."""
     images = torch.stack([data.cls_val[i][0] for i in range(20)])
-    with torch.no_grad():
-        probabilities = model(images.to(device)).float().softmax(1).cpu()
+    probabilities = model.eval()(images.to(device)).float().softmax(1).cpu()
     samples = []
     for i in range(20):
         p, c = probabilities[i].max(0)
@@ -775,20 +760,20 @@ def evaluate_classification(
         samples.append(
             {
                 "index": i,
-                "true": card.classes[truth],
-                "predicted": card.classes[int(c)],
+                "true": card.class_names[truth],
+                "predicted": card.class_names[int(c)],
                 "probability": round(float(p), 4),
                 "correct": int(c) == truth,
             }
         )
-    metrics["samples"] = samples
-    return model, metrics
+    return samples
 
 
 def evaluate_localization_stage(
     model: nn.Module, card, data: SceneData, out: Path, device: torch.device, progress: bool
 ) -> dict:
-    """The paper's protocol on the val scenes, threshold chosen on the holdout scenes."""
+    """The paper's protocol on the val scenes, threshold chosen on the holdout scenes, through
+    the same function as ``drnet localize eval``."""
     with single_thread():
         metrics = _evaluate_localization(model, card, data, out, device, progress)
         metrics["examples"] = localization_examples(
@@ -824,7 +809,7 @@ def localization_examples(
 
     transform = full_image_transform(card.resize_size, card.mean, card.std)
     settings = LocalizationSettings(top_k=1)
-    names = card.class_names()
+    names = card.names()
     examples = []
     (out / "examples").mkdir(parents=True, exist_ok=True)
     for i in range(min(count, len(data.cls_val))):
@@ -888,20 +873,29 @@ def train_segmenter(
     time_limit: float | None,
     backbone: Path | None,
 ) -> dict:
-    channels = recipe.model_channels(model_name)
+    """Train one segmenter with the library task (backbone from the classifier's checkpoint)."""
+    import warnings
+
+    from drnet.tasks.segment import SegmentationTask, train_segmentation
+
+    card = ModelCard(
+        model=model_name,
+        num_classes=data.seg_val.num_classes,
+        task="segmentation",
+        class_names=list(data.seg_val.class_names),
+        channels=list(recipe.model_channels(model_name)),
+        mean=list(data.seg_mean),
+        std=list(data.seg_std),
+        crop_size=None,
+        resize_size=None,
+    )
     train_set = data.seg_train(recipe, plan.seg_per_epoch, config.seed)
     monitor = Subset(data.seg_val, range(min(recipe.seg_monitor, recipe.seg_val)))
-    monitor.num_classes = data.seg_val.num_classes  # what the evaluation reads
-    task = SceneSegmentationTask(model_name, channels, train_set, monitor, backbone)
-    t0 = time.monotonic()
-    result = _train_with_deadline(
-        task,
-        _train_config(recipe, model_name, "segmentation", out, config, device),
-        train_set,
-        time_limit,
-    )
-    result["seconds"] = time.monotonic() - t0
-    return result
+    task = SegmentationTask(card, train_set, monitor, backbone_weights=backbone)
+    settings = _train_config(recipe, model_name, "segmentation", out, config, device, time_limit)
+    with warnings.catch_warnings():  # the classifier's fc is dropped on purpose
+        warnings.simplefilter("ignore")
+        return _train_run(train_segmentation, task, settings)
 
 
 def background_baseline(confusion: torch.Tensor) -> dict:
@@ -918,14 +912,15 @@ def background_baseline(confusion: torch.Tensor) -> dict:
 def evaluate_segmentation_stage(
     run: dict, data: SceneData, out: Path, device: torch.device, progress: bool, examples: int = 6
 ) -> dict:
-    """mIoU, per-class IoU, pixel accuracy on all val scenes, the all-background baseline, and
-    a few predictions (arrays kept for the report)."""
-    from drnet.tasks.segment import evaluate_segmentation, load_segmentation_model
+    """mIoU, per-class IoU, pixel accuracy on the val scenes on disk through the same function as
+    ``drnet segment eval`` (``out/metrics.json``), the all-background baseline, and a few
+    predictions (arrays kept for the report)."""
+    from drnet.tasks.segment import run_evaluation
 
-    model, _ = load_segmentation_model(run["checkpoint"])
-    model.to(device)
     with single_thread():
-        metrics = evaluate_segmentation(model, data.seg_val, device, progress=progress)
+        metrics = run_evaluation(
+            run["checkpoint"], data.seg_dir, "val", out, device=str(device), progress=progress
+        )
     confusion = torch.tensor(metrics["confusion_matrix"])
     names = list(data.seg_val.class_names)
     baseline = background_baseline(confusion)
@@ -942,8 +937,8 @@ def evaluate_segmentation_stage(
         "confusion_matrix": metrics["confusion_matrix"],
         "num_images": metrics["num_images"],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "segmentation_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    model, _ = load_model(run["checkpoint"], task="segmentation")
+    model.to(device)
     samples = []
     with torch.no_grad():
         for i in range(min(examples, len(data.seg_val))):
@@ -1076,7 +1071,7 @@ def _run_demo(config: DemoConfig) -> dict:
         with clock.stage("classification_training"):
             run = train_classifier(m, recipe, data, plan, run_dir, config, device, limit)
         with clock.stage("classification_evaluation"):
-            model, cls = evaluate_classification(m, run, data, run_dir, device, config.progress)
+            model, cls = evaluate_classification(run, data, run_dir, device, config.progress)
         _say(f"      {m}: top-1 {cls['top1']:.3f}, top-5 {cls['top5']:.3f}")
         _say(f"[4/6] localization {m}: threshold on the holdout scenes, scored on val scenes")
         with clock.stage("localization"):
@@ -1154,11 +1149,12 @@ def _run_demo(config: DemoConfig) -> dict:
 def _run_record(run: dict, images: int, images_per_s: float) -> dict:
     """What ``metrics.json`` keeps of a training run."""
     return {
-        "images_seen": None if run["stopped_early"] else images,
+        "images_seen": run["images_seen"],
+        "images_planned": images,
         "epochs": len(run["history"]),
         "stopped_early": run["stopped_early"],
         "training_seconds": round(run["seconds"], 2),
-        "history": _history(run["history"]),
+        "history": run["history"],
         "probed_images_per_s": round(images_per_s, 1),
     }
 

@@ -47,25 +47,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only=True``,
+    through :func:`drnet.models.loading.read_checkpoint`; tensors land on the CPU, the only
+    ``map_location`` accepted)."""
+    from drnet.models.loading import read_checkpoint
+
+    if str(map_location) != "cpu":
+        raise ValueError(f"map_location must be 'cpu', got {map_location!r}")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt, truncated, not a torch file, or unsafe to unpickle
-        text = str(exc).strip()
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(
-                f"refusing to load {path}: it contains Python objects that would run code when "
-                "unpickled (only tensors and plain containers are accepted); resume only from "
-                "checkpoints written by drnet"
-            ) from exc
-        first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {first} (truncated, or not a PyTorch file)"
-        ) from exc
+    state = read_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(
             f"{path} is not a drnet training checkpoint (expected a dict with 'model', "

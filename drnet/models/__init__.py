@@ -1,6 +1,7 @@
 """Models: every DRN variant and the ResNet baselines, built from specs by one builder."""
 
 from drnet.models.drn import DRN, FeatureInfo
+from drnet.models.loading import ModelCard, load_model, load_state_dict_file, logits_of
 from drnet.models.registry import (
     SPECS,
     WEIGHTS,
@@ -12,7 +13,7 @@ from drnet.models.registry import (
 )
 from drnet.models.segmentation import DRNSeg
 from drnet.models.spec import LevelSpec, ModelSpec, StemSpec
-from drnet.models.weights import Weights, load_into, load_state_dict_file
+from drnet.models.weights import Weights, load_into
 
 __all__ = [
     "DRN",
@@ -23,6 +24,7 @@ __all__ = [
     "SPECS",
     "StemSpec",
     "WEIGHTS",
+    "ModelCard",
     "Weights",
     "create_model",
     "create_segmentation_model",
@@ -30,5 +32,7 @@ __all__ = [
     "get_weights",
     "list_models",
     "load_into",
+    "load_model",
     "load_state_dict_file",
+    "logits_of",
 ]

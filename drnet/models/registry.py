@@ -15,6 +15,7 @@ from typing import Any
 
 from drnet.errors import DrnetError
 from drnet.models.drn import DRN
+from drnet.models.loading import load_state_dict_file
 from drnet.models.segmentation import DRNSeg
 from drnet.models.spec import LevelSpec, ModelSpec, StemSpec
 from drnet.models.weights import (
@@ -24,7 +25,6 @@ from drnet.models.weights import (
     IMAGENET_STD,
     Weights,
     load_into,
-    load_state_dict_file,
     resolve_weights_file,
     warn_new_classifier,
 )

@@ -4,8 +4,7 @@
   eval preprocessing that goes with it), like torchvision's weights enums.
 - :func:`resolve_weights_file` finds a file offline (a local directory) or downloads it (the
   official URL or a mirror), verifying its hash.
-- :func:`load_state_dict_file` reads any accepted checkpoint safely (``weights_only=True``) and
-  unwraps old-style and drnet training checkpoints.
+- Reading checkpoint files and runs is :mod:`drnet.models.loading`'s job.
 - :func:`load_into` loads a state dict and, when it does not fit, says exactly which keys differ.
 """
 
@@ -168,81 +167,6 @@ def resolve_weights_file(
             )
     url = mirror.rstrip("/") + "/" + weights.file_name if mirror else weights.url
     return download(url, weights.hash_prefix, progress=progress)
-
-
-# -- reading checkpoint files ---------------------------------------------------------------------
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"checkpoint path is a directory: {path}") from None
-    except Exception as exc:  # pickle errors, unsafe globals, truncated zip files ...
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"refusing to load {path}: it contains Python objects that would run code when "
-                "unpickled (only tensors and plain containers are accepted). If you trust the "
-                "file, re-save its state_dict with torch.save(model.state_dict(), ...)"
-            ) from None
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {message} (not a PyTorch file, or truncated)"
-        ) from None
-
-
-def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The model state dict inside any accepted checkpoint object.
-
-    Accepts a bare state dict, the original code's ``{epoch, arch, state_dict, best_prec1}`` and
-    drnet's training checkpoints ``{"model": ...}``; strips ``module.`` (DataParallel/DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes.
-    """
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_state_dict"):
-            inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(isinstance(v, torch.Tensor) for v in inner.values())
-            ):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{source} holds no state dict (found {type(obj).__name__})")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"{source} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
-        )
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
-
-
-def load_state_dict_file(
-    location: str | os.PathLike, hash_prefix: str | None = None, progress: bool = True
-) -> dict[str, torch.Tensor]:
-    """Read a checkpoint from a path or URL (``http(s)://``, ``file://``) and return its state dict.
-
-    Loading uses ``weights_only=True``: a file whose unpickling would execute code is refused.
-    ``hash_prefix`` (default for URLs: the prefix in the file name, as torch.hub names them) is
-    verified before anything is unpickled.
-    """
-    location = str(location)
-    if is_url(location):
-        if hash_prefix is None:
-            hash_prefix = hash_prefix_from_name(urllib.parse.urlparse(location).path)
-        path = download(location, hash_prefix, progress=progress)
-    else:
-        path = Path(location).expanduser()
-        if not path.exists():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        check_hash(path, hash_prefix)
-    return extract_state_dict(_torch_load(path), source=str(path))
 
 
 # -- fitting a state dict to a model --------------------------------------------------------------

@@ -123,6 +123,12 @@ class InferenceModel(nn.Module):
             return F.log_softmax(logits, dim=1), low
         return {"out": logits}
 
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A classifier's dense class map (weakly-supervised localization), on the fast path."""
+        if self.is_segmentation:
+            raise RuntimeError("forward_map needs a classifier, not a segmentation model")
+        return self.model.forward_map(self._prepare(x))
+
     @torch.no_grad()
     def predict_labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
         """Arg-max labels ``[N, H, W]`` (int64) without materialising full-resolution logits."""

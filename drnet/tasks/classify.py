@@ -1,7 +1,8 @@
-"""Image classification: evaluation (top-1/top-5, per-class accuracy, confusion matrix),
-prediction with top-k probabilities, and the model card that lets a trained run be reloaded.
+"""Image classification: training on any datasets, evaluation (top-1/top-5, per-class accuracy,
+confusion matrix) and prediction with top-k probabilities.
 
-Every function here is what ``drnet classify ...`` calls; a notebook can call them the same way.
+Every function here is what ``drnet classify ...`` and the demo call; a notebook can call them the
+same way. Models and their cards come from :func:`drnet.models.loading.load_model`.
 Accuracies are fractions in ``[0, 1]``; "top-5" means top-``min(5, num_classes)``.
 """
 
@@ -11,7 +12,7 @@ import csv
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from drnet.data.classification import (
     IMAGENET_MEAN,
@@ -32,179 +33,39 @@ from drnet.data.classification import (
 )
 from drnet.engine.distributed import resolve_device
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
-from drnet.errors import CheckpointError, DataError, DrnetError
+from drnet.errors import DataError
+from drnet.models.loading import ModelCard, logits_of
 
-MODEL_CARD = "model.json"
 CONFUSION_IMAGE_MAX_CLASSES = 30
 
 
-# ----------------------------------------------------------------------------- model card & loading
+# ----------------------------------------------------------------------------- classes
 
 
-@dataclass
-class ClassifierCard:
-    """What is needed to rebuild and feed a trained classifier; saved as ``model.json`` beside
-    its checkpoints by ``drnet classify train``."""
-
-    model: str
-    num_classes: int
-    classes: list[str] = field(default_factory=list)
-    channels: list[int] | None = None
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    crop_size: int = 224
-    resize_size: int = 256
-
-    def class_names(self) -> list[str]:
-        """Class names, or ``"0", "1", ...`` when the card has none."""
-        if len(self.classes) == self.num_classes:
-            return list(self.classes)
-        return [str(i) for i in range(self.num_classes)]
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / MODEL_CARD
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def read(cls, path: str | Path) -> ClassifierCard:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise DrnetError(f"{path}: cannot read the model card ({exc})") from exc
-
-
-def find_card(weights: str | Path | None) -> ClassifierCard | None:
-    """The ``model.json`` beside ``weights`` (or inside it, if ``weights`` is a run directory)."""
-    if weights is None:
-        return None
-    weights = Path(weights)
-    candidate = weights / MODEL_CARD if weights.is_dir() else weights.parent / MODEL_CARD
-    return ClassifierCard.read(candidate) if candidate.is_file() else None
-
-
-def resolve_weights(weights: str | Path | None) -> Path | None:
-    """A run directory stands for its ``checkpoint_best.pth`` (else ``checkpoint_last.pth``)."""
-    if weights is None:
-        return None
-    weights = Path(weights)
-    if weights.is_dir():
-        for name in ("checkpoint_best.pth", "checkpoint_last.pth"):
-            if (weights / name).is_file():
-                return weights / name
-        raise CheckpointError(f"{weights}: no checkpoint_best.pth or checkpoint_last.pth in it")
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: checkpoint file not found")
-    return weights
-
-
-def _num_classes_in(state_dict: dict) -> int | None:
-    weight = state_dict.get("fc.weight")
-    return int(weight.shape[0]) if weight is not None else None
-
-
-def load_classifier(
-    model: str | None = None,
-    weights: str | Path | None = None,
-    *,
-    pretrained: bool = False,
-    num_classes: int | None = None,
-    channels: Sequence[int] | None = None,
-    classes: Sequence[str] | None = None,
-) -> tuple[nn.Module, ClassifierCard]:
-    """Build a classifier and load its weights; returns the model (eval mode) and its card.
-
-    ``weights`` is a checkpoint file (bare state dict, official or drnet training checkpoint) or a
-    training run directory. Missing arguments come from the run's ``model.json`` when there is one,
-    and ``num_classes`` from the checkpoint's ``fc.weight`` otherwise.
-    """
-    import drnet
-    from drnet.models.weights import load_into, load_state_dict_file
-
-    card = find_card(weights)
-    weights_file = resolve_weights(weights)
-    state_dict = load_state_dict_file(weights_file) if weights_file is not None else None
-    model = model or (card.model if card else None)
-    if model is None:
-        raise DrnetError("no model name: pass --model (or --weights of a run with a model.json)")
-    if num_classes is None:
-        if card is not None:
-            num_classes = card.num_classes
-        elif state_dict is not None and _num_classes_in(state_dict) is not None:
-            num_classes = _num_classes_in(state_dict)
-        elif classes:
-            num_classes = len(classes)
-        else:
-            num_classes = 1000
-    if channels is None and card is not None and card.channels:
-        channels = card.channels
-    kwargs = {"channels": tuple(channels)} if channels else {}
-    network = drnet.create_model(
-        model, pretrained=pretrained and state_dict is None, num_classes=num_classes, **kwargs
-    )
-    if state_dict is not None:
-        load_into(network, state_dict, strict=True, source=str(weights_file))
-    network.eval()
-    if card is None:
-        card = ClassifierCard(model=model, num_classes=num_classes)
-        card.channels = list(channels) if channels else None
-        registered = getattr(network, "pretrained_cfg", None)
-        if registered is not None:  # the eval preprocessing published with the weights
-            card.mean, card.std = list(registered.mean), list(registered.std)
-            card.crop_size = registered.crop_size or card.crop_size
-            card.resize_size = registered.resize_size or default_resize_size(card.crop_size)
-    if classes:
-        if len(classes) != num_classes:
-            raise DrnetError(
-                f"--classes lists {len(classes)} names but the model has {num_classes} classes"
-            )
-        card.classes = list(classes)
-    return network, card
-
-
-def match_split_classes(
-    split_classes: Sequence[str], card: ClassifierCard, split: str
-) -> list[int]:
+def match_split_classes(split_classes: Sequence[str], card: ModelCard, split: str) -> list[int]:
     """Model class index of each class folder of a split (``ImageFolder.classes``).
 
     With named classes on the card every folder must be one of them. Without names, a split with
     exactly ``num_classes`` folders is taken in sorted order (ImageNet's synset folders and the
     official checkpoints agree this way) and the card takes their names.
     """
-    if card.classes:
-        unknown = [c for c in split_classes if c not in card.classes]
+    if card.class_names:
+        unknown = [c for c in split_classes if c not in card.class_names]
         if unknown:
-            shown = ", ".join(card.classes[:10]) + ("..." if len(card.classes) > 10 else "")
+            shown = ", ".join(card.class_names[:10])
+            shown += "..." if len(card.class_names) > 10 else ""
             raise DataError(
                 f"{split}: class folder(s) {', '.join(unknown[:5])} are not classes of the model "
                 f"(it knows {shown})"
             )
-        return [card.classes.index(c) for c in split_classes]
+        return [card.class_names.index(c) for c in split_classes]
     if len(split_classes) != card.num_classes:
         raise DataError(
             f"{split}: {len(split_classes)} class folders but the model has {card.num_classes} "
-            "classes and no class names; pass --classes FILE (one name per line)"
+            "classes and no class names; pass --class-names FILE (one name per line)"
         )
-    card.classes = list(split_classes)
+    card.class_names = list(split_classes)
     return list(range(len(split_classes)))
-
-
-def read_class_names(path: str | Path) -> list[str]:
-    """Class names from a text file (one per line) or a JSON list."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DrnetError(f"{path}: cannot read the class names ({exc})") from exc
-    if path.suffix.lower() == ".json":
-        names = json.loads(text)
-        if not isinstance(names, list):
-            raise DrnetError(f"{path}: expected a JSON list of class names")
-        return [str(n) for n in names]
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -269,25 +130,53 @@ class ClassificationResult:
         }
 
 
+def _batches(data: Dataset | DataLoader, batch_size: int, workers: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    return DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
+
+
 @torch.no_grad()
 def evaluate_classifier(
     model: nn.Module,
-    loader: DataLoader,
+    data: Dataset | DataLoader,
     class_names: Sequence[str],
     device: str | torch.device = "auto",
     *,
+    batch_size: int = 64,
+    workers: int = 0,
     amp: bool = False,
+    fast: bool = True,
     progress: bool = True,
 ) -> ClassificationResult:
-    """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and count the results."""
+    """Run ``model`` over ``data`` (a dataset or loader of ``(image, target)``) and count top-1,
+    top-5, per-class hits and the confusion matrix.
+
+    ``fast``: run an inference copy of the model (:func:`drnet.speed.inference.fast_inference`:
+    BatchNorm folded, fused convolutions; the same numbers within 1e-4 relative). Pass
+    ``fast=False`` for a model that is still training (the copy costs a packing pass).
+    """
+    from drnet.speed.inference import fast_inference
+
     device = resolve_device(str(device))
-    model.eval().to(device)
+    runner = fast_inference(model.eval().to(device), enabled=fast)
     result = ClassificationResult.empty(class_names)
+    loader = _batches(data, batch_size, workers)
     for images, target in tqdm(loader, desc="eval", disable=not progress, leave=False):
         with autocast_context(device, amp):
-            logits = model(images.to(device, non_blocking=True))
+            logits = logits_of(runner(images.to(device, non_blocking=True)))
         result.update(logits, target)
     return result
+
+
+def folder_dataset(split_dir: str | Path, card: ModelCard) -> Dataset:
+    """An ImageFolder split with ``card``'s eval preprocessing and its targets mapped to the
+    model's class indices (:func:`match_split_classes`)."""
+    transform = eval_transform(card.crop_size, card.resize_size, card.mean, card.std)
+    dataset = image_folder(split_dir, transform)
+    to_model = match_split_classes(dataset.classes, card, str(split_dir))
+    dataset.target_transform = to_model.__getitem__
+    return dataset
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -409,12 +298,16 @@ def predict_classes(
     batch_size: int = 16,
     workers: int = 0,
     device: str | torch.device = "auto",
+    fast: bool = True,
     progress: bool = True,
 ) -> list[dict]:
     """Top-``k`` classes and softmax probabilities for each image (eval preprocessing: resize +
-    centre crop). Returns ``[{"image", "top_k": [{"class", "index", "probability"}]}]``."""
+    centre crop). Returns ``[{"image", "top_k": [{"class", "index", "probability"}]}]``.
+    ``fast``: the inference fast path (see :func:`evaluate_classifier`)."""
+    from drnet.speed.inference import fast_inference
+
     device = resolve_device(str(device))
-    model.eval().to(device)
+    model = fast_inference(model.eval().to(device), enabled=fast)
     transform = eval_transform(crop_size, resize_size, mean, std)
     loader = DataLoader(
         ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers, shuffle=False
@@ -422,7 +315,7 @@ def predict_classes(
     k = min(top_k, len(class_names))
     predictions: list[dict] = []
     for images, indices, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        probabilities = model(images.to(device)).float().softmax(dim=1).cpu()
+        probabilities = logits_of(model(images.to(device))).float().softmax(dim=1).cpu()
         values, classes = probabilities.topk(k, dim=1)
         for index, row_values, row_classes in zip(indices.tolist(), values, classes, strict=True):
             predictions.append(
@@ -465,11 +358,12 @@ def write_predictions(predictions: Sequence[dict], output_dir: str | Path) -> di
 
 
 class ClassificationTask(Task):
-    """Image classification on ImageFolder splits, for the shared engine (:func:`train`).
+    """Image classification for the shared engine (:func:`drnet.engine.train`): any datasets of
+    ``(image, target)``; :meth:`from_dirs` builds them from ImageFolder splits.
 
-    Training: RandomResizedCrop(``crop_size``, area ``min_scale``..1) + flip; validation:
-    resize ``resize_size`` + centre crop; cross-entropy loss; metrics ``top1`` (selects the best
-    checkpoint), ``top5``, ``loss``, ``mean_class_accuracy``. ``weights`` initialises from a
+    Cross-entropy loss; metrics ``top1`` (selects the best checkpoint), ``top5``, ``loss``,
+    ``mean_class_accuracy``. The model is ``card.model`` with ``card.num_classes`` outputs at
+    ``card.channels``; ``pretrained`` starts from the published weights and ``weights`` from a
     checkpoint (a classifier with another number of classes keeps its backbone and gets a fresh
     ``fc``).
     """
@@ -479,6 +373,27 @@ class ClassificationTask(Task):
 
     def __init__(
         self,
+        card: ModelCard,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        *,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        import drnet.models
+
+        drnet.models.get_spec(card.model)  # an unknown --model fails before anything is written
+        self.card = card
+        self.train_set = train_set
+        self.val_set = val_set
+        self.pretrained = pretrained
+        self.weights = weights
+        self.eval_batch_size = eval_batch_size
+
+    @classmethod
+    def from_dirs(
+        cls,
         model: str,
         train_dir: str | Path,
         val_dir: str | Path | None = None,
@@ -491,46 +406,46 @@ class ClassificationTask(Task):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         min_scale: float = 0.08,
-    ) -> None:
+    ) -> ClassificationTask:
+        """ImageFolder splits: RandomResizedCrop(``crop_size``, area ``min_scale``..1) + flip
+        for training; resize ``resize_size`` + centre crop for validation."""
         import drnet.models
 
-        drnet.models.get_spec(model)  # an unknown --model fails before model.json is written
+        drnet.models.get_spec(model)
         if pretrained and (mean is None or std is None):
             registered = drnet.models.get_weights(model, pretrained)
             mean, std = mean or registered.mean, std or registered.std
         mean, std = list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)
-        self.model_name = model
-        self.pretrained = pretrained
-        self.weights = weights
-        self.train_set = image_folder(
+        train_set = image_folder(
             train_dir, train_transform(crop_size, mean, std, min_scale=min_scale)
         )
-        classes = list(self.train_set.classes)
-        self.val_set = None
+        classes = list(train_set.classes)
+        val_set = None
         if val_dir is not None:
-            self.val_set = image_folder(val_dir, eval_transform(crop_size, resize_size, mean, std))
-            if list(self.val_set.classes) != classes:
+            val_set = image_folder(val_dir, eval_transform(crop_size, resize_size, mean, std))
+            if list(val_set.classes) != classes:
                 raise DataError(
-                    f"{val_dir}: class folders {self.val_set.classes[:8]} differ from the "
+                    f"{val_dir}: class folders {val_set.classes[:8]} differ from the "
                     f"training split's {classes[:8]} ({train_dir}); both need the same classes"
                 )
-        self.card = ClassifierCard(
+        card = ModelCard(
             model=model,
             num_classes=len(classes),
-            classes=classes,
+            class_names=classes,
             channels=list(channels) if channels else None,
             mean=mean,
             std=std,
             crop_size=crop_size,
             resize_size=resize_size or default_resize_size(crop_size),
         )
+        return cls(card, train_set, val_set, pretrained=pretrained, weights=weights)
 
     def build_model(self) -> nn.Module:
         import drnet
 
         kwargs = {"channels": tuple(self.card.channels)} if self.card.channels else {}
         return drnet.create_model(
-            self.model_name,
+            self.card.model,
             pretrained=self.pretrained,
             num_classes=self.card.num_classes,
             checkpoint_path=self.weights,
@@ -549,11 +464,16 @@ class ClassificationTask(Task):
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
     ) -> dict[str, float]:
-        loader = DataLoader(
-            dataset, batch_size=config.batch_size, num_workers=config.workers, shuffle=False
-        )
         result = evaluate_classifier(
-            model, loader, self.card.class_names(), device, amp=config.amp, progress=False
+            model,
+            dataset,
+            self.card.names(),
+            device,
+            batch_size=self.eval_batch_size or config.batch_size,
+            workers=config.workers,
+            amp=config.amp,
+            fast=False,  # the model is still training: no inference copy per epoch
+            progress=False,
         )
         metrics = result.metrics()
         return {
@@ -563,13 +483,15 @@ class ClassificationTask(Task):
         }
 
     def describe(self) -> dict:
-        return {"name": self.name, "pretrained": self.pretrained, **asdict(self.card)}
+        return {"name": self.name, **self.card.to_dict(), "pretrained": self.pretrained}
 
 
-def train_classifier(task: ClassificationTask, config: TrainConfig) -> dict:
-    """Train with the shared engine; also writes ``model.json`` (the :class:`ClassifierCard`)
-    into ``config.output_dir`` so ``eval``/``predict``/``localize`` can rebuild the model from
-    the run directory alone. Returns the engine's summary."""
+def train_classifier(
+    task: ClassificationTask, config: TrainConfig, *, should_stop=None
+) -> dict:
+    """Train with the shared engine; also writes ``model.json`` (the :class:`ModelCard`) into
+    ``config.output_dir`` so eval/predict/localize rebuild the model from the run directory
+    alone. ``should_stop``: see :func:`drnet.engine.train`. Returns the engine's summary."""
     if int(os.environ.get("RANK", "0")) == 0:
         task.card.save(config.output_dir)
-    return train(task, config)
+    return train(task, config, should_stop=should_stop)

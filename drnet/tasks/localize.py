@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.utils import draw_bounding_boxes
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from drnet.data.boxes import ImageBoxes, load_boxes
 from drnet.data.classification import (
@@ -42,7 +42,9 @@ from drnet.data.classification import (
     relative_key,
     unique_names,
 )
+from drnet.engine.distributed import resolve_device
 from drnet.errors import DataError, DrnetError
+from drnet.models.loading import ModelCard
 from drnet.tasks.boxes import (
     FALLBACKS,
     THRESHOLD_MODES,
@@ -52,7 +54,7 @@ from drnet.tasks.boxes import (
     normalize_response,
     scale_boxes,
 )
-from drnet.tasks.classify import ClassifierCard, match_split_classes, resolve_device
+from drnet.tasks.classify import match_split_classes
 
 IOU_THRESHOLD = 0.5
 METRICS_FILE = "localization_metrics.json"
@@ -319,7 +321,7 @@ class SplitScores:
 
 
 def _split_loader(
-    split_dir: str | Path, card: ClassifierCard, resize_size: int | None, workers: int
+    split_dir: str | Path, card: ModelCard, resize_size: int | None, workers: int
 ) -> tuple[list[tuple[str, int]], list[str], DataLoader]:
     dataset = image_folder(split_dir)
     to_model = match_split_classes(dataset.classes, card, str(split_dir))
@@ -328,12 +330,12 @@ def _split_loader(
     loader = DataLoader(
         ImageFiles([p for p, _ in samples], transform), batch_size=None, num_workers=workers
     )
-    return samples, card.class_names(), loader
+    return samples, card.names(), loader
 
 
 def score_split(
     model: nn.Module,
-    card: ClassifierCard,
+    card: ModelCard,
     split_dir: str | Path,
     boxes: dict[str, ImageBoxes],
     thresholds: Sequence[float],
@@ -460,7 +462,7 @@ def _require_boxes(scores: SplitScores, split_dir: str | Path, source: str | Pat
 
 def evaluate_localization(
     model: nn.Module,
-    card: ClassifierCard,
+    card: ModelCard,
     split_dir: str | Path,
     boxes_source: str | Path,
     output_dir: str | Path,
@@ -475,6 +477,7 @@ def evaluate_localization(
     device: str | torch.device = "auto",
     workers: int = 0,
     progress: bool = True,
+    fast: bool = True,
 ) -> dict:
     """Score localization on ``split_dir`` and write the results into ``output_dir``.
 
@@ -482,9 +485,13 @@ def evaluate_localization(
     ``val_boxes_source``, default ``boxes_source``); a number fixes it. Writes
     ``localization_metrics.json``, ``threshold_curve.csv``, ``boxes.json`` (per-image, at the
     chosen ``t``) and, for the first ``save_images`` images, heatmap + box overlays in
-    ``overlays/``. Returns the metrics dict.
+    ``overlays/``. Returns the metrics dict. ``fast``: the class maps come from an inference copy
+    of the model (:func:`drnet.speed.inference.fast_inference`).
     """
+    from drnet.speed.inference import fast_inference
+
     settings = settings or LocalizationSettings()
+    model = fast_inference(model.eval().to(resolve_device(str(device))), enabled=fast)
     output_dir = Path(output_dir)
     if thresholds is None:
         if settings.threshold_mode == "raw" and threshold == "auto":
@@ -636,7 +643,7 @@ def read_threshold(value: float | str) -> tuple[float, str | None]:
 @torch.no_grad()
 def predict_localization(
     model: nn.Module,
-    card: ClassifierCard,
+    card: ModelCard,
     paths: Sequence[str | Path],
     output_dir: str | Path,
     *,
@@ -647,6 +654,7 @@ def predict_localization(
     device: str | torch.device = "auto",
     workers: int = 0,
     progress: bool = True,
+    fast: bool = True,
 ) -> list[dict]:
     """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image.
 
@@ -654,14 +662,17 @@ def predict_localization(
     and, with ``save_heatmaps``, ``heatmaps/<name>_<class>.png`` (the min-max normalised class
     response over the image, jet colours) for every top-k class. Returns the ``boxes.json``
     entries: ``{"image", "width", "height", "predictions": [{"rank", "class", "index",
-    "probability", "box", "fallback", "heatmap"?}], "overlay"?}``.
+    "probability", "box", "fallback", "heatmap"?}], "overlay"?}``. ``fast``: the inference fast
+    path (see :func:`evaluate_localization`).
     """
+    from drnet.speed.inference import fast_inference
+
     settings = settings or LocalizationSettings(top_k=1)
     device = resolve_device(str(device))
-    model.eval().to(device)
+    model = fast_inference(model.eval().to(device), enabled=fast)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    names = card.class_names()
+    names = card.names()
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
     transform = full_image_transform(resize_size, card.mean, card.std)
     loader = DataLoader(ImageFiles(paths, transform), batch_size=None, num_workers=workers)

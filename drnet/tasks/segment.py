@@ -2,9 +2,10 @@
 
 Library entry points (the CLI ``drnet segment train|eval|predict`` only calls these):
 
-* :class:`SegmentOptions` + :func:`train_segmentation` -> the engine's summary.
-* :func:`load_segmentation_model` builds a DRNSeg from any accepted checkpoint (ours, or the
-  official DRNSeg ``.pth``).
+* :class:`SegmentationTask` (any datasets; :meth:`SegmentationTask.from_options` for a dataset
+  folder) + :func:`train_segmentation` -> the engine's summary.
+* Trained models come from :func:`drnet.models.loading.load_model` (run folders, drnet
+  checkpoints, the official DRNSeg ``.pth``, published weights).
 * :func:`evaluate_segmentation` -> confusion-matrix metrics (mIoU, per-class IoU, pixel accuracy)
   with whole-image, multi-scale/flip or sliding-window inference; :func:`run_evaluation` also
   writes ``metrics.json`` and prints the per-class table.
@@ -15,11 +16,11 @@ Library entry points (the CLI ``drnet segment train|eval|predict`` only calls th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from drnet.constants import IGNORE_INDEX
 from drnet.data.palettes import colorize, get_palette, overlay
 from drnet.data.segmentation import (
     IMAGE_EXTENSIONS,
@@ -43,16 +45,22 @@ from drnet.engine import distributed as D
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.metrics import ConfusionMatrix, format_iou_table
+from drnet.models.loading import (
+    ModelCard,
+    load_model,
+    load_state_dict_file,
+    logits_of,
+    resolve_weights,
+)
 from drnet.tasks.segment_infer import DEFAULT_SCALES, predict_probs
 
-IGNORE_INDEX = 255
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_SCALES",
     "SegmentOptions",
     "SegmentationTask",
     "evaluate_segmentation",
-    "load_segmentation_model",
     "predict_segmentation",
     "run_evaluation",
     "segmentation_loss",
@@ -65,7 +73,7 @@ class SegmentOptions:
     """What the segmentation task needs besides the engine's :class:`TrainConfig`."""
 
     data_dir: str = "data"
-    arch: str = "drn_d_22"
+    model: str = "drn_d_22"
     num_classes: int | None = None  # default: info.json's "classes", 19 for Cityscapes
     crop_size: int = 896
     random_scale: float | tuple[float, float] = 0.0  # s -> factor in [1/s, s]
@@ -82,19 +90,13 @@ class SegmentOptions:
     val_scales: tuple[float, ...] = (1.0,)
     val_flip: bool = False
     val_window: int | None = None
-    class_names: tuple[str, ...] | None = field(default=None, repr=False)
 
 
 def segmentation_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
     """Pixel-wise cross entropy ignoring label 255, for ``{"out": logits}``, the official
     ``(log_softmax, low_res)`` pair or plain logits. A batch whose pixels are all ignored gives
     a zero loss (not NaN)."""
-    if isinstance(output, dict):
-        logits, is_log_prob = output["out"], False
-    elif isinstance(output, (tuple, list)):
-        logits, is_log_prob = output[0], True
-    else:
-        logits, is_log_prob = output, False
+    logits, is_log_prob = logits_of(output), isinstance(output, (tuple, list))
     if not (target != IGNORE_INDEX).any():
         return logits.sum() * 0.0
     if is_log_prob:
@@ -102,188 +104,169 @@ def segmentation_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
 
 
-def build_segmentation_model(options: SegmentOptions, num_classes: int) -> nn.Module:
-    """DRNSeg for ``options`` (``{"out": logits}`` output), initialised as the options say."""
-    import drnet
+def init_from_weights(model: nn.Module, weights: str | os.PathLike) -> None:
+    """Start ``model`` (a DRNSeg) from a checkpoint or run directory: a segmentation checkpoint
+    with the same number of classes, or a classifier (its backbone, with a warning)."""
+    from drnet.models.registry import load_segmentation_state
 
-    model = drnet.create_segmentation_model(
-        options.arch,
-        num_classes=num_classes,
-        pretrained_backbone=options.pretrained_backbone,
-        backbone_checkpoint=options.backbone_weights,
-        channels=options.channels,
-    )
-    if options.weights:
-        _load_weights(model, options.weights)
-    return model
+    source = resolve_weights(weights).checkpoint
+    state_dict = load_state_dict_file(source)
+    file_classes = state_dict["seg.weight"].shape[0] if "seg.weight" in state_dict else None
+    if file_classes is not None and file_classes != model.seg.out_channels:
+        raise CheckpointError(
+            f"--weights {weights} has {file_classes} classes but the model has "
+            f"{model.seg.out_channels} (--num-classes, else the dataset's info.json); the "
+            f"segmentation head must match: pass --num-classes {file_classes}, or start from "
+            "ImageNet weights (--pretrained-backbone / --backbone-weights)"
+        )
+    load_segmentation_state(model, state_dict, str(source))
 
 
 class SegmentationTask(Task):
-    """DRN semantic segmentation for :func:`drnet.engine.train`.
+    """DRN semantic segmentation for :func:`drnet.engine.train`, on any datasets of
+    ``(image [3, H, W], label int64 [H, W])``; :meth:`from_options` opens them from a dataset
+    folder (list files, Cityscapes, image/mask folders).
 
-    Validation scores whole images (or ``val_scales``/``val_flip``/``val_window``) on every rank
-    over its shard of the validation set and sums the confusion matrices; the main metric is mIoU.
+    The model is a DRNSeg of ``card.model`` with ``card.num_classes`` classes, started from
+    ``weights`` (a segmentation checkpoint or run), ``backbone_weights`` (a classifier) or the
+    published ImageNet backbone (``pretrained_backbone``). Validation scores whole images (or
+    ``val_scales``/``val_flip``/``val_window``) on every rank over its shard of the validation set
+    and sums the confusion matrices; the main metric is mIoU.
     """
 
     name = "segment"
     main_metric = "miou"
     distributed_eval = True
 
-    def __init__(self, options: SegmentOptions) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        *,
+        weights: str | os.PathLike | None = None,
+        pretrained_backbone: bool = False,
+        backbone_weights: str | os.PathLike | None = None,
+        val_scales: Sequence[float] = (1.0,),
+        val_flip: bool = False,
+        val_window: int | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         from drnet.models import get_spec
 
-        get_spec(options.arch)  # an unknown --arch fails now, with suggestions
-        self.options = options
-        self.info = dataset_info(options.data_dir, options.layout, options.train_split)
-        if options.layout == "auto" and options.list_dir:
-            self.info["layout"] = "list"
-        self.num_classes = options.num_classes or self.info["num_classes"]
-        if not self.num_classes:
-            raise DrnetError(f"the number of classes of {options.data_dir} is unknown: --classes")
+        get_spec(card.model)  # an unknown --model fails now, with suggestions
+        self.card = card
+        self.train_set, self.val_set = train_set, val_set
+        self.weights = weights
+        self.pretrained_backbone = pretrained_backbone
+        self.backbone_weights = backbone_weights
+        self.val_scales, self.val_flip, self.val_window = tuple(val_scales), val_flip, val_window
+        self.settings = dict(settings or {})  # recorded in config.json and checkpoints
 
-    def _open(self, split: str, transforms=None) -> SegmentationDataset:
-        return open_segmentation_dataset(
-            self.options.data_dir,
-            split,
-            self.num_classes,
-            transforms,
-            layout=self.info["layout"],
-            list_dir=self.options.list_dir,
+    @classmethod
+    def from_options(cls, options: SegmentOptions) -> SegmentationTask:
+        """The task on ``options.data_dir`` with the training augmentation of ``options``."""
+        o = options
+        info = dataset_info(o.data_dir, o.layout, o.train_split)
+        if o.layout == "auto" and o.list_dir:
+            info["layout"] = "list"
+        num_classes = o.num_classes or info["num_classes"]
+        if not num_classes:
+            raise DrnetError(f"the number of classes of {o.data_dir} is unknown: --num-classes")
+        card = ModelCard(
+            model=o.model,
+            num_classes=num_classes,
+            task="segmentation",
+            class_names=list(info["class_names"] or []),
+            channels=list(o.channels) if o.channels else None,
+            mean=list(info["mean"]),
+            std=list(info["std"]),
+            crop_size=None,
+            resize_size=None,
         )
 
-    def build_model(self) -> nn.Module:
-        return build_segmentation_model(self.options, self.num_classes)
+        def open_split(split: str, transforms=None) -> SegmentationDataset:
+            return open_segmentation_dataset(
+                o.data_dir, split, num_classes, transforms, layout=info["layout"],
+                list_dir=o.list_dir,
+            )  # fmt: skip
 
-    def train_dataset(self) -> Dataset:
-        o = self.options
         transform = segmentation_train_transform(
-            o.crop_size,
-            self.info["mean"],
-            self.info["std"],
-            o.random_scale,
-            o.random_rotate,
-            o.hflip,
+            o.crop_size, info["mean"], info["std"], o.random_scale, o.random_rotate, o.hflip
         )
-        return self._open(o.train_split, transform)
-
-    def val_dataset(self) -> Dataset | None:
-        return self._open(self.options.val_split) if self.options.val_split else None
-
-    def loss(self, output, target) -> torch.Tensor:
-        return segmentation_loss(output, target)
-
-    def evaluate(self, model, dataset, config: TrainConfig, device) -> dict[str, float]:
-        o = self.options
-        metrics = evaluate_segmentation(
-            model,
-            dataset,
-            device,
-            scales=o.val_scales,
-            flip=o.val_flip,
-            window=o.val_window,
-            amp=config.amp,
-            distributed=True,
-        )
-        return {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_accuracy")}
-
-    def describe(self) -> dict[str, Any]:
-        o = self.options
-        return {
-            "name": self.name,
-            "arch": o.arch,
-            "num_classes": self.num_classes,
-            "channels": list(o.channels) if o.channels else None,
+        settings = {
             "data_dir": str(o.data_dir),
-            "layout": self.info["layout"],
-            "mean": list(self.info["mean"]),
-            "std": list(self.info["std"]),
-            "class_names": list(self.info["class_names"] or []) or None,
+            "layout": info["layout"],
             "crop_size": o.crop_size,
             "random_scale": o.random_scale,
             "random_rotate": o.random_rotate,
             "weights": o.weights,
         }
-
-
-def train_segmentation(options: SegmentOptions, config: TrainConfig) -> dict[str, Any]:
-    """Train DRNSeg on ``options.data_dir`` with the shared engine; returns its summary."""
-    return train(SegmentationTask(options), config)
-
-
-# -- loading models ------------------------------------------------------------------------------
-
-
-def _read_checkpoint(path: str | os.PathLike) -> Any:
-    from drnet.models.weights import is_url, load_state_dict_file
-
-    if is_url(str(path)):
-        return load_state_dict_file(path)
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # let the models' loader produce its detailed message
-        return load_state_dict_file(path)
-
-
-def _load_weights(model: nn.Module, path: str | os.PathLike, obj: Any = None) -> None:
-    from drnet.models.registry import load_segmentation_state
-    from drnet.models.weights import extract_state_dict
-
-    obj = _read_checkpoint(path) if obj is None else obj
-    state_dict = extract_state_dict(obj, str(path))
-    if "seg.weight" in state_dict and state_dict["seg.weight"].shape[0] != model.seg.out_channels:
-        raise CheckpointError(
-            f"--weights {path} has {state_dict['seg.weight'].shape[0]} classes but the model has "
-            f"{model.seg.out_channels} (--classes, else the dataset's info.json); the "
-            f"segmentation head must match: pass --classes {state_dict['seg.weight'].shape[0]}, "
-            "or start from ImageNet weights (--pretrained-backbone / --backbone-weights)"
+        return cls(
+            card,
+            open_split(o.train_split, transform),
+            open_split(o.val_split) if o.val_split else None,
+            weights=o.weights,
+            pretrained_backbone=o.pretrained_backbone,
+            backbone_weights=o.backbone_weights,
+            val_scales=o.val_scales,
+            val_flip=o.val_flip,
+            val_window=o.val_window,
+            settings=settings,
         )
-    load_segmentation_state(model, state_dict, str(path))
 
+    def build_model(self) -> nn.Module:
+        import drnet
 
-def load_segmentation_model(
-    weights: str | os.PathLike,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    channels: Sequence[int] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """A DRNSeg (eval mode, ``{"out": logits}`` output) with ``weights`` loaded, and what the
-    checkpoint says about itself.
-
-    ``weights`` is a drnet training checkpoint (architecture, classes and normalisation are read
-    from it), the official DRNSeg ``.pth`` (e.g. ``drn_d_22_cityscapes.pth``: pass ``arch``; the
-    number of classes is read from ``seg.weight``), or an old training checkpoint
-    ``{"state_dict": ...}``. Returns ``(model, meta)`` where ``meta`` may hold ``arch``,
-    ``num_classes``, ``mean``, ``std``, ``class_names``.
-    """
-    import drnet
-    from drnet.models.weights import extract_state_dict
-
-    obj = _read_checkpoint(weights)
-    meta: dict[str, Any] = {}
-    if isinstance(obj, dict) and isinstance(obj.get("task"), dict):
-        meta = dict(obj["task"])
-    state_dict = extract_state_dict(obj, str(weights))
-    arch = arch or meta.get("arch")
-    if not arch:
-        raise DrnetError(f"{weights} does not say its architecture: pass --arch (e.g. drn_d_22)")
-    file_classes = int(state_dict["seg.weight"].shape[0]) if "seg.weight" in state_dict else None
-    if num_classes and file_classes and num_classes != file_classes:
-        raise CheckpointError(
-            f"{weights} has {file_classes} classes but --classes is {num_classes}"
+        model = drnet.create_segmentation_model(
+            self.card.model,
+            num_classes=self.card.num_classes,
+            pretrained_backbone=self.pretrained_backbone,
+            backbone_checkpoint=self.backbone_weights,
+            channels=tuple(self.card.channels) if self.card.channels else None,
         )
-    num_classes = num_classes or file_classes or meta.get("num_classes")
-    if not num_classes:
-        raise DrnetError(f"{weights} has no segmentation head: pass --classes")
-    channels = channels or meta.get("channels")
-    model = drnet.create_segmentation_model(
-        arch, num_classes=int(num_classes), channels=tuple(channels) if channels else None
-    )
-    _load_weights(model, weights, obj)
-    meta.update(arch=arch, num_classes=int(num_classes))
-    return model.eval(), meta
+        if self.weights:
+            init_from_weights(model, self.weights)
+        return model
+
+    def train_dataset(self) -> Dataset:
+        return self.train_set
+
+    def val_dataset(self) -> Dataset | None:
+        return self.val_set
+
+    def loss(self, output, target) -> torch.Tensor:
+        return segmentation_loss(output, target)
+
+    def evaluate(self, model, dataset, config: TrainConfig, device) -> dict[str, float]:
+        metrics = evaluate_segmentation(
+            model,
+            dataset,
+            device,
+            scales=self.val_scales,
+            flip=self.val_flip,
+            window=self.val_window,
+            amp=config.amp,
+            distributed=True,
+            fast=False,  # the model is still training
+            num_classes=self.card.num_classes,
+        )
+        return {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_accuracy")}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.card.to_dict(), "training": self.settings}
+
+
+def train_segmentation(
+    task: SegmentationTask | SegmentOptions, config: TrainConfig, *, should_stop=None
+) -> dict[str, Any]:
+    """Train DRNSeg with the shared engine (a task, or options naming a dataset folder); writes
+    ``model.json`` into the run folder and returns the engine's summary."""
+    if isinstance(task, SegmentOptions):
+        task = SegmentationTask.from_options(task)
+    if int(os.environ.get("RANK", "0")) == 0:
+        task.card.save(config.output_dir)
+    return train(task, config, should_stop=should_stop)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -302,17 +285,24 @@ def evaluate_segmentation(
     distributed: bool = False,
     progress: bool = False,
     save_dir: str | os.PathLike | None = None,
+    fast: bool = True,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on every image of ``dataset`` (one full image at a time).
+    """Score ``model`` on every image of ``dataset`` (``(image, label)`` pairs, one full image at
+    a time).
 
     Returns :func:`drnet.metrics.segmentation_metrics` (``miou``, ``pixel_accuracy``,
     ``mean_accuracy``, per-class ``iou``/``accuracy``/``pixels``) plus ``confusion_matrix`` and
     ``num_images``. With ``distributed`` each rank scores its shard and the matrices are summed.
-    ``save_dir`` also writes each prediction (labels, colour) there.
+    ``save_dir`` also writes each prediction (labels, colour) there. ``fast``: run an inference
+    copy of the model (:func:`drnet.speed.inference.fast_inference`; ``False`` for a model that is
+    still training). ``num_classes`` defaults to ``dataset.num_classes``.
     """
+    from drnet.speed.inference import fast_inference
+
     device = torch.device(device)
-    model.eval()
-    num_classes = dataset.num_classes
+    model = fast_inference(model.eval().to(device), enabled=fast)
+    num_classes = num_classes or dataset.num_classes
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
     indices = D.shard_indices(len(dataset)) if distributed else range(len(dataset))
     iterator: Any = indices
@@ -353,7 +343,7 @@ def run_evaluation(
     data_dir: str | os.PathLike,
     split: str = "val",
     output_dir: str | os.PathLike = "runs/segment-eval",
-    arch: str | None = None,
+    model: str | None = None,
     num_classes: int | None = None,
     layout: str = "auto",
     list_dir: str | None = None,
@@ -369,24 +359,24 @@ def run_evaluation(
     channels: Sequence[int] | None = None,
     fast: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split; writes ``output_dir/metrics.json`` and prints the table.
-    ``channels``: backbone widths of a checkpoint that does not record them (``--channels``).
-    ``fast``: run the inference fast path (:func:`drnet.speed.inference.fast_inference`: BN
-    folded, fused convs, measured layout; same numbers within 1e-4 relative).
+    """Evaluate ``weights`` (anything :func:`drnet.models.loading.load_model` takes) on a split
+    of a dataset folder; writes ``output_dir/metrics.json`` and logs the per-class table.
+    ``model``, ``num_classes``, ``channels``: for checkpoints that do not record them.
+    ``fast``: run the inference fast path (BN folded, fused convs, measured layout; same numbers
+    within 1e-4 relative).
 
     Runs under ``torchrun`` too: each process scores its shard and rank 0 writes the results.
     """
     ctx = D.init_distributed(device)
-    model, meta = load_segmentation_model(weights, arch, num_classes, channels)
-    dataset = open_segmentation_dataset(
-        data_dir, split, meta["num_classes"], layout=layout, list_dir=list_dir
+    network, card = load_model(
+        weights, model=model, task="segmentation", num_classes=num_classes, channels=channels
     )
-    from drnet.speed.inference import fast_inference
-
-    model = fast_inference(model.to(ctx.device), enabled=fast)
+    dataset = open_segmentation_dataset(
+        data_dir, split, card.num_classes, layout=layout, list_dir=list_dir
+    )
     out = Path(output_dir)
     metrics = evaluate_segmentation(
-        model,
+        network,
         dataset,
         ctx.device,
         scales,
@@ -397,8 +387,9 @@ def run_evaluation(
         distributed=ctx.is_distributed,
         progress=progress,
         save_dir=out / "predictions" if save_predictions else None,
+        fast=fast,
     )
-    names = dataset.class_names or meta.get("class_names")
+    names = dataset.class_names or card.class_names or None
     result = {
         "miou": metrics["miou"],
         "pixel_accuracy": metrics["pixel_accuracy"],
@@ -416,7 +407,7 @@ def run_evaluation(
         "confusion_matrix": metrics["confusion_matrix"],
         "num_images": metrics["num_images"],
         "weights": str(weights),
-        "arch": meta["arch"],
+        "model": card.model,
         "data_dir": str(data_dir),
         "split": split,
         "scales": list(scales),
@@ -428,8 +419,8 @@ def run_evaluation(
         with open(out / "metrics.json", "w") as f:
             json.dump(_json_safe(result), f, indent=2)
         if print_table:
-            print(format_iou_table(metrics, names))
-            print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+            logger.info("%s", format_iou_table(metrics, names))
+        logger.info("wrote %s", out / "metrics.json")
     result["metrics_json"] = str(out / "metrics.json")
     return result
 
@@ -508,20 +499,24 @@ def predict_segmentation(
     alpha: float = 0.5,
     amp: bool = False,
     progress: bool = True,
+    fast: bool = True,
 ) -> list[dict[str, str]]:
     """Segment images and write ``labels/`` (class-index PNG), ``color/`` (palette PNG: Cityscapes
     colours for 19 classes, generated otherwise) and ``overlay/`` (colours blended over the
     image) under ``output_dir``. ``inputs`` is a file, folder or list file (see
     :func:`collect_inputs`) or ready ``(path, name)`` pairs. Returns the written paths per image.
+    ``fast``: the inference fast path (see :func:`evaluate_segmentation`).
     """
     unknown = set(save) - set(SAVE_KINDS)
     if unknown:
         raise DrnetError(
             f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
         )
+    from drnet.speed.inference import fast_inference
+
     items = collect_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     device = torch.device(device)
-    model.eval()
+    model = fast_inference(model.eval().to(device), enabled=fast)
     palette = get_palette(num_classes)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)

@@ -14,17 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drnet.models.loading import logits_of
+
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def model_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Class scores ``[N, C, H, W]`` at the input size from any DRNSeg output convention:
     ``{"out": logits}``, the official ``(log_softmax, low_res)`` pair, or a plain tensor."""
-    out = model(images)
-    if isinstance(out, dict):
-        out = out["out"]
-    elif isinstance(out, (tuple, list)):
-        out = out[0]
+    out = logits_of(model(images))
     if out.shape[-2:] != images.shape[-2:]:
         out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return out
