@@ -7,20 +7,24 @@ from drnet.analysis.activations import (
     render_activation_grid,
 )
 from drnet.analysis.gridding import (
-    chance_score,
+    GRIDDING_CHANCE,
     gridding_score,
     gridding_scores,
     lattice_mask,
+    lattice_power_share,
+    lattice_share_chance,
     power_spectrum,
 )
 
 __all__ = [
+    "GRIDDING_CHANCE",
     "activation_image",
-    "chance_score",
     "collect_activations",
     "gridding_score",
     "gridding_scores",
     "lattice_mask",
+    "lattice_power_share",
+    "lattice_share_chance",
     "level_names",
     "power_spectrum",
     "render_activation_grid",
