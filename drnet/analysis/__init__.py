@@ -4,6 +4,7 @@ from drnet.analysis.activations import (
     activation_image,
     collect_activations,
     level_names,
+    most_active_channel,
     render_activation_grid,
 )
 from drnet.analysis.gridding import (
@@ -26,6 +27,7 @@ __all__ = [
     "lattice_power_share",
     "lattice_share_chance",
     "level_names",
+    "most_active_channel",
     "power_spectrum",
     "render_activation_grid",
 ]
