@@ -12,6 +12,7 @@ from drnet.analysis.activations import (
     activation_image,
     collect_activations,
     level_names,
+    most_active_channel,
     render_activation_grid,
 )
 
@@ -73,3 +74,44 @@ def test_render_activation_grid(tmp_path):
     assert two_rows.height > grid.height and two_rows.width > grid.width
     with pytest.raises(ValueError):
         render_activation_grid({})
+
+
+def test_most_active_channel():
+    x = torch.zeros(2, 3, 4, 4)
+    x[0, 1] = 1.0  # image 0: channel 1 has the largest mean
+    x[0, 2, 0, 0] = 5.0  # a larger peak but a smaller mean (5/16 < 1)
+    x[1, 2] = 2.0
+    x[1, 0] = -3.0  # large in magnitude, but negative: not "active"
+    maps = most_active_channel(x)
+    assert maps.shape == (2, 4, 4)
+    assert torch.equal(maps[0], x[0, 1]) and torch.equal(maps[1], x[1, 2])
+    assert torch.equal(most_active_channel(x[1]), x[1, 2])  # [C, H, W] -> [H, W]
+    assert torch.equal(most_active_channel(x.numpy())[0], x[0, 1])
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        most_active_channel(torch.zeros(4, 4))
+
+
+def test_activation_image_statistics():
+    x = torch.zeros(3, 4, 4)
+    x[0, 0, 0] = 8.0  # channel 0: one hot pixel (mean 0.5)
+    x[1] = 1.0
+    x[1, 3, 3] = 2.0  # channel 1: the most active (mean ~1.06), brightest at (3, 3)
+    mean = activation_image(x, statistic="mean")
+    top = activation_image(x, statistic="max_channel")
+    assert mean[0, 0] == 1.0 and top[3, 3] == 1.0 and top[0, 0] == 0.0
+    with pytest.raises(ValueError, match="statistic"):
+        activation_image(x, statistic="median")
+
+
+def test_render_both_statistics(tmp_path):
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, 0, 0, 0] = 50.0
+    x[0, 1] = 1.0
+    x[0, 1, 7, 7] = 2.0
+    mean = render_activation_grid({"layer": x}, tmp_path / "mean.png", tile=16)
+    top = render_activation_grid(
+        {"layer": x}, tmp_path / "top.png", tile=16, statistic="max_channel"
+    )
+    assert mean.size == top.size and np.asarray(mean).tolist() != np.asarray(top).tolist()
+    with pytest.raises(ValueError, match="statistic"):
+        render_activation_grid({"layer": x}, statistic="max")

@@ -4,24 +4,30 @@ from drnet.analysis.activations import (
     activation_image,
     collect_activations,
     level_names,
+    most_active_channel,
     render_activation_grid,
 )
 from drnet.analysis.gridding import (
-    chance_score,
+    GRIDDING_CHANCE,
     gridding_score,
     gridding_scores,
     lattice_mask,
+    lattice_power_share,
+    lattice_share_chance,
     power_spectrum,
 )
 
 __all__ = [
+    "GRIDDING_CHANCE",
     "activation_image",
-    "chance_score",
     "collect_activations",
     "gridding_score",
     "gridding_scores",
     "lattice_mask",
+    "lattice_power_share",
+    "lattice_share_chance",
     "level_names",
+    "most_active_channel",
     "power_spectrum",
     "render_activation_grid",
 ]

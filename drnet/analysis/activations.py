@@ -2,9 +2,11 @@
 
 The paper's gridding figure shows, for one input, the activation of each level of DRN-A, DRN-B and
 DRN-C: :func:`collect_activations` gathers a model's per-level outputs with forward hooks, and
-:func:`render_activation_grid` draws one row per model, one tile per level, each tile the mean
-absolute activation over channels rescaled to its own [0, 1] range (viridis-like colours, dark =
-low).
+:func:`render_activation_grid` draws one row per model, one tile per level, each tile rescaled to
+its own [0, 1] range (viridis-like colours, dark = low) and showing one of two statistics:
+``"mean"``, the mean absolute activation over channels, or ``"max_channel"``, the map of the most
+active channel (the largest mean activation), which is what the paper's figure shows
+(:func:`most_active_channel`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-__all__ = ["activation_image", "collect_activations", "level_names", "render_activation_grid"]
+__all__ = [
+    "STATISTICS",
+    "activation_image",
+    "collect_activations",
+    "level_names",
+    "most_active_channel",
+    "render_activation_grid",
+]
+
+STATISTICS = ("mean", "max_channel")
 
 # A compact viridis-like colour map: (position, RGB) anchors, interpolated linearly.
 _ANCHORS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -85,17 +96,41 @@ def collect_activations(
     return outputs
 
 
-def activation_image(activation: torch.Tensor | np.ndarray, sample: int = 0) -> np.ndarray:
-    """Mean absolute activation over channels, rescaled to [0, 1]: float ``[H, W]``.
+def most_active_channel(activation: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The map of the channel with the largest mean activation, per image.
+
+    Args:
+        activation: ``[C, H, W]`` (one image) or ``[N, C, H, W]``.
+
+    Returns:
+        ``[H, W]`` for one image, ``[N, H, W]`` for a batch (ties: the lowest channel index).
+    """
+    x = torch.as_tensor(activation).detach()
+    if x.dim() not in (3, 4):
+        raise ValueError(f"activation must be [C, H, W] or [N, C, H, W]; got {tuple(x.shape)}")
+    batch = x if x.dim() == 4 else x[None]
+    best = batch.mean(dim=(-2, -1)).argmax(dim=1)
+    maps = batch[torch.arange(batch.shape[0], device=batch.device), best]
+    return maps if x.dim() == 4 else maps[0]
+
+
+def activation_image(
+    activation: torch.Tensor | np.ndarray, sample: int = 0, statistic: str = "mean"
+) -> np.ndarray:
+    """One map per level, rescaled to [0, 1]: float ``[H, W]``.
 
     ``activation`` is ``[H, W]``, ``[C, H, W]`` or ``[N, C, H, W]`` (then ``sample`` picks the
-    image). A constant map gives zeros.
+    image). ``statistic`` is ``"mean"`` (mean absolute activation over channels) or
+    ``"max_channel"`` (the most active channel, :func:`most_active_channel`, as the paper
+    shows); a ``[H, W]`` map is shown as its absolute value either way. A constant map gives zeros.
     """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}; got {statistic!r}")
     x = torch.as_tensor(activation).detach().float().cpu()
     if x.dim() == 4:
         x = x[sample]
     if x.dim() == 3:
-        x = x.abs().mean(dim=0)
+        x = x.abs().mean(dim=0) if statistic == "mean" else most_active_channel(x).abs()
     elif x.dim() == 2:
         x = x.abs()
     else:
@@ -120,6 +155,7 @@ def render_activation_grid(
     tile: int = 96,
     sample: int = 0,
     titles: Mapping[str, str] | None = None,
+    statistic: str = "mean",
 ) -> Image.Image:
     """Draw activation maps as a grid of tiles and optionally save it as a PNG.
 
@@ -132,12 +168,17 @@ def render_activation_grid(
         tile: the longer side of each tile in pixels (maps are enlarged with nearest neighbour).
         sample: which batch element to draw for ``[N, C, H, W]`` activations.
         titles: extra text under a level's name, e.g. ``{"layer5": "grid 0.31"}``.
+        statistic: what each tile shows: ``"mean"`` (mean |activation| over channels) or
+            ``"max_channel"`` (the most active channel, as in the paper's figure); call twice to
+            show both side by side.
 
     Returns:
         The grid as a PIL image.
     """
     if not maps:
         raise ValueError("render_activation_grid needs at least one map")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}; got {statistic!r}")
     first = next(iter(maps.values()))
     rows = dict(maps) if isinstance(first, Mapping) else {"": maps}
     titles = titles or {}
@@ -174,7 +215,7 @@ def render_activation_grid(
             pasted = (
                 input_tile
                 if activation is None
-                else _tile(activation_image(activation, sample), tile)
+                else _tile(activation_image(activation, sample, statistic), tile)
             )
             grid.paste(pasted, (left + 2, top + 2))
             draw.text((left + 2, top + cell), str(name), fill=(0, 0, 0), font=font)
