@@ -418,3 +418,19 @@ def test_data_check_json_alone_prints_the_report(tmp_path, capsys):
     assert main(["data", "check", str(root), "--json", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["errors"] == 0 and report["files_checked"] > 0
+
+
+def test_readme_command_lines_use_the_canonical_flags():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    lines, joined = readme.read_text().splitlines(), []
+    for line in lines:
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line.strip()
+        elif line.startswith(("drnet ", "torchrun ")):
+            joined.append(line)
+    assert len(joined) > 20
+    for command in joined:
+        tokens = set(command.split("#")[0].split())
+        assert not tokens & RETIRED, command
