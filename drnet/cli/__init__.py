@@ -2,13 +2,15 @@
 
 Each sub-command lives in its own module of this package and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` (called with the parsed namespace). The modules only parse
-arguments and call library functions; no logic lives only here.
+arguments and call library functions; no logic lives only here. Every command spells its options
+with the helpers of :mod:`drnet.cli.vocab`, so one flag means one thing everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
 
@@ -29,16 +31,24 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``drnet`` parser with every sub-command (a :class:`drnet.cli.vocab.Parser`)."""
     from drnet import __version__
+    from drnet.cli.vocab import Parser
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="drnet",
         description="Dilated Residual Networks: models, classification, weakly-supervised "
         "localization and semantic segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"drnet {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "--quiet", action="store_true", help="log warnings and errors only (no progress notes)"
+    )
+    verbosity.add_argument(
+        "--debug",
+        action="store_true",
+        help="log debug messages and show full tracebacks instead of one-line errors",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -86,9 +96,45 @@ def one_line(exc: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time of each record (so it
+    follows redirections, e.g. pytest's ``capsys``)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; we always use sys.stderr
+        pass
+
+
+def configure_logging(level: int = logging.INFO) -> logging.Handler:
+    """Give the ``drnet`` logger one stderr handler printing the bare message at ``level``.
+
+    Called by :func:`main` on every run; a second call replaces the handler it installed.
+    """
+    logger = logging.getLogger("drnet")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _StderrHandler):
+            logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``drnet ARGV``; returns the exit status (2 for a usage or input error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(
+        logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 2 if args.command is None else 0

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
+from drnet.cli import non_negative_int, positive_int
+from drnet.cli.vocab import (
+    add_batch_size,
+    add_channels,
+    add_device,
+    add_model,
+    add_no_progress,
+    add_num_classes,
+    add_output_dir,
+    add_weights,
+)
 from drnet.speed.benchmark import INFERENCE_VARIANTS, TRAINING_VARIANTS
+
+log = logging.getLogger(__name__)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,10 +44,6 @@ def _names(choices: tuple[str, ...]):
     return parse
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    return tuple(int(c) for c in text.split(","))
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "benchmark",
@@ -44,21 +54,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "measured peak, peak memory, and the output difference from the baseline. "
         "Segmentation inference times image -> label map. Writes JSON and a markdown table.",
     )
-    parser.add_argument("--model", default="drn_d_22", help="registered backbone name")
+    add_model(parser, "drn_d_22")
     parser.add_argument(
-        "--task", choices=("segmentation", "classification"), default="segmentation"
+        "--task",
+        choices=("segmentation", "classification"),
+        default="segmentation",
+        help="DRNSeg (image -> label map) or the classifier",
     )
     parser.add_argument(
-        "--size", type=_size, default=None, help="HxW (default 512x1024 seg, 224 cls)"
+        "--size", type=_size, default=None, help="input HxW (default: 512x1024 seg, 224 cls)"
     )
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--num-classes", type=int, default=None)
-    parser.add_argument("--mode", choices=("inference", "training", "both"), default="inference")
+    add_batch_size(parser, 1)
+    add_num_classes(parser, "classes (default: 19 segmentation, 1000 classification)")
+    parser.add_argument(
+        "--mode",
+        choices=("inference", "training", "both"),
+        default="inference",
+        help="what to time",
+    )
     parser.add_argument(
         "--variants",
         type=_names(INFERENCE_VARIANTS),
         default=("eager", "fast"),
-        help=f"inference variants, comma-separated ({', '.join(INFERENCE_VARIANTS)})",
+        help=f"inference variants, comma-separated ({', '.join(INFERENCE_VARIANTS)}); "
+        "'--variants eager' times the plain model alone",
     )
     parser.add_argument(
         "--train-variants",
@@ -66,17 +85,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=("eager", "channels_last", "grad_checkpoint"),
         help=f"training variants ({', '.join(TRAINING_VARIANTS)}; amp only on CUDA)",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--channels", type=_channels, default=None, help="per-level widths")
-    parser.add_argument("--checkpoint", default=None, help="weights to load (path or URL)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=5, help="timed runs per variant"
+    )
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=1, help="untimed runs before timing"
+    )
+    add_device(parser)
+    add_channels(parser)
+    add_weights(parser, "weights to load (path or URL; default: random initialisation)")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     parser.add_argument("--no-peak", action="store_true", help="skip the conv peak measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory runs")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for JSON and .md")
-    parser.add_argument("--name", default=None, help="file stem (default from the settings)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_output_dir(parser, "benchmarks/results", "folder for the JSON and .md", old=("--out",))
+    parser.add_argument("--name", default=None, help="file stem (default: from the settings)")
+    add_no_progress(parser, quiet_alias=True)
     parser.set_defaults(func=run)
 
 
@@ -99,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         height=size[0],
         width=size[1],
-        batch=args.batch,
+        batch=args.batch_size,
         num_classes=args.num_classes,
         mode=args.mode,
         inference_variants=args.variants,
@@ -108,18 +131,18 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         channels=args.channels,
-        checkpoint=args.checkpoint,
+        checkpoint=args.weights,
         measure_peak=not args.no_peak,
         measure_memory=not args.no_memory,
     )
 
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+    def progress(message: str) -> None:
+        if not args.no_progress:
+            log.info("[benchmark] %s", message)
 
-    result = run_benchmark(config, log)
+    result = run_benchmark(config, progress)
     result["command"] = "drnet " + " ".join(sys.argv[1:]) if sys.argv else None
-    paths = write_results(result, args.out, args.name or default_stem(config))
+    paths = write_results(result, args.output_dir, args.name or default_stem(config))
     print(markdown_table(result))
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0

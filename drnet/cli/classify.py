@@ -5,74 +5,94 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from drnet.cli import non_negative_int, positive_int
+from drnet.cli import positive_int
 from drnet.cli.engine_args import add_engine_arguments, train_config
+from drnet.cli.vocab import (
+    Parser,
+    add_batch_size,
+    add_channels,
+    add_class_names,
+    add_data,
+    add_device,
+    add_model,
+    add_no_fast,
+    add_no_progress,
+    add_num_classes,
+    add_output_dir,
+    add_pretrained,
+    add_weights,
+    add_workers,
+    group,
+)
 from drnet.errors import DrnetError
 
 DATA_LAYOUT = "ImageFolder layout: <split>/<class_name>/<image>, classes = sorted folder names"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected integers like 16,32,64: {text!r}") from exc
-
-
 def add_model_arguments(
-    parser: argparse.ArgumentParser, training: bool = False, sizes: bool = True
+    parser: Parser, training: bool = False, sizes: bool = True, inference: bool = True
 ) -> None:
-    """``--model``, ``--weights``, ``--pretrained``, ``--channels``, ``--classes`` and (with
-    ``sizes``) ``--crop-size`` / ``--resize-size``."""
-    group = parser.add_argument_group("model")
+    """``--model``, ``--weights``, ``--pretrained``, ``--channels``; for eval/predict also
+    ``--num-classes`` and ``--class-names``; with ``sizes`` ``--crop-size`` / ``--resize-size``."""
+    g = group(parser, "model")
     if training:
-        group.add_argument("--model", default="drn_d_22", help="architecture (drnet models)")
-        group.add_argument(
-            "--weights",
-            help="initialise from this checkpoint (a classifier with another number of classes "
+        add_model(g, "drn_d_22")
+        add_weights(
+            g,
+            "initialise from this checkpoint (a classifier with another number of classes "
             "keeps its backbone and gets a fresh fc)",
         )
     else:
-        group.add_argument(
-            "--weights",
-            help="checkpoint file, or a 'drnet classify train' run directory (its model.json "
-            "gives the architecture, classes and preprocessing)",
+        add_weights(
+            g,
+            "a 'drnet classify train' run directory (its model.json gives the architecture, "
+            "classes and preprocessing), a drnet checkpoint or an official .pth",
         )
-        group.add_argument("--model", help="architecture, when --weights has no model.json")
-        group.add_argument(
-            "--classes", help="class names, one per line (or a JSON list), in index order"
-        )
-    group.add_argument(
-        "--pretrained", action="store_true", help="start from the published ImageNet weights"
-    )
-    group.add_argument(
-        "--channels",
-        type=_int_list,
-        help="per-level widths, e.g. 8,16,32,64,128,128,128,128 for a tiny DRN-C/D",
-    )
+        add_model(g, help="architecture name, when --weights has no model.json")
+        add_num_classes(g, "classes of the model (default: model.json or the checkpoint's fc)")
+        add_class_names(g)
+    add_pretrained(g, "start from the published ImageNet weights")
+    add_channels(g)
     if not sizes:
         return
-    group.add_argument(
+    g.add_argument(
         "--crop-size",
         type=positive_int,
         default=224 if training else None,
-        help="network input size: RandomResizedCrop in training, centre crop in eval "
-        "(default 224, or the run's model.json)",
+        help="network input size: RandomResizedCrop in training, centre crop in eval"
+        + ("" if training else " (default: the run's model.json, else 224)"),
     )
     if training:
-        group.add_argument(
+        g.add_argument(
             "--crop-scale",
             type=float,
             default=0.08,
-            help="smallest RandomResizedCrop area as a fraction of the image (0.08, the "
+            help="smallest RandomResizedCrop area as a fraction of the image (0.08 is the "
             "ImageNet recipe; raise it for small objects on small images)",
         )
-    group.add_argument(
+    g.add_argument(
         "--resize-size",
         type=positive_int,
-        help="eval resize of the shorter side before the centre crop (default crop/0.875, "
+        help="eval resize of the shorter side before the centre crop (default: crop/0.875, "
         "256 for 224)",
     )
+
+
+def add_inference_arguments(
+    parser: Parser, output_dir: str, batch_size: int | None, workers: int, amp: bool = True
+) -> None:
+    """What every eval/predict command of an image classifier takes: output, batch, workers,
+    device, AMP, progress and the fast path."""
+    g = group(parser, "running")
+    add_output_dir(g, output_dir)
+    if batch_size is not None:
+        add_batch_size(g, batch_size)
+    add_workers(g, workers)
+    add_device(g)
+    if amp:
+        g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
+    add_no_progress(g)
+    add_no_fast(g)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,10 +112,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "log.csv, checkpoint_last.pth and checkpoint_best.pth into --output-dir. Multi-GPU: "
         "torchrun --nproc-per-node N -m drnet classify train ...",
     )
-    train.add_argument("data", nargs="?", help="dataset root holding train/ and val/")
-    train.add_argument("--train-dir", help="training split (default DATA/train)")
+    add_data(train, "dataset root holding train/ and val/", required=False)
+    train.add_argument("--train-dir", help="training split (default: DATA/train)")
     train.add_argument(
-        "--val-dir", help="validation split (default DATA/val when it exists; none otherwise)"
+        "--val-dir", help="validation split (default: DATA/val when it exists; none otherwise)"
     )
     add_model_arguments(train, training=True)
     add_engine_arguments(
@@ -117,19 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mean_class_accuracy, confusion_matrix), per_class_accuracy.csv, confusion_matrix.csv "
         "and, for up to 30 classes, confusion_matrix.png.",
     )
-    evaluate.add_argument("split", help=f"split folder ({DATA_LAYOUT})")
+    add_data(evaluate, f"the split to evaluate ({DATA_LAYOUT})")
     add_model_arguments(evaluate)
-    evaluate.add_argument("--output-dir", default="runs/classify-eval")
-    evaluate.add_argument("--batch-size", type=positive_int, default=32)
-    evaluate.add_argument("--workers", type=non_negative_int, default=2)
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    evaluate.add_argument("--no-progress", action="store_true")
-    evaluate.add_argument(
-        "--no-fast",
-        action="store_true",
-        help="plain eager model instead of the inference fast path (BN folding, fused convs)",
-    )
+    add_inference_arguments(evaluate, "runs/classify-eval", batch_size=32, workers=2)
     evaluate.set_defaults(func=run_eval)
 
     predict = commands.add_parser(
@@ -138,36 +148,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Predict the top-k classes of image files or folders (searched "
         "recursively). Writes predictions.json and predictions.csv.",
     )
-    predict.add_argument("inputs", nargs="+", help="image files and/or folders")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(predict)
-    predict.add_argument("--top-k", type=positive_int, default=5)
-    predict.add_argument("--output-dir", default="runs/classify-predict")
-    predict.add_argument("--batch-size", type=positive_int, default=16)
-    predict.add_argument("--workers", type=non_negative_int, default=0)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--no-progress", action="store_true")
-    predict.add_argument(
-        "--no-fast",
-        action="store_true",
-        help="plain eager model instead of the inference fast path (BN folding, fused convs)",
-    )
+    predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image")
+    add_inference_arguments(predict, "runs/classify-predict", 16, workers=0, amp=False)
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def load_model_from_args(args: argparse.Namespace):
-    """The classifier and its card from ``--weights/--model/--pretrained/--channels/--classes``
-    and the size overrides."""
+def load_model_from_args(args: argparse.Namespace, fast: bool | None = None):
+    """The classifier and its card from ``--weights/--model/--pretrained/--channels/
+    --num-classes/--class-names`` and the size overrides.
+
+    ``fast`` (default: ``not args.no_fast``) puts the model on ``--device`` through the inference
+    fast path; ``False`` returns the plain model (localization needs its ``forward_map``).
+    """
     from drnet.tasks.classify import default_resize_size, load_classifier, read_class_names
 
     if not args.weights and not args.pretrained:
         raise DrnetError("pass --weights CHECKPOINT_OR_RUN_DIR (or --model NAME --pretrained)")
-    classes = read_class_names(args.classes) if getattr(args, "classes", None) else None
+    classes = read_class_names(args.class_names) if args.class_names else None
     model, card = load_classifier(
         args.model,
         args.weights,
         pretrained=args.pretrained,
+        num_classes=args.num_classes,
         channels=args.channels,
         classes=classes,
     )
@@ -176,23 +182,26 @@ def load_model_from_args(args: argparse.Namespace):
         card.resize_size = default_resize_size(args.crop_size)
     if getattr(args, "resize_size", None):
         card.resize_size = args.resize_size
-    if hasattr(args, "no_fast"):
+    if fast is None:
+        fast = not args.no_fast
+    if fast:
         from drnet.engine.distributed import resolve_device
         from drnet.speed.inference import fast_inference
 
-        model = fast_inference(model.to(resolve_device(args.device)), enabled=not args.no_fast)
+        model = fast_inference(model.to(resolve_device(args.device)))
     return model, card
 
 
 def run_train(args: argparse.Namespace) -> int:
     from drnet.tasks.classify import ClassificationTask, train_classifier
 
-    if not args.data and not args.train_dir:
+    data = args.data_dir
+    if not data and not args.train_dir:
         raise DrnetError("give the dataset root DATA (with train/ and val/) or --train-dir")
-    train_dir = Path(args.train_dir or Path(args.data) / "train")
+    train_dir = Path(args.train_dir or Path(data) / "train")
     val_dir = args.val_dir
-    if val_dir is None and args.data and (Path(args.data) / "val").is_dir():
-        val_dir = Path(args.data) / "val"
+    if val_dir is None and data and (Path(data) / "val").is_dir():
+        val_dir = Path(data) / "val"
     task = ClassificationTask(
         args.model,
         train_dir,
@@ -226,8 +235,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model, card = load_model_from_args(args)
     transform = eval_transform(card.crop_size, card.resize_size, card.mean, card.std)
-    dataset = image_folder(args.split, transform)
-    to_model = match_split_classes(dataset.classes, card, args.split)
+    dataset = image_folder(args.data_dir, transform)
+    to_model = match_split_classes(dataset.classes, card, args.data_dir)
     dataset.target_transform = to_model.__getitem__
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     result = evaluate_classifier(

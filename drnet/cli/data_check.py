@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 
 from drnet.cli import non_negative_int, positive_int
+from drnet.cli.vocab import (
+    add_data,
+    add_json,
+    add_no_progress,
+    add_num_classes,
+    add_workers,
+    hidden,
+    write_json,
+)
 from drnet.data.check import LAYOUTS
 
 
@@ -21,24 +30,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "folders, classification ImageFolder, and boxes*.csv|json or boxes/ XML found in DIR. "
         "Exit status: 0 clean, 1 problems found, 2 DIR cannot be checked.",
     )
-    parser.add_argument("root", metavar="DIR", help="dataset root")
+    add_data(parser, "dataset root")
     parser.add_argument(
-        "--layout", choices=LAYOUTS, default="auto", help="dataset layout (default: detect)"
+        "--layout", choices=LAYOUTS, default="auto", help="dataset layout; auto detects it"
     )
-    parser.add_argument(
-        "-c",
-        "--classes",
-        type=positive_int,
-        help="number of classes: label values must be below it or 255 (default: info.json's "
+    add_num_classes(
+        parser,
+        "number of classes: label values must be below it or 255 (default: info.json's "
         "'classes', 19 for Cityscapes)",
+        ("-c", "--classes"),
     )
     parser.add_argument(
-        "-s", "--crop-size", type=positive_int, help="report images smaller than this training crop"
+        "--crop-size", type=positive_int, help="report images smaller than this training crop"
     )
+    hidden(parser, "-s", dest="crop_size", type=positive_int)
     parser.add_argument(
         "--splits", help="comma-separated splits to check (default: all found), e.g. train,val"
     )
-    parser.add_argument("-l", "--list-dir", help="folder of the list files (default: DIR)")
+    parser.add_argument("-l", "--list-dir", help="folder of the list files (default: DATA)")
     parser.add_argument(
         "--boxes",
         action="append",
@@ -46,31 +55,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="also check this box file (.csv/.json) or folder of Pascal-VOC .xml (repeatable)",
     )
-    parser.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
+    add_json(parser, "the full report")
     parser.add_argument(
         "--max-infos",
         type=non_negative_int,
         default=20,
         help="info lines to print (all go to --json)",
     )
-    parser.add_argument(
-        "-j",
-        "--workers",
-        type=non_negative_int,
-        default=4,
-        help="threads decoding images (default 4)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_workers(parser, 4, "threads decoding images")
+    add_no_progress(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from drnet.data.check import check_dataset, write_report_json
+    from drnet.data.check import check_dataset
 
     report = check_dataset(
-        args.root,
+        args.data_dir,
         layout=args.layout,
-        num_classes=args.classes,
+        num_classes=args.num_classes,
         crop_size=args.crop_size,
         splits=[s for s in args.splits.split(",") if s] if args.splits else None,
         list_dir=args.list_dir,
@@ -78,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
-    print(report.format(max_infos=args.max_infos))
-    if args.json:
-        print(f"wrote {write_report_json(report, args.json)}")
+    json_file = write_json(report.to_dict(), args.json) if args.json else None
+    if args.json != "-":  # the JSON on stdout replaces the text
+        print(report.format(max_infos=args.max_infos))
+    if json_file:
+        print(f"wrote {json_file}")
     return 0 if report.ok else 1

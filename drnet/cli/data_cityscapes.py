@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from drnet.errors import DrnetError
+from drnet.cli.vocab import add_data, add_no_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,22 +15,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "*_gtFine_labelTrainIds.png (the 19 evaluated classes 0..18, everything else 255), "
         "next to the originals. Existing files are kept unless --overwrite.",
     )
-    parser.add_argument("root", nargs="?", help="Cityscapes root (with leftImg8bit/, gtFine/)")
-    parser.add_argument("-d", "--data-dir", help="same as ROOT")
+    add_data(parser, "Cityscapes root (with leftImg8bit/, gtFine/)")
     parser.add_argument("--splits", nargs="+", help="gtFine sub-folders to convert (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing files")
-    parser.add_argument("--no-progress", action="store_true")
+    add_no_progress(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from drnet.data.cityscapes import prepare_cityscapes
 
-    root = args.root or args.data_dir
-    if not root:
-        raise DrnetError("give the Cityscapes root: drnet data cityscapes-prepare ROOT")
     counts = prepare_cityscapes(
-        root,
+        args.data_dir,
         tuple(args.splits) if args.splits else None,
         overwrite=args.overwrite,
         progress=not args.no_progress,

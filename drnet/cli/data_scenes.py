@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from drnet.cli.vocab import RawDescriptionHelpFormatter, add_no_progress
+
 DESCRIPTION = """\
 Compose Fashion-MNIST items onto texture (or black) backgrounds and write them with exact labels.
 
@@ -34,14 +36,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write scenes of Fashion-MNIST items for classification, localization, segmentation",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     parser.add_argument("task", choices=("classification", "segmentation"), help="which format")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (new or empty)")
-    parser.add_argument("--train", type=int, default=5000, help="training scenes (default 5000)")
+    # the output folder: positional OUTPUT_DIR, or -o/--output-dir like every other command
     parser.add_argument(
-        "--test", type=int, default=1000, help="val scenes, from test items (default 1000)"
+        "output_dir",
+        nargs="?",
+        metavar="OUTPUT_DIR",
+        default=argparse.SUPPRESS,
+        help="output folder (new or empty)",
     )
+    parser.add_argument(
+        "-o", "--output-dir", dest="output_dir", metavar="DIR", help="same as OUTPUT_DIR"
+    )
+    parser.require("output_dir", "OUTPUT_DIR (or -o/--output-dir)")
+    parser.add_argument("--train", type=int, default=5000, help="training scenes")
+    parser.add_argument("--test", type=int, default=1000, help="val scenes, from test items")
     parser.add_argument(
         "--holdout",
         type=int,
@@ -65,18 +76,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs=2,
         metavar=("MIN", "MAX"),
         default=(1, 4),
-        help="segmentation: items per scene (default 1 4)",
+        help="segmentation: items per scene",
     )
     parser.add_argument(
-        "--background", choices=("texture", "black"), default="texture", help="default texture"
+        "--background", choices=("texture", "black"), default="texture", help="scene background"
     )
     parser.add_argument(
         "--box-format",
         choices=("voc", "csv", "both"),
         default="both",
-        help="classification: VOC XML per image, a CSV per split, or both (default)",
+        help="classification: VOC XML per image, a CSV per split, or both",
     )
-    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     parser.add_argument(
         "--fashion-mnist",
         metavar="DIR",
@@ -86,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace scenes written earlier into OUT_DIR"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(parser)
     parser.set_defaults(func=run)
 
 
@@ -102,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.task == "classification":
         summary = make_classification_scenes(
-            args.out_dir,
+            args.output_dir,
             args.train,
             args.test,
             args.holdout,
@@ -113,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         summary = make_segmentation_scenes(
-            args.out_dir,
+            args.output_dir,
             args.train,
             args.test,
             canvas=args.canvas or 96,

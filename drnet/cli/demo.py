@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from drnet.cli.vocab import add_device, add_no_progress, add_output_dir, add_workers
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUTPUT_DIR/report.html and OUTPUT_DIR/metrics.json, within a time budget (6 minutes on a "
         "2-core CPU; 60 with --paper).",
     )
-    parser.add_argument("--output-dir", default="demo-out", help="where to write (demo-out)")
+    add_output_dir(parser, "demo-out", "where to write (an earlier demo's output is replaced)")
     parser.add_argument(
         "--paper",
         action="store_true",
@@ -30,17 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny networks and data: a smoke test of the pipeline"
     )
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="seed of scenes and training (0)")
+    add_device(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of scenes and training")
     parser.add_argument(
         "--fashion-mnist",
         metavar="DIR",
         default=None,
         help="the full Fashion-MNIST (folder of the four idx files) instead of the packaged subset",
     )
-    parser.add_argument(
-        "--workers", type=int, default=0, help="data-loading processes (0: render in-process)"
-    )
+    add_workers(parser, 0, "data-loading processes (0: render the scenes in-process)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="training scenes per segmenter instead of the planned number",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(parser)
     parser.set_defaults(func=run)
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from drnet.cli import non_negative_int, positive_int
+from drnet.cli import positive_int
+from drnet.cli.vocab import (
+    add_batch_size,
+    add_device,
+    add_no_progress,
+    add_output_dir,
+    add_workers,
+    hidden,
+)
 
 
 def add_engine_arguments(
@@ -21,35 +29,30 @@ def add_engine_arguments(
 ) -> None:
     """Add the options of :class:`drnet.engine.TrainConfig` with a task's defaults.
 
-    ``output_aliases`` keeps flag names of the original scripts working (``--save_path``).
+    ``output_aliases`` keeps flag names of the original scripts working (``--save_path``), as
+    hidden aliases, like ``--step`` and ``--wd``.
     """
     group = parser.add_argument_group("training (shared engine)")
-    group.add_argument(
-        "-o", "--output-dir", *output_aliases, dest="output_dir", default=output_dir,
-        help=f"run directory (default {output_dir})",
-    )  # fmt: skip
-    group.add_argument("--epochs", type=positive_int, default=epochs)
-    group.add_argument(
-        "-b", "--batch-size", type=positive_int, default=batch_size,
-        help=f"global batch, split over torchrun processes (default {batch_size})",
-    )  # fmt: skip
-    group.add_argument("--lr", type=float, default=lr, help=f"initial learning rate ({lr})")
+    add_output_dir(group, output_dir, "run directory", old=output_aliases)
+    group.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs")
+    add_batch_size(group, batch_size, "global batch, split over torchrun processes")
+    group.add_argument("--lr", type=float, default=lr, help="initial learning rate")
     group.add_argument(
         "--lr-mode", choices=("poly", "step", "cosine"), default=lr_mode,
-        help=f"poly: (1 - it/total)^0.9 per iteration; step: x --lr-gamma every --lr-step "
-        f"epochs; cosine (default {lr_mode})",
+        help="poly: (1 - it/total)^0.9 per iteration; step: x --lr-gamma every --lr-step "
+        "epochs; cosine",
     )  # fmt: skip
     group.add_argument(
-        "--lr-step", "--step", dest="lr_step", type=positive_int, default=lr_step,
-        help=f"epochs between steps for --lr-mode step (default {lr_step})",
+        "--lr-step", type=positive_int, default=lr_step,
+        help="epochs between steps for --lr-mode step",
     )  # fmt: skip
-    group.add_argument("--lr-gamma", type=float, default=0.1, help="step factor (0.1)")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=1e-4)
-    group.add_argument(
-        "-j", "--workers", type=non_negative_int, default=workers, help="data loader processes"
-    )
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    hidden(group, "--step", dest="lr_step", type=positive_int)
+    group.add_argument("--lr-gamma", type=float, default=0.1, help="step factor")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    hidden(group, "--wd", dest="weight_decay", type=float)
+    add_workers(group, workers)
+    add_device(group)
     group.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16) on GPU")
     group.add_argument("--seed", type=int, default=0, help="seed: same seed, same weights")
     group.add_argument(
@@ -69,7 +72,7 @@ def add_engine_arguments(
         help="skip unreadable/invalid training samples (each named on stderr, counted in "
         "log.csv and the summary) instead of stopping",
     )  # fmt: skip
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(group)
 
 
 def train_config(args: argparse.Namespace):

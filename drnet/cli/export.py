@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from drnet.cli import positive_int
+from drnet.cli.vocab import (
+    add_batch_size,
+    add_json,
+    add_model,
+    add_num_classes,
+    add_pretrained,
+    add_weights,
+    write_json,
+)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -28,23 +38,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in onnxruntime on two input sizes and print the difference from eager PyTorch. "
         "Needs: pip install 'drnet[onnx]'.",
     )
-    onnx.add_argument("output", help="the .onnx file to write")
-    onnx.add_argument("--model", default="drn_d_22", help="registered backbone name")
-    onnx.add_argument("--task", choices=("segmentation", "classification"), default="segmentation")
-    onnx.add_argument("--num-classes", type=int, default=None, help="default 19 / 1000")
-    onnx.add_argument("--checkpoint", default=None, help="weights (path or URL)")
+    onnx.add_argument("output", metavar="OUTPUT", help="the .onnx file to write")
+    add_model(onnx, "drn_d_22")
     onnx.add_argument(
-        "--pretrained", action="store_true", help="the published weights for the task"
+        "--task",
+        choices=("segmentation", "classification"),
+        default="segmentation",
+        help="DRNSeg or the classifier",
     )
+    add_num_classes(onnx, "classes (default: 19 segmentation, 1000 classification)")
+    add_weights(onnx, "weights to load (path or URL; default: random initialisation)")
+    add_pretrained(onnx, "the published weights for the task (Cityscapes / ImageNet)")
     onnx.add_argument("--size", type=_size, default=(512, 1024), help="example input HxW")
-    onnx.add_argument("--batch", type=int, default=1)
-    onnx.add_argument("--opset", type=int, default=17)
+    add_batch_size(onnx, 1, "example input batch")
+    onnx.add_argument("--opset", type=positive_int, default=17, help="ONNX opset")
     onnx.add_argument("--static", action="store_true", help="fixed input shape (no dynamic axes)")
     onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     onnx.add_argument(
         "--dynamo", action="store_true", help="torch.export-based exporter (needs onnxscript)"
     )
-    onnx.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(onnx, "the report")
     onnx.set_defaults(func=run_onnx)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -58,27 +71,27 @@ def run_onnx(args: argparse.Namespace) -> int:
             args.model,
             num_classes=args.num_classes or 19,
             pretrained=args.pretrained,
-            checkpoint_path=args.checkpoint,
+            checkpoint_path=args.weights,
         )
     else:
         model = drnet.create_model(
             args.model,
             pretrained=args.pretrained,
             num_classes=args.num_classes or 1000,
-            checkpoint_path=args.checkpoint,
+            checkpoint_path=args.weights,
         )
     report = export_onnx(
         model,
         args.output,
-        input_size=(args.batch, 3, *args.size),
+        input_size=(args.batch_size, 3, *args.size),
         opset=args.opset,
         dynamic=not args.static,
         check=not args.no_check,
         dynamo=args.dynamo,
     )
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return 0
+    json_file = write_json(report.to_dict(), args.json) if args.json else None
+    if args.json == "-":
+        return 0  # the JSON on stdout replaces the text
     print(f"wrote {report.path} (opset {report.opset}, {report.exporter} exporter)")
     for check in report.checks:
         labels = "" if check.labels_equal is None else f", labels equal {check.labels_equal:.4%}"
@@ -86,4 +99,6 @@ def run_onnx(args: argparse.Namespace) -> int:
             f"onnxruntime vs eager on {'x'.join(map(str, check.input_shape))}: max abs diff "
             f"{check.max_abs_diff:.3e}, max rel diff {check.max_rel_diff:.3e}{labels}"
         )
+    if json_file:
+        print(f"wrote {json_file}")
     return 0

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from drnet.cli import non_negative_int, positive_int
-from drnet.cli.classify import add_model_arguments, load_model_from_args
+from drnet.cli.classify import add_inference_arguments, add_model_arguments, load_model_from_args
+from drnet.cli.vocab import add_data
 from drnet.errors import DrnetError
 
 RULE = (
@@ -23,8 +24,8 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
         group.add_argument(
             "--threshold",
             default="auto",
-            help="t: 'auto' (default) chooses it on the held-out --val-dir by top-1 "
-            "localization error; or a number",
+            help="t: 'auto' chooses it on the held-out --val-dir by top-1 localization error; "
+            "or a number",
         )
         group.add_argument(
             "--thresholds",
@@ -36,7 +37,7 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
             "--threshold",
             default="0.2",
             help="t, or a localization_metrics.json written by 'localize eval' to reuse its "
-            "chosen t (default 0.2)",
+            "chosen t",
         )
     group.add_argument(
         "--threshold-mode",
@@ -49,8 +50,8 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
         "--fallback",
         choices=("peak", "image"),
         default="peak",
-        help="box when no position passes: the cell of the class's peak response (default) or "
-        "the whole image",
+        help="box when no position passes: the cell of the class's peak response, or the whole "
+        "image",
     )
     group.add_argument(
         "--resize-size",
@@ -63,7 +64,8 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
         "--top-k",
         type=positive_int,
         default=5 if evaluating else 1,
-        help="classes boxed per image (eval: 5, for top-5 localization error)",
+        help="classes boxed per image"
+        + (" (5 for the top-5 localization error)" if evaluating else ""),
     )
 
 
@@ -86,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "centred_box_prior), threshold_curve.csv, boxes.json (per image, at the chosen t) and "
         "overlays/*.png (heatmap, ground truth green, prediction red).",
     )
-    evaluate.add_argument("split", help="ImageFolder split to evaluate: <split>/<class>/<image>")
+    add_data(evaluate, "ImageFolder split to evaluate: DATA/<class>/<image>")
     evaluate.add_argument(
         "--boxes",
         required=True,
@@ -99,8 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--xml-origin",
         type=int,
         default=1,
-        help="index of the first pixel in XML files: 1 for Pascal VOC (default), 0 for "
-        "0-based files",
+        help="index of the first pixel in XML files: 1 for Pascal VOC, 0 for 0-based files",
     )
     evaluate.add_argument(
         "--save-images",
@@ -110,10 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(evaluate, sizes=False)
     _add_box_arguments(evaluate, evaluating=True)
-    evaluate.add_argument("--output-dir", default="runs/localize-eval")
-    evaluate.add_argument("--workers", type=non_negative_int, default=2)
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--no-progress", action="store_true")
+    add_inference_arguments(evaluate, "runs/localize-eval", None, workers=2, amp=False)
     evaluate.set_defaults(func=run_eval)
 
     predict = commands.add_parser(
@@ -123,17 +121,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "boxes.json, overlays/<image>.png and, with --save-heatmaps, "
         "heatmaps/<image>_<class>.png (the class response over the image, jet colours).",
     )
-    predict.add_argument("inputs", nargs="+", help="image files and/or folders")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(predict, sizes=False)
     _add_box_arguments(predict, evaluating=False)
     predict.add_argument(
         "--save-heatmaps", action="store_true", help="write a heatmap PNG per top-k class"
     )
     predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    predict.add_argument("--output-dir", default="runs/localize-predict")
-    predict.add_argument("--workers", type=non_negative_int, default=0)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--no-progress", action="store_true")
+    add_inference_arguments(predict, "runs/localize-predict", None, workers=0, amp=False)
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -163,11 +158,12 @@ def run_eval(args: argparse.Namespace) -> int:
             raise DrnetError(
                 f"--threshold {args.threshold!r}: expected 'auto' or a number"
             ) from exc
-    model, card = load_model_from_args(args)
+    # the library has no fast path for class maps yet: --no-fast is accepted, eager either way
+    model, card = load_model_from_args(args, fast=False)
     metrics = evaluate_localization(
         model,
         card,
-        args.split,
+        args.data_dir,
         args.boxes,
         args.output_dir,
         threshold=threshold,
@@ -204,7 +200,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.tasks.localize import predict_localization, read_threshold
 
     threshold, mode = read_threshold(args.threshold)
-    model, card = load_model_from_args(args)
+    model, card = load_model_from_args(args, fast=False)  # see run_eval
     paths = list_images(args.inputs)
     entries = predict_localization(
         model,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from drnet.cli import positive_int
+from drnet.cli.vocab import add_json, write_json
 from drnet.models.summary import model_table
 
 
@@ -17,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "published weights (imagenet / cityscapes).",
     )
     parser.add_argument("filter", nargs="?", default="", help="name filter, e.g. 'drn_d*'")
-    parser.add_argument("--image-size", type=int, default=224, help="input size for FLOPs")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--image-size", type=positive_int, default=224, help="input size for FLOPs"
+    )
+    add_json(parser, "the table")
     parser.set_defaults(func=run)
 
 
@@ -30,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"no model matches {args.filter!r}")
         return 1
     rows = model_table(names, args.image_size)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
+    json_file = write_json(rows, args.json) if args.json else None
+    if args.json == "-":
+        return 0  # the JSON on stdout replaces the table
     header = f"{'model':<11} {'family':<7} {'params':>12} {'GFLOPs@' + str(args.image_size):>12}"
     print(header + f" {'stride':>6}  weights")
     for row in rows:
@@ -40,4 +43,6 @@ def run(args: argparse.Namespace) -> int:
             f"{row['name']:<11} {row['family']:<7} {row['params']:>12,} {row['gflops']:>12.2f} "
             f"{row['output_stride']:>6}  {', '.join(row['weights']) or '-'}"
         )
+    if json_file:
+        print(f"wrote {json_file}")
     return 0

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from drnet.cli import positive_int
+from drnet.cli.vocab import (
+    add_channels,
+    add_data,
+    add_json,
+    add_model,
+    add_num_classes,
+    add_weights,
+    write_json,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,44 +26,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dataset folder (list files / Cityscapes / image+mask folders). "
         "Needs: pip install 'drnet[int8]'.",
     )
-    parser.add_argument("--model", default="drn_d_22", help="registered backbone name")
-    parser.add_argument("--checkpoint", required=True, help="trained DRNSeg weights")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: from the data")
-    parser.add_argument("--channels", default=None, help="per-level widths of the checkpoint")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="segmentation dataset folder: train split calibrates, val split is scored "
+    add_model(parser, "drn_d_22")
+    add_weights(parser, "trained DRNSeg weights (a drnet checkpoint or the official .pth)", True)
+    add_num_classes(parser, "classes (default: from the data)")
+    add_channels(parser)
+    add_data(
+        parser,
+        "segmentation dataset folder: the train split calibrates, the val split is scored "
         "(built-in scenes: write them with `drnet data scenes`)",
+        old_spellings=("--data",),
     )
-    parser.add_argument("--calibration", type=int, default=32, help="calibration images")
-    parser.add_argument("--val", type=int, default=100, help="validation images scored")
+    parser.add_argument(
+        "--calibration", type=positive_int, default=32, help="calibration images"
+    )
+    parser.add_argument("--val", type=positive_int, default=100, help="validation images scored")
     parser.add_argument(
         "--no-compile",
         action="store_true",
         help="skip torch.compile: int8 reference graph, same labels, no speed-up",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(parser, "the report")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from drnet.speed.quantize_eval import evaluate_int8
 
-    channels = tuple(int(c) for c in args.channels.split(",")) if args.channels else None
     report = evaluate_int8(
         args.model,
-        args.checkpoint,
-        data=args.data,
+        args.weights,
+        data=args.data_dir,
         num_classes=args.num_classes,
-        channels=channels,
+        channels=args.channels,
         calibration_images=args.calibration,
         val_images=args.val,
         compile=not args.no_compile,
     )
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
+    json_file = write_json(report, args.json) if args.json else None
+    if args.json == "-":
+        return 0  # the JSON on stdout replaces the text
     print(
         f"mIoU float32 {report['miou_fp32']:.4f}, int8 {report['miou_int8']:.4f} "
         f"(change {100 * (report['miou_int8'] - report['miou_fp32']):+.2f} points); labels "
@@ -61,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
         f"{report['ms_int8']:.1f} ms/img ({report['speedup']:.2f}x) on {report['val_images']} "
         f"images"
     )
+    if json_file:
+        print(f"wrote {json_file}")
     return 0

@@ -1,19 +1,39 @@
 """``drnet segment train|eval|predict``: semantic segmentation with DRNSeg.
 
-Flags of the original ``segment.py`` keep working where they exist (``-d/--data-dir``,
-``-l/--list-dir``, ``-c/--classes``, ``-s/--crop-size``, ``--step``, ``--lr-mode``, ``--wd``,
-``-j/--workers``, ``--pretrained``, ``--phase``, ``--ms``, ``--save_path``...).
+Flags of the original ``segment.py`` keep working (``-d/--data-dir``, ``-l/--list-dir``,
+``-j/--workers``, ``--lr-mode``, ``--ms`` as they are; ``--arch``, ``-c/--classes``, ``-s``,
+``--step``, ``--wd``, ``--phase``, ``--pretrained PATH``, ``--save_path`` as hidden aliases of
+``--model``, ``--num-classes``, ``--crop-size``, ``--lr-step``, ``--weight-decay``, ``--split``,
+``--weights PATH``, ``--output-dir``).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from drnet.cli import non_negative_int, positive_int
 from drnet.cli.engine_args import add_engine_arguments, train_config
+from drnet.cli.vocab import (
+    Parser,
+    add_channels,
+    add_data,
+    add_device,
+    add_model,
+    add_no_fast,
+    add_no_progress,
+    add_num_classes,
+    add_output_dir,
+    add_pretrained,
+    add_weights,
+    add_workers,
+    group,
+    hidden,
+)
 from drnet.errors import DrnetError
+
+log = logging.getLogger(__name__)
 
 LAYOUTS_HELP = (
     "dataset layouts: (1) list files: info.json (mean, std) + {split}_images.txt / "
@@ -31,13 +51,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1.0,1.5: {text!r}") from exc
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected integers like 8,16,32: {text!r}") from exc
-
-
 def _random_scale(text: str) -> float | tuple[float, float]:
     values = _floats(text)
     if len(values) == 1:
@@ -47,53 +60,52 @@ def _random_scale(text: str) -> float | tuple[float, float]:
     raise argparse.ArgumentTypeError(f"--random-scale takes S or LOW,HIGH, got {text!r}")
 
 
-def _add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("-d", "--data-dir", required=required, help="dataset root")
-    g.add_argument("-l", "--list-dir", help="folder of the list files (default: --data-dir)")
+def _add_data_arguments(p: Parser, required: bool = True, positional: bool = True) -> None:
+    add_data(p, "dataset root", required=required, positional=positional)
+    g = group(p, "data")
+    g.add_argument("-l", "--list-dir", help="folder of the list files (default: DATA)")
     g.add_argument(
         "--layout",
         choices=("auto", "list", "cityscapes", "folder"),
         default="auto",
-        help="dataset layout (default: detect)",
+        help="dataset layout; auto detects it",
     )
-    g.add_argument(
-        "-c",
-        "--classes",
-        type=positive_int,
-        help="number of classes (default: info.json, 19 Cityscapes)",
+    add_num_classes(
+        g, "number of classes (default: info.json, 19 Cityscapes)", ("-c", "--classes")
     )
 
 
-def _add_model_arguments(p: argparse.ArgumentParser, training: bool) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--arch",
-        default="drn_d_22" if training else None,
-        help="backbone (drnet models list)"
-        + (", default drn_d_22" if training else "; read from drnet checkpoints"),
-    )
-    g.add_argument(
-        "--weights",
-        "--pretrained",
-        dest="weights",
-        required=not training,
-        metavar="PATH",
-        help=(
-            "start from this checkpoint: a drnet run/checkpoint, the official DRNSeg .pth "
-            "(e.g. drn_d_22_cityscapes.pth) or a classification checkpoint (backbone only)"
-            if training
-            else "checkpoint: a drnet training checkpoint or run directory, or the official "
-            "DRNSeg .pth (then give --arch)"
-        ),
-    )
-    g.add_argument(
-        "--channels", type=_ints, help="per-level widths (8 values), e.g. a tiny net for tests"
-    )
+def _add_split(p: Parser, default: str | None, help: str) -> None:
+    p.add_argument("--split", default=default, help=help)
+    hidden(p, "--phase", dest="split")
 
 
-def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("inference")
+def _add_model_arguments(p: Parser, training: bool) -> None:
+    g = group(p, "model")
+    add_model(
+        g,
+        "drn_d_22" if training else None,
+        "backbone (`drnet models` lists them)"
+        + ("" if training else "; read from drnet checkpoints"),
+    )
+    add_weights(
+        g,
+        "start from this checkpoint: a drnet run/checkpoint, the official DRNSeg .pth "
+        "(e.g. drn_d_22_cityscapes.pth) or a classification checkpoint (backbone only)"
+        if training
+        else "a drnet run directory or checkpoint, or the official DRNSeg .pth (then give "
+        "--model); required unless --pretrained",
+    )
+    add_pretrained(
+        g,
+        "the published Cityscapes DRNSeg weights of --model ($DRNET_WEIGHTS_DIR or download)",
+        accepts_path=True,
+    )
+    add_channels(g)
+
+
+def _add_inference_arguments(p: Parser) -> None:
+    g = group(p, "inference")
     g.add_argument(
         "--ms",
         action="store_true",
@@ -104,15 +116,13 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--window", type=positive_int, help="sliding-window size for images larger than it (pixels)"
     )
-    g.add_argument("--stride", type=positive_int, help="sliding-window stride (default 2/3 window)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument(
-        "--no-fast",
-        action="store_true",
-        help="plain eager model instead of the inference fast path (BN folding, fused convs)",
+        "--stride", type=positive_int, help="sliding-window stride (default: 2/3 window)"
     )
+    add_device(g)
+    g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
+    add_no_progress(g)
+    add_no_fast(g)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,8 +142,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "segment train ... (--batch-size is the global batch). " + LAYOUTS_HELP,
     )
     _add_data_arguments(train)
-    train.add_argument("--train-split", default="train")
-    train.add_argument("--val-split", default="val", help="validation split (default val)")
+    train.add_argument("--train-split", default="train", help="training split")
+    train.add_argument("--val-split", default="val", help="validation split")
     train.add_argument("--no-val", action="store_true", help="no validation, no best model")
     _add_model_arguments(train, training=True)
     train.add_argument(
@@ -142,14 +152,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ImageNet weights for the backbone ($DRNET_WEIGHTS_DIR or download)",
     )
     train.add_argument("--backbone-weights", metavar="PATH", help="classification checkpoint")
-    g = train.add_argument_group("augmentation")
-    g.add_argument(
-        "-s",
-        "--crop-size",
-        type=non_negative_int,
-        default=896,
-        help="training crop (default 896)",
-    )
+    g = group(train, "augmentation")
+    g.add_argument("--crop-size", type=non_negative_int, default=896, help="training crop")
+    hidden(g, "-s", dest="crop_size", type=non_negative_int)
     g.add_argument(
         "--random-scale",
         type=_random_scale,
@@ -179,10 +184,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "print the per-class table. " + LAYOUTS_HELP,
     )
     _add_data_arguments(evaluate)
-    evaluate.add_argument("--phase", "--split", dest="split", default="val")
+    _add_split(evaluate, "val", "split to evaluate")
     _add_model_arguments(evaluate, training=False)
     _add_inference_arguments(evaluate)
-    evaluate.add_argument("-o", "--output-dir", default="runs/segment-eval")
+    add_workers(evaluate, 2)
+    add_output_dir(evaluate, "runs/segment-eval")
     evaluate.add_argument(
         "--save-predictions", action="store_true", help="also write label and colour PNGs"
     )
@@ -195,17 +201,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "line relative to the list), or a split of --data-dir (--phase). Writes labels/ (class "
         "indices), color/ (Cityscapes palette for 19 classes, generated otherwise) and overlay/.",
     )
-    predict.add_argument("inputs", nargs="*", help="image files, folders or .txt lists")
-    _add_data_arguments(predict, required=False)
-    predict.add_argument("--phase", "--split", dest="split", help="predict this split of -d")
+    predict.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="image files, folders or .txt lists"
+    )
+    _add_data_arguments(predict, required=False, positional=False)
+    _add_split(predict, None, "predict this split of --data-dir")
     _add_model_arguments(predict, training=False)
     _add_inference_arguments(predict)
-    predict.add_argument("-o", "--output-dir", default="runs/segment-predict")
+    add_output_dir(predict, "runs/segment-predict")
     predict.add_argument(
         "--save",
         type=lambda s: tuple(v for v in s.split(",") if v),
         default=("labels", "color", "overlay"),
-        help="what to write: labels,color,overlay (default all)",
+        help="what to write: labels,color,overlay",
     )
     predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     predict.set_defaults(func=run_predict)
@@ -219,6 +227,30 @@ def _scales(args: argparse.Namespace) -> tuple[float, ...]:
     if args.scales:
         return args.scales
     return DEFAULT_SCALES if args.ms else (1.0,)
+
+
+def published_weights(model: str | None) -> str:
+    """The local file of ``model``'s published Cityscapes DRNSeg weights (``--pretrained``)."""
+    from drnet.models.registry import get_weights
+    from drnet.models.weights import resolve_weights_file
+
+    if not model:
+        raise DrnetError("--pretrained needs --model NAME (e.g. drn_d_22)")
+    return str(resolve_weights_file(get_weights(model, "cityscapes")))
+
+
+def weights_from_args(args: argparse.Namespace, required: bool) -> str | None:
+    """The checkpoint file of ``--weights`` (a run directory means its best checkpoint) or of
+    ``--pretrained`` (the published weights of ``--model``)."""
+    if args.weights and args.pretrained:
+        raise DrnetError("give --weights PATH or --pretrained, not both")
+    if args.pretrained:
+        return published_weights(args.model)
+    if args.weights:
+        return resolve_weights(args.weights)
+    if required:
+        raise DrnetError("give --weights CHECKPOINT_OR_RUN_DIR (or --model NAME --pretrained)")
+    return None
 
 
 def resolve_weights(path: str) -> str:
@@ -237,8 +269,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = SegmentOptions(
         data_dir=args.data_dir,
-        arch=args.arch,
-        num_classes=args.classes,
+        arch=args.model,
+        num_classes=args.num_classes,
         crop_size=args.crop_size,
         random_scale=args.random_scale,
         random_rotate=args.random_rotate,
@@ -247,7 +279,7 @@ def run_train(args: argparse.Namespace) -> int:
         list_dir=args.list_dir,
         train_split=args.train_split,
         val_split=None if args.no_val else args.val_split,
-        weights=resolve_weights(args.weights) if args.weights else None,
+        weights=weights_from_args(args, required=False),
         pretrained_backbone=args.pretrained_backbone,
         backbone_weights=args.backbone_weights,
         channels=args.channels,
@@ -268,13 +300,14 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from drnet.tasks.segment import run_evaluation
 
+    # run_evaluation reads images in the main process: --workers is not passed (library gap)
     result = run_evaluation(
-        resolve_weights(args.weights),
+        weights_from_args(args, required=True),
         args.data_dir,
         split=args.split,
         output_dir=args.output_dir,
-        arch=args.arch,
-        num_classes=args.classes,
+        arch=args.model,
+        num_classes=args.num_classes,
         layout=args.layout,
         list_dir=args.list_dir,
         scales=_scales(args),
@@ -300,7 +333,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.inputs and not (args.data_dir and args.split):
         raise DrnetError("give image files/folders/lists, or --data-dir with --phase SPLIT")
     model, meta = load_segmentation_model(
-        resolve_weights(args.weights), args.arch, args.classes, args.channels
+        weights_from_args(args, required=True), args.model, args.num_classes, args.channels
     )
     num_classes = meta["num_classes"]
     mean, std = meta.get("mean"), meta.get("std")
@@ -326,10 +359,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
         city = num_classes == 19
         mean, std = (CITYSCAPES_MEAN, CITYSCAPES_STD) if city else (IMAGENET_MEAN, IMAGENET_STD)
-        print(
-            f"note: normalising with {'Cityscapes' if city else 'ImageNet'} mean/std "
-            "(give --data-dir with an info.json to use the dataset's)",
-            file=sys.stderr,
+        log.info(
+            "note: normalising with %s mean/std (give --data-dir with an info.json to use the "
+            "dataset's)",
+            "Cityscapes" if city else "ImageNet",
         )
     from drnet.speed.inference import fast_inference
 

@@ -1,0 +1,315 @@
+"""The one flag vocabulary of every ``drnet`` command, and the parser that enforces it.
+
+A flag means the same thing in every command that has it (``--model``, ``--weights``,
+``--pretrained``, ``--num-classes``, ``--class-names``, ``-o/--output-dir``, ``-b/--batch-size``,
+``-j/--workers``, ``--device``, ``--no-progress``, ``--no-fast``, ``DATA``/``-d/--data-dir``,
+``--json``), so every command adds it through one helper here. Spellings of the original DRN
+scripts and of earlier drnet versions stay accepted as hidden aliases: a second ``add_argument``
+with the same ``dest``, no help and ``default=SUPPRESS`` so that it never overwrites the
+canonical option's default. ``tests/test_cli_vocabulary.py`` walks every parser to hold this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from drnet.cli import non_negative_int, positive_int
+
+SUPPRESS = argparse.SUPPRESS
+
+# The inference fast path, as every eval/predict command describes it.
+FAST_HELP = "plain eager model instead of the inference fast path (BN folding, fused convs)"
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """An argparse ``type``: comma-separated integers such as ``8,16,32``."""
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 8,16,32: {text!r}") from None
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help already speaks of its
+    default or there is nothing to show (``None``, ``False``, an empty value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, "", (), []) or default is SUPPRESS or "default" in text:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        if isinstance(default, (tuple, list)):
+            shown = ",".join(map(str, default))
+        else:
+            shown = str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if isinstance(action, _PretrainedOrPath):
+            return ""  # shown as the flag it is; the old PATH form stays unadvertised
+        return super()._format_args(action, default_metavar)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _PretrainedOrPath):
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` that keeps the description's and epilog's line breaks."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that shows defaults in help and checks "one of these spellings is
+    required" (a positional ``DATA`` or its option ``--data-dir``) after parsing.
+
+    Sub-commands inherit the class (``add_subparsers`` makes parsers of the parent's type).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.required_values: list[tuple[str, str]] = []
+
+    def require(self, dest: str, names: str) -> None:
+        """Make ``dest`` required, however it was spelled; ``names`` is shown in the error."""
+        self.required_values.append((dest, names))
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        for dest, names in self.required_values:
+            if getattr(namespace, dest, None) is None:
+                self.error(f"the following arguments are required: {names}")
+        return namespace, extras
+
+
+Container = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def hidden(parser: Container, *flags: str, dest: str, **kwargs: Any) -> argparse.Action:
+    """An old spelling of option ``dest``: accepted, never shown, never sets a default."""
+    return parser.add_argument(*flags, dest=dest, help=SUPPRESS, default=SUPPRESS, **kwargs)
+
+
+# -- model and weights ----------------------------------------------------------------------------
+
+
+def add_model(parser: Container, default: str | None = None, help: str | None = None) -> None:
+    """``--model NAME`` (hidden: ``--arch``, the original scripts' spelling)."""
+    parser.add_argument(
+        "--model",
+        default=default,
+        metavar="NAME",
+        help=help or "architecture name (`drnet models` lists them)",
+    )
+    hidden(parser, "--arch", dest="model", metavar="NAME")
+
+
+def add_weights(parser: Container, help: str, required: bool = False) -> None:
+    """``--weights PATH``: a run directory, a drnet checkpoint or an official ``.pth``
+    (hidden: ``--checkpoint``). ``required`` is checked after parsing so the alias counts."""
+    parser.add_argument("--weights", metavar="PATH", help=help)
+    hidden(parser, "--checkpoint", dest="weights", metavar="PATH")
+    if required:
+        _parser_of(parser).require("weights", "--weights")
+
+
+class _PretrainedOrPath(argparse.Action):
+    """``--pretrained`` alone: the published weights; ``--pretrained PATH`` (old ``segment``
+    spelling): initialise from PATH, exactly as ``--weights PATH``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is True:
+            namespace.pretrained = True
+        else:
+            namespace.weights = values
+
+
+def add_pretrained(parser: Container, help: str, accepts_path: bool = False) -> None:
+    """``--pretrained``: a flag, the published weights. ``accepts_path`` keeps the old
+    ``segment --pretrained PATH`` working (it then means ``--weights PATH``)."""
+    if not accepts_path:
+        parser.add_argument("--pretrained", action="store_true", help=help)
+        return
+    parser.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        action=_PretrainedOrPath,
+        help=help,
+    )
+
+
+def add_num_classes(parser: Container, help: str, old_spellings: Sequence[str] = ()) -> None:
+    """``--num-classes N``, a count (hidden: ``old_spellings``, e.g. ``-c``/``--classes``)."""
+    parser.add_argument("--num-classes", type=positive_int, metavar="N", help=help)
+    if old_spellings:
+        hidden(parser, *old_spellings, dest="num_classes", type=positive_int, metavar="N")
+
+
+def add_class_names(parser: Container) -> None:
+    """``--class-names FILE``: class names in index order (hidden: ``classify --classes``)."""
+    parser.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="class names, one per line (or a JSON list), in index order",
+    )
+    hidden(parser, "--classes", dest="class_names", metavar="FILE")
+
+
+def add_channels(parser: Container) -> None:
+    """``--channels W1,...,W8``: per-level widths (tiny networks for tests and the demo)."""
+    parser.add_argument(
+        "--channels",
+        type=int_list,
+        metavar="W1,...,W8",
+        help="per-level widths, e.g. 8,16,32,64,128,128,128,128 for a tiny DRN-C/D",
+    )
+
+
+# -- data and output ------------------------------------------------------------------------------
+
+
+def add_data(
+    parser: Parser,
+    help: str,
+    required: bool = True,
+    old_spellings: Sequence[str] = (),
+    metavar: str = "DATA",
+    positional: bool = True,
+) -> None:
+    """The data a command reads: an optional positional ``DATA`` or ``-d/--data-dir``, the same
+    value (``dest="data_dir"``). ``old_spellings``: hidden options, e.g. ``quantize --data``.
+    ``positional=False`` where the positionals are something else (``segment predict INPUT``)."""
+    if positional:
+        # default=SUPPRESS: an absent positional must not overwrite a given --data-dir
+        parser.add_argument("data_dir", nargs="?", metavar=metavar, default=SUPPRESS, help=help)
+    parser.add_argument(
+        "-d",
+        "--data-dir",
+        dest="data_dir",
+        metavar=metavar,
+        help=f"same as {metavar}" if positional else help,
+    )
+    if old_spellings:
+        hidden(parser, *old_spellings, dest="data_dir", metavar=metavar)
+    if required:
+        parser.require("data_dir", f"{metavar} (or -d/--data-dir)")
+
+
+def add_output_dir(
+    parser: Container, default: str | None, help: str = "where to write", old: Sequence[str] = ()
+) -> None:
+    """``-o/--output-dir DIR`` (hidden: ``old``, e.g. ``--out``, ``--save_path``)."""
+    parser.add_argument("-o", "--output-dir", default=default, metavar="DIR", help=help)
+    if old:
+        hidden(parser, *old, dest="output_dir", metavar="DIR")
+
+
+def add_json(parser: Container, what: str) -> None:
+    """``--json [PATH]``: write ``what`` as JSON to PATH; with no PATH (or ``-``) print it on
+    stdout instead of the text output (the older flag form of ``--json``)."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help=f"also write {what} as JSON to PATH; '--json' alone (or PATH '-') prints the JSON "
+        "on stdout instead of the text",
+    )
+
+
+def write_json(data: Any, destination: str) -> Path | None:
+    """Write ``data`` for ``--json``: to the file ``destination`` (returned), or, for ``-``, on
+    stdout (returns ``None``: the command then prints nothing else)."""
+    text = json.dumps(data, indent=2)
+    if destination == "-":
+        print(text)
+        return None
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return path
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def add_batch_size(parser: Container, default: int, help: str = "images per batch") -> None:
+    """``-b/--batch-size N`` (hidden: ``--batch``)."""
+    parser.add_argument(
+        "-b", "--batch-size", type=positive_int, default=default, metavar="N", help=help
+    )
+    hidden(parser, "--batch", dest="batch_size", type=positive_int, metavar="N")
+
+
+def add_workers(parser: Container, default: int, help: str = "data-loading processes") -> None:
+    """``-j/--workers N``."""
+    parser.add_argument(
+        "-j", "--workers", type=non_negative_int, default=default, metavar="N", help=help
+    )
+
+
+def add_device(parser: Container) -> None:
+    """``--device``: auto (CUDA when present), cpu, cuda, cuda:N."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+
+
+def add_no_progress(parser: Container, quiet_alias: bool = False) -> None:
+    """``--no-progress`` (hidden: ``--quiet``, where a command spelled it so)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
+    if quiet_alias:
+        hidden(parser, "--quiet", dest="no_progress", action="store_true")
+
+
+def add_no_fast(parser: Container, help: str = FAST_HELP) -> None:
+    """``--no-fast``: the plain eager model instead of the inference fast path."""
+    parser.add_argument("--no-fast", action="store_true", help=help)
+
+
+def _parser_of(container: Container) -> Parser:
+    """The parser behind an argument group (groups forward ``add_argument`` to it)."""
+    parser = getattr(container, "_drnet_parser", container)
+    if not isinstance(parser, Parser):
+        raise TypeError(f"expected a drnet.cli.vocab.Parser, got {type(parser).__name__}")
+    return parser
+
+
+def group(parser: Parser, title: str) -> argparse._ArgumentGroup:
+    """``parser.add_argument_group(title)`` that remembers its parser (for ``require``)."""
+    new = parser.add_argument_group(title)
+    new._drnet_parser = parser  # type: ignore[attr-defined]
+    return new
+
+
+__all__ = [
+    "FAST_HELP",
+    "HelpFormatter",
+    "Parser",
+    "RawDescriptionHelpFormatter",
+    "add_batch_size",
+    "add_channels",
+    "add_class_names",
+    "add_data",
+    "add_device",
+    "add_json",
+    "add_model",
+    "add_no_fast",
+    "add_no_progress",
+    "add_num_classes",
+    "add_output_dir",
+    "add_pretrained",
+    "add_weights",
+    "add_workers",
+    "group",
+    "hidden",
+    "int_list",
+    "write_json",
+]
