@@ -185,7 +185,7 @@ def test_load_model_from_a_run_directory(tmp_path: Path):
         load_model(bare, model="drn_d_22", channels=[2 * c for c in TINY])  # other widths
     with pytest.raises(DrnetError, match="--model"):
         load_model(bare)
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "missing.pth", model="drn_d_22")
 
 

@@ -106,7 +106,8 @@ def test_train_eval_predict_localize(data: Path, tmp_path: Path):
         log = list(csv.DictReader(handle))
     assert [row["epoch"] for row in log] == ["1", "2"] and "val_top1" in log[0]
     card = json.loads((run / "model.json").read_text())
-    assert card["classes"] == ["blue", "green", "red"] and card["crop_size"] == 32
+    assert card["class_names"] == ["blue", "green", "red"] and card["crop_size"] == 32
+    assert card["task"] == "classification"
 
     # classify eval
     evaluation = tmp_path / "classify-eval"

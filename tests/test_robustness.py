@@ -193,7 +193,7 @@ def test_bad_info_json(seg, tmp_path, capsys):
 def test_wrong_classes_versus_checkpoint(seg_source, seg_run, tmp_path, capsys):
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", seg_run, "-c", "5",
                      "-o", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, seg_run / "checkpoint_best.pth", "has 3 classes", "--classes is 5")
+    assert_error(rc, err, seg_run / "checkpoint_best.pth", "has 3 classes", "--num-classes is 5")
     rc, _, err = cli(
         capsys, *seg_train(seg_source, tmp_path / "r", "--weights", seg_run, "-c", "5")
     )
@@ -205,7 +205,7 @@ def test_wrong_class_names_versus_checkpoint(cls_source, cls_run, tmp_path, caps
     names.write_text("a\nb\nc\n")
     rc, _, err = cli(capsys, "classify", "eval", cls_source / "val", "--weights", cls_run,
                      "--classes", names, "--output-dir", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, "--classes lists 3 names", "model has 2 classes")
+    assert_error(rc, err, "--class-names lists 3 names", "model has 2 classes")
 
 
 @pytest.mark.parametrize(

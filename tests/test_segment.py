@@ -167,7 +167,7 @@ def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
     from drnet.engine import train
 
     with pytest.raises(SystemExit):
-        train(Crashing(options(data_dir)), config(tmp_path / "b"))
+        train(Crashing.from_options(options(data_dir)), config(tmp_path / "b"))
     assert load_checkpoint(tmp_path / "b/checkpoint_last.pth")["epoch"] == 1
     out = train_segmentation(options(data_dir), config(tmp_path / "b", resume="auto"))
     a, b = load_checkpoint(ref["checkpoint_last"]), load_checkpoint(out["checkpoint_last"])
@@ -192,7 +192,7 @@ def test_sigterm_mid_epoch_resume_equals_uninterrupted(data_dir, tmp_path):
     from drnet.engine import train
 
     with pytest.raises(TrainingInterrupted, match="epoch 2 iteration 1"):
-        train(Terminated(options(data_dir)), config(tmp_path / "b", epochs=2))
+        train(Terminated.from_options(options(data_dir)), config(tmp_path / "b", epochs=2))
     out = train_segmentation(options(data_dir), config(tmp_path / "b", epochs=2, resume="auto"))
     a, b = load_checkpoint(ref["checkpoint_last"]), load_checkpoint(out["checkpoint_last"])
     for k in a["model"]:
@@ -210,7 +210,8 @@ def test_cli_train_eval_predict(data_dir, tmp_path, capsys):
     )  # fmt: skip
     assert rc == 0 and (run / "checkpoint_best.pth").is_file()
     cfg = json.load(open(run / "config.json"))
-    assert cfg["lr_mode"] == "step" and cfg["lr_step"] == 5 and cfg["task"]["random_scale"] == 2
+    assert cfg["lr_mode"] == "step" and cfg["lr_step"] == 5
+    assert cfg["task"]["training"]["random_scale"] == 2
     rc = main(
         ["segment", "eval", "-d", str(data_dir), "--weights", str(run), "--ms", "--flip",
          "--window", "24", "-o", str(tmp_path / "ev"), "--no-progress", "--device", "cpu"]

@@ -54,12 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "measured peak, peak memory, and the output difference from the baseline. "
         "Segmentation inference times image -> label map. Writes JSON and a markdown table.",
     )
-    add_model(parser, "drn_d_22")
+    add_model(parser, None, "architecture (default: the one --weights records, else drn_d_22)")
     parser.add_argument(
         "--task",
         choices=("segmentation", "classification"),
-        default="segmentation",
-        help="DRNSeg (image -> label map) or the classifier",
+        default=None,
+        help="DRNSeg (image -> label map) or the classifier (default: the task of --weights, "
+        "else segmentation)",
     )
     parser.add_argument(
         "--size", type=_size, default=None, help="input HxW (default: 512x1024 seg, 224 cls)"
@@ -106,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from drnet.models.loading import read_run
     from drnet.speed.benchmark import (
         BenchmarkConfig,
         default_stem,
@@ -116,22 +118,29 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = args.size or ((512, 1024) if args.task == "segmentation" else (224, 224))
+    model, task, num_classes = args.model, args.task, args.num_classes
+    channels, checkpoint = args.channels, None
+    if args.weights:  # a run, a checkpoint or an official file: it says what it holds
+        run = read_run(args.weights, model=model, task=task, num_classes=num_classes)
+        model, task, num_classes = run.card.model, run.card.task, run.card.num_classes
+        channels, checkpoint = channels or run.card.channels, run.checkpoint
+    model, task = model or "drn_d_22", task or "segmentation"
+    size = args.size or ((512, 1024) if task == "segmentation" else (224, 224))
     config = BenchmarkConfig(
-        model=args.model,
-        task=args.task,
+        model=model,
+        task=task,
         height=size[0],
         width=size[1],
         batch=args.batch_size,
-        num_classes=args.num_classes,
+        num_classes=num_classes,
         mode=args.mode,
         inference_variants=args.variants,
         training_variants=args.train_variants,
         repeats=args.repeats,
         warmup=args.warmup,
         device=args.device,
-        channels=args.channels,
-        checkpoint=args.weights,
+        channels=tuple(channels) if channels else None,
+        checkpoint=checkpoint,
         measure_peak=not args.no_peak,
         measure_memory=not args.no_memory,
     )

@@ -23,6 +23,7 @@ from drnet.cli.vocab import (
     add_weights,
     add_workers,
     group,
+    load_from_args,
 )
 from drnet.errors import DrnetError
 
@@ -157,41 +158,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def load_model_from_args(args: argparse.Namespace, fast: bool | None = None):
-    """The classifier and its card from ``--weights/--model/--pretrained/--channels/
-    --num-classes/--class-names`` and the size overrides.
-
-    ``fast`` (default: ``not args.no_fast``) puts the model on ``--device`` through the inference
-    fast path; ``False`` returns the plain model (localization needs its ``forward_map``).
-    """
-    from drnet.tasks.classify import default_resize_size, load_classifier, read_class_names
-
-    if not args.weights and not args.pretrained:
-        raise DrnetError("pass --weights CHECKPOINT_OR_RUN_DIR (or --model NAME --pretrained)")
-    classes = read_class_names(args.class_names) if args.class_names else None
-    model, card = load_classifier(
-        args.model,
-        args.weights,
-        pretrained=args.pretrained,
-        num_classes=args.num_classes,
-        channels=args.channels,
-        classes=classes,
-    )
-    if getattr(args, "crop_size", None):
-        card.crop_size = args.crop_size
-        card.resize_size = default_resize_size(args.crop_size)
-    if getattr(args, "resize_size", None):
-        card.resize_size = args.resize_size
-    if fast is None:
-        fast = not args.no_fast
-    if fast:
-        from drnet.engine.distributed import resolve_device
-        from drnet.speed.inference import fast_inference
-
-        model = fast_inference(model.to(resolve_device(args.device)))
-    return model, card
-
-
 def run_train(args: argparse.Namespace) -> int:
     from drnet.tasks.classify import ClassificationTask, train_classifier
 
@@ -202,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
     val_dir = args.val_dir
     if val_dir is None and data and (Path(data) / "val").is_dir():
         val_dir = Path(data) / "val"
-    task = ClassificationTask(
+    task = ClassificationTask.from_dirs(
         args.model,
         train_dir,
         val_dir,
@@ -224,27 +190,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from drnet.data.classification import eval_transform, image_folder
     from drnet.tasks.classify import (
         evaluate_classifier,
-        match_split_classes,
+        folder_dataset,
         write_classification_report,
     )
 
-    model, card = load_model_from_args(args)
-    transform = eval_transform(card.crop_size, card.resize_size, card.mean, card.std)
-    dataset = image_folder(args.data_dir, transform)
-    to_model = match_split_classes(dataset.classes, card, args.data_dir)
-    dataset.target_transform = to_model.__getitem__
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    model, card = load_from_args(args, "classification")
     result = evaluate_classifier(
         model,
-        loader,
-        card.class_names(),
+        folder_dataset(args.data_dir, card),
+        card.names(),
         args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
         amp=args.amp,
+        fast=not args.no_fast,
         progress=not args.no_progress,
     )
     metrics = write_classification_report(result, args.output_dir)
@@ -260,12 +221,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.data.classification import list_images
     from drnet.tasks.classify import predict_classes, write_predictions
 
-    model, card = load_model_from_args(args)
+    model, card = load_from_args(args, "classification")
     paths = list_images(args.inputs)
     predictions = predict_classes(
         model,
         paths,
-        card.class_names(),
+        card.names(),
         crop_size=card.crop_size,
         resize_size=card.resize_size,
         mean=card.mean,
@@ -274,6 +235,7 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        fast=not args.no_fast,
         progress=not args.no_progress,
     )
     files = write_predictions(predictions, args.output_dir)

@@ -12,6 +12,7 @@ from drnet.cli.vocab import (
     add_num_classes,
     add_pretrained,
     add_weights,
+    model_from_args,
     write_json,
 )
 
@@ -39,12 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Needs: pip install 'drnet[onnx]'.",
     )
     onnx.add_argument("output", metavar="OUTPUT", help="the .onnx file to write")
-    add_model(onnx, "drn_d_22")
+    add_model(onnx, None, "architecture (default: the one --weights records, else drn_d_22)")
     onnx.add_argument(
         "--task",
         choices=("segmentation", "classification"),
-        default="segmentation",
-        help="DRNSeg or the classifier",
+        default=None,
+        help="DRNSeg or the classifier (default: the task of --weights, else segmentation)",
     )
     add_num_classes(onnx, "classes (default: 19 segmentation, 1000 classification)")
     add_weights(onnx, "weights to load (path or URL; default: random initialisation)")
@@ -63,23 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    import drnet
     from drnet.speed.onnx_export import export_onnx
 
-    if args.task == "segmentation":
-        model = drnet.create_segmentation_model(
-            args.model,
-            num_classes=args.num_classes or 19,
-            pretrained=args.pretrained,
-            checkpoint_path=args.weights,
-        )
-    else:
-        model = drnet.create_model(
-            args.model,
-            pretrained=args.pretrained,
-            num_classes=args.num_classes or 1000,
-            checkpoint_path=args.weights,
-        )
+    model = model_from_args(args)
     report = export_onnx(
         model,
         args.output,

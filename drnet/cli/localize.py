@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from drnet.cli import non_negative_int, positive_int
-from drnet.cli.classify import add_inference_arguments, add_model_arguments, load_model_from_args
-from drnet.cli.vocab import add_data
+from drnet.cli.classify import add_inference_arguments, add_model_arguments
+from drnet.cli.vocab import add_data, load_from_args
 from drnet.errors import DrnetError
 
 RULE = (
@@ -158,8 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise DrnetError(
                 f"--threshold {args.threshold!r}: expected 'auto' or a number"
             ) from exc
-    # the library has no fast path for class maps yet: --no-fast is accepted, eager either way
-    model, card = load_model_from_args(args, fast=False)
+    model, card = load_from_args(args, "classification")
     metrics = evaluate_localization(
         model,
         card,
@@ -175,6 +174,7 @@ def run_eval(args: argparse.Namespace) -> int:
         save_images=args.save_images,
         device=args.device,
         workers=args.workers,
+        fast=not args.no_fast,
         progress=not args.no_progress,
     )
     prior = metrics["centred_box_prior"]
@@ -200,7 +200,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.tasks.localize import predict_localization, read_threshold
 
     threshold, mode = read_threshold(args.threshold)
-    model, card = load_model_from_args(args, fast=False)  # see run_eval
+    model, card = load_from_args(args, "classification")
     paths = list_images(args.inputs)
     entries = predict_localization(
         model,
@@ -213,6 +213,7 @@ def run_predict(args: argparse.Namespace) -> int:
         save_heatmaps=args.save_heatmaps,
         device=args.device,
         workers=args.workers,
+        fast=not args.no_fast,
         progress=not args.no_progress,
     )
     for entry in entries[:10]:

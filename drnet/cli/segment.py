@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from drnet.cli import non_negative_int, positive_int
 from drnet.cli.engine_args import add_engine_arguments, train_config
@@ -229,47 +228,12 @@ def _scales(args: argparse.Namespace) -> tuple[float, ...]:
     return DEFAULT_SCALES if args.ms else (1.0,)
 
 
-def published_weights(model: str | None) -> str:
-    """The local file of ``model``'s published Cityscapes DRNSeg weights (``--pretrained``)."""
-    from drnet.models.registry import get_weights
-    from drnet.models.weights import resolve_weights_file
-
-    if not model:
-        raise DrnetError("--pretrained needs --model NAME (e.g. drn_d_22)")
-    return str(resolve_weights_file(get_weights(model, "cityscapes")))
-
-
-def weights_from_args(args: argparse.Namespace, required: bool) -> str | None:
-    """The checkpoint file of ``--weights`` (a run directory means its best checkpoint) or of
-    ``--pretrained`` (the published weights of ``--model``)."""
-    if args.weights and args.pretrained:
-        raise DrnetError("give --weights PATH or --pretrained, not both")
-    if args.pretrained:
-        return published_weights(args.model)
-    if args.weights:
-        return resolve_weights(args.weights)
-    if required:
-        raise DrnetError("give --weights CHECKPOINT_OR_RUN_DIR (or --model NAME --pretrained)")
-    return None
-
-
-def resolve_weights(path: str) -> str:
-    """A run directory means its best checkpoint (else its last one)."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("checkpoint_best.pth", "checkpoint_last.pth"):
-            if (p / name).is_file():
-                return str(p / name)
-        raise DrnetError(f"--weights {p} is a folder without checkpoint_best/last.pth")
-    return path
-
-
 def run_train(args: argparse.Namespace) -> int:
     from drnet.tasks.segment import SegmentOptions, train_segmentation
 
     options = SegmentOptions(
         data_dir=args.data_dir,
-        arch=args.model,
+        model=args.model,
         num_classes=args.num_classes,
         crop_size=args.crop_size,
         random_scale=args.random_scale,
@@ -279,7 +243,8 @@ def run_train(args: argparse.Namespace) -> int:
         list_dir=args.list_dir,
         train_split=args.train_split,
         val_split=None if args.no_val else args.val_split,
-        weights=weights_from_args(args, required=False),
+        weights=args.weights,
+        pretrained=bool(args.pretrained),
         pretrained_backbone=args.pretrained_backbone,
         backbone_weights=args.backbone_weights,
         channels=args.channels,
@@ -300,13 +265,14 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from drnet.tasks.segment import run_evaluation
 
-    # run_evaluation reads images in the main process: --workers is not passed (library gap)
     result = run_evaluation(
-        weights_from_args(args, required=True),
+        args.weights,
         args.data_dir,
         split=args.split,
         output_dir=args.output_dir,
-        arch=args.model,
+        model=args.model,
+        pretrained=bool(args.pretrained),
+        workers=args.workers,
         num_classes=args.num_classes,
         layout=args.layout,
         list_dir=args.list_dir,
@@ -326,26 +292,24 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from drnet.cli.vocab import load_from_args
     from drnet.data.segmentation import dataset_info, open_segmentation_dataset
     from drnet.engine.distributed import resolve_device
-    from drnet.tasks.segment import collect_inputs, load_segmentation_model, predict_segmentation
+    from drnet.tasks.segment import collect_inputs, predict_segmentation
 
     if not args.inputs and not (args.data_dir and args.split):
-        raise DrnetError("give image files/folders/lists, or --data-dir with --phase SPLIT")
-    model, meta = load_segmentation_model(
-        weights_from_args(args, required=True), args.model, args.num_classes, args.channels
-    )
-    num_classes = meta["num_classes"]
-    mean, std = meta.get("mean"), meta.get("std")
+        raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
+    model, card = load_from_args(args, "segmentation")
+    mean, std = card.mean, card.std
     items = []
-    if args.data_dir:
+    if args.data_dir:  # the dataset's own statistics, as evaluation uses them
         info = dataset_info(args.data_dir, args.layout, args.split or "train")
         mean, std = info["mean"], info["std"]
         if args.split:
             ds = open_segmentation_dataset(
                 args.data_dir,
                 args.split,
-                num_classes,
+                card.num_classes,
                 layout=args.layout,
                 list_dir=args.list_dir,
                 require_labels=False,
@@ -353,28 +317,14 @@ def run_predict(args: argparse.Namespace) -> int:
             items += [(s.image, s.name) for s in ds.samples]
     for source in args.inputs:
         items += collect_inputs(source)
-    if mean is None:
-        from drnet.data.cityscapes import CITYSCAPES_MEAN, CITYSCAPES_STD
-        from drnet.data.segmentation import IMAGENET_MEAN, IMAGENET_STD
-
-        city = num_classes == 19
-        mean, std = (CITYSCAPES_MEAN, CITYSCAPES_STD) if city else (IMAGENET_MEAN, IMAGENET_STD)
-        log.info(
-            "note: normalising with %s mean/std (give --data-dir with an info.json to use the "
-            "dataset's)",
-            "Cityscapes" if city else "ImageNet",
-        )
-    from drnet.speed.inference import fast_inference
-
-    device = resolve_device(args.device)
     results = predict_segmentation(
-        fast_inference(model.to(device), enabled=not args.no_fast),
+        model,
         items,
         args.output_dir,
         mean,
         std,
-        num_classes,
-        device,
+        card.num_classes,
+        resolve_device(args.device),
         scales=_scales(args),
         flip=args.flip,
         window=args.window,
@@ -383,6 +333,7 @@ def run_predict(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         amp=args.amp,
         progress=not args.no_progress,
+        fast=not args.no_fast,
     )
     print(f"wrote predictions of {len(results)} image(s) to {args.output_dir}")
     return 0

@@ -313,3 +313,45 @@ __all__ = [
     "int_list",
     "write_json",
 ]
+
+
+def load_from_args(args: argparse.Namespace, task: str):
+    """The model and its card for the model options of a parsed command line (``--weights``,
+    ``--model``, ``--pretrained``, ``--num-classes``, ``--channels``, ``--class-names``, and the
+    eval sizes ``--crop-size``/``--resize-size`` where the command has them), through
+    :func:`drnet.models.loading.load_model`."""
+    from drnet.models.loading import load_model, read_class_names
+
+    class_names = getattr(args, "class_names", None)
+    model, card = load_model(
+        args.weights,
+        model=args.model,
+        pretrained=bool(getattr(args, "pretrained", False)),
+        task=task,
+        num_classes=getattr(args, "num_classes", None),
+        channels=getattr(args, "channels", None),
+        class_names=read_class_names(class_names) if class_names else None,
+    )
+    card = card.with_eval_size(getattr(args, "crop_size", None), getattr(args, "resize_size", None))
+    return model, card
+
+
+def model_from_args(args: argparse.Namespace, default_model: str = "drn_d_22"):
+    """For tools that also run on untrained models (export, benchmark): the model of
+    ``--weights``/``--pretrained`` (its task and architecture from the run), else a randomly
+    initialised ``--model`` for ``--task`` (default segmentation, 19 or 1000 classes)."""
+    from drnet.models.loading import ModelCard, build_model
+
+    task = args.task or ("segmentation" if not args.weights else None)
+    if args.weights or getattr(args, "pretrained", False):
+        if not args.weights:
+            args.model = args.model or default_model
+        model, _ = load_from_args(args, task)
+        return model
+    card = ModelCard(
+        model=args.model or default_model,
+        num_classes=args.num_classes or (19 if task == "segmentation" else 1000),
+        task=task,
+        channels=getattr(args, "channels", None),
+    )
+    return build_model(card)

@@ -123,7 +123,9 @@ def quick_version(recipe: Recipe) -> Recipe:
         },
         width_mult=0.125,
         budget_minutes=1.0 if recipe.name == "default" else 3.0,
-        cls_batch=16,
+        # enough to learn clearly above chance in seconds (48 px canvases: the items fill them)
+        cls_canvas=48,
+        cls_batch=32,
         cls_epochs=2,
         cls_val=60,
         cls_holdout=40,
@@ -134,8 +136,8 @@ def quick_version(recipe: Recipe) -> Recipe:
         seg_scale=(0.8, 1.4),
         seg_val=12,
         seg_monitor=6,
-        fixed_images=(160, 32),
-        min_images=(160, 32),
+        fixed_images=(4000, 960),
+        min_images=(4000, 960),
         activation_images=4,
     )
 

@@ -164,6 +164,20 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_eval_size(
+        self, crop_size: int | None = None, resize_size: int | None = None
+    ) -> ModelCard:
+        """A copy with another classification eval preprocessing: ``crop_size`` alone also sets
+        the resize to the usual 256/224 ratio."""
+        from dataclasses import replace
+
+        card = replace(self, class_names=list(self.class_names))
+        if crop_size:
+            card.crop_size, card.resize_size = crop_size, round(crop_size * 256 / 224)
+        if resize_size:
+            card.resize_size = resize_size
+        return card
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
         """A card from ``model.json`` or a checkpoint's ``"task"`` entry, including the layouts
@@ -245,7 +259,7 @@ def resolve_weights(weights: str | os.PathLike) -> ResolvedWeights:
             f"--weights {path} is a folder without {' or '.join(CHECKPOINT_NAMES)}"
         )
     if not path.is_file():
-        raise CheckpointError(f"--weights {path}: no such file or run directory")
+        raise CheckpointError(f"--weights {path}: does not exist (no such file or run directory)")
     return ResolvedWeights(str(path), _card_in(path.parent))
 
 
@@ -410,6 +424,8 @@ def load_model(
     from drnet.models.registry import load_segmentation_state
     from drnet.models.weights import load_into
 
+    if weights is not None and pretrained:
+        raise DrnetError("give --weights PATH or --pretrained, not both")
     if weights is None:
         if not (model and pretrained):
             raise DrnetError("pass --weights RUN_DIR_OR_CHECKPOINT (or --model NAME --pretrained)")
@@ -418,11 +434,48 @@ def load_model(
     registered = None if Path(str(weights)).expanduser().exists() else _registered(str(weights))
     if registered is not None:
         return _load_registered(*registered, task)
+    loaded = read_run(
+        weights,
+        model=model,
+        task=task,
+        num_classes=num_classes,
+        channels=channels,
+        class_names=class_names,
+    )
+    network = build_model(loaded.card)
+    if loaded.card.task == "segmentation":
+        load_segmentation_state(network, loaded.state_dict, str(weights))
+    else:
+        load_into(network, loaded.state_dict, strict=True, source=str(weights))
+    return network.eval(), loaded.card
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint's location, its state dict and the card that describes it."""
+
+    checkpoint: str
+    state_dict: dict[str, Tensor]
+    card: ModelCard
+
+
+def read_run(
+    weights: str | os.PathLike,
+    *,
+    model: str | None = None,
+    task: str | None = None,
+    num_classes: int | None = None,
+    channels: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> LoadedRun:
+    """The checkpoint behind ``weights`` (a run directory, a checkpoint file or URL), its state
+    dict and its card, checked against what the caller passes (same meaning as
+    :func:`load_model`), without building the model."""
     resolved = resolve_weights(weights)
     obj = read_checkpoint(resolved.checkpoint)
     state_dict = extract_state_dict(obj, resolved.checkpoint)
     card = _card_for_checkpoint(obj, state_dict, resolved.card, model)
-    source = str(weights)
+    source = resolved.checkpoint
     _apply_overrides(
         card,
         model=model,
@@ -431,15 +484,9 @@ def load_model(
         class_names=class_names,
         source=source,
     )
-    if card.task != _task_of_state(state_dict):
-        card.task = _task_of_state(state_dict)  # the tensors decide, whatever a card says
+    card.task = _task_of_state(state_dict)  # the tensors decide, whatever a card says
     _check_task(card, task, source)
-    network = build_model(card)
-    if card.task == "segmentation":
-        load_segmentation_state(network, state_dict, source)
-    else:
-        load_into(network, state_dict, strict=True, source=source)
-    return network.eval(), card
+    return LoadedRun(resolved.checkpoint, state_dict, card)
 
 
 def _load_registered(model: str, tag: str, task: str | None) -> tuple[nn.Module, ModelCard]:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from drnet.constants import IGNORE_INDEX
 from drnet.data.palettes import colorize, get_palette, overlay
@@ -84,6 +84,7 @@ class SegmentOptions:
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation (no best model)
     weights: str | None = None  # start from a checkpoint (ours / official DRNSeg / classifier)
+    pretrained: bool = False  # start from the published Cityscapes DRNSeg weights of `model`
     pretrained_backbone: bool = False  # ImageNet weights for the backbone (downloads if needed)
     backbone_weights: str | None = None  # a local classification checkpoint for the backbone
     channels: tuple[int, ...] | None = None  # per-level widths (tiny nets for tests)
@@ -114,7 +115,7 @@ def init_from_weights(model: nn.Module, weights: str | os.PathLike) -> None:
     file_classes = state_dict["seg.weight"].shape[0] if "seg.weight" in state_dict else None
     if file_classes is not None and file_classes != model.seg.out_channels:
         raise CheckpointError(
-            f"--weights {weights} has {file_classes} classes but the model has "
+            f"--weights {source} has {file_classes} classes but the model has "
             f"{model.seg.out_channels} (--num-classes, else the dataset's info.json); the "
             f"segmentation head must match: pass --num-classes {file_classes}, or start from "
             "ImageNet weights (--pretrained-backbone / --backbone-weights)"
@@ -128,8 +129,9 @@ class SegmentationTask(Task):
     folder (list files, Cityscapes, image/mask folders).
 
     The model is a DRNSeg of ``card.model`` with ``card.num_classes`` classes, started from
-    ``weights`` (a segmentation checkpoint or run), ``backbone_weights`` (a classifier) or the
-    published ImageNet backbone (``pretrained_backbone``). Validation scores whole images (or
+    ``weights`` (a segmentation checkpoint or run), the published Cityscapes weights
+    (``pretrained``), ``backbone_weights`` (a classifier) or the published ImageNet backbone
+    (``pretrained_backbone``). Validation scores whole images (or
     ``val_scales``/``val_flip``/``val_window``) on every rank over its shard of the validation set
     and sums the confusion matrices; the main metric is mIoU.
     """
@@ -145,6 +147,7 @@ class SegmentationTask(Task):
         val_set: Dataset | None = None,
         *,
         weights: str | os.PathLike | None = None,
+        pretrained: bool = False,
         pretrained_backbone: bool = False,
         backbone_weights: str | os.PathLike | None = None,
         val_scales: Sequence[float] = (1.0,),
@@ -158,6 +161,7 @@ class SegmentationTask(Task):
         self.card = card
         self.train_set, self.val_set = train_set, val_set
         self.weights = weights
+        self.pretrained = pretrained
         self.pretrained_backbone = pretrained_backbone
         self.backbone_weights = backbone_weights
         self.val_scales, self.val_flip, self.val_window = tuple(val_scales), val_flip, val_window
@@ -207,6 +211,7 @@ class SegmentationTask(Task):
             open_split(o.train_split, transform),
             open_split(o.val_split) if o.val_split else None,
             weights=o.weights,
+            pretrained=o.pretrained,
             pretrained_backbone=o.pretrained_backbone,
             backbone_weights=o.backbone_weights,
             val_scales=o.val_scales,
@@ -221,6 +226,7 @@ class SegmentationTask(Task):
         model = drnet.create_segmentation_model(
             self.card.model,
             num_classes=self.card.num_classes,
+            pretrained="cityscapes" if self.pretrained else False,
             pretrained_backbone=self.pretrained_backbone,
             backbone_checkpoint=self.backbone_weights,
             channels=tuple(self.card.channels) if self.card.channels else None,
@@ -287,9 +293,10 @@ def evaluate_segmentation(
     save_dir: str | os.PathLike | None = None,
     fast: bool = True,
     num_classes: int | None = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Score ``model`` on every image of ``dataset`` (``(image, label)`` pairs, one full image at
-    a time).
+    a time; ``workers`` processes read them ahead).
 
     Returns :func:`drnet.metrics.segmentation_metrics` (``miou``, ``pixel_accuracy``,
     ``mean_accuracy``, per-class ``iou``/``accuracy``/``pixels``) plus ``confusion_matrix`` and
@@ -304,15 +311,15 @@ def evaluate_segmentation(
     model = fast_inference(model.eval().to(device), enabled=fast)
     num_classes = num_classes or dataset.num_classes
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
-    indices = D.shard_indices(len(dataset)) if distributed else range(len(dataset))
-    iterator: Any = indices
+    indices = list(D.shard_indices(len(dataset)) if distributed else range(len(dataset)))
+    loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers)
+    iterator: Any = zip(indices, loader, strict=True)
     if progress and D.is_main_process():
         from tqdm.auto import tqdm
 
-        iterator = tqdm(indices, desc="eval", unit="img", dynamic_ncols=True)
+        iterator = tqdm(iterator, total=len(indices), desc="eval", unit="img", dynamic_ncols=True)
     palette = get_palette(num_classes)
-    for i in iterator:
-        image, label = dataset[i]
+    for i, (image, label) in iterator:
         images = image[None].to(device)
         with autocast_context(device, amp):
             probs = predict_probs(model, images, scales, flip, window, stride)
@@ -344,6 +351,8 @@ def run_evaluation(
     split: str = "val",
     output_dir: str | os.PathLike = "runs/segment-eval",
     model: str | None = None,
+    pretrained: bool = False,
+    workers: int = 0,
     num_classes: int | None = None,
     layout: str = "auto",
     list_dir: str | None = None,
@@ -361,7 +370,9 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (anything :func:`drnet.models.loading.load_model` takes) on a split
     of a dataset folder; writes ``output_dir/metrics.json`` and logs the per-class table.
-    ``model``, ``num_classes``, ``channels``: for checkpoints that do not record them.
+    ``model``, ``num_classes``, ``channels``: for checkpoints that do not record them;
+    ``pretrained`` with ``model`` and no ``weights``: the published Cityscapes weights.
+    ``workers``: processes reading the images ahead of the model.
     ``fast``: run the inference fast path (BN folded, fused convs, measured layout; same numbers
     within 1e-4 relative).
 
@@ -369,7 +380,12 @@ def run_evaluation(
     """
     ctx = D.init_distributed(device)
     network, card = load_model(
-        weights, model=model, task="segmentation", num_classes=num_classes, channels=channels
+        weights,
+        model=model,
+        pretrained=pretrained,
+        task="segmentation",
+        num_classes=num_classes,
+        channels=channels,
     )
     dataset = open_segmentation_dataset(
         data_dir, split, card.num_classes, layout=layout, list_dir=list_dir
@@ -388,6 +404,7 @@ def run_evaluation(
         progress=progress,
         save_dir=out / "predictions" if save_predictions else None,
         fast=fast,
+        workers=workers,
     )
     names = dataset.class_names or card.class_names or None
     result = {
