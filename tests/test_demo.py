@@ -203,6 +203,52 @@ def test_quick_demo_writes_metrics(quick_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_quick_demo_learns(quick_run: Path) -> None:
+    """Even the seconds-long quick run must learn: top-1 far above chance (10 classes, 60 val
+    scenes: chance is 0.10 with a standard deviation of 0.04) and mIoU above predicting
+    background everywhere."""
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    assert metrics["classification"]["top1"] >= 0.25
+    seg = metrics["segmentation"]
+    assert seg["miou"] > seg["background_baseline_miou"]
+    assert metrics["classification"]["images_seen"] == metrics["plan"]["classification_images"]
+
+
+@pytest.mark.slow
+def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path: Path, capsys):
+    """The demo's numbers come from the same functions as `drnet classify eval`, `drnet
+    localize eval` and `drnet segment eval`: run on its models and data, they agree."""
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    data, models = quick_run / "data", quick_run / "models" / "drn_d_22"
+    classifier = models / "classification" / "checkpoint_last.pth"
+    common = ["--weights", str(classifier), "--no-progress"]
+    assert main(["classify", "eval", str(data / "val"), *common, "-o", str(tmp_path / "c")]) == 0
+    cls = json.loads((tmp_path / "c" / "classification_metrics.json").read_text())
+    assert cls["top1"] == metrics["classification"]["top1"]
+    assert cls["confusion_matrix"] == metrics["classification"]["confusion_matrix"]
+    rc = main(
+        ["localize", "eval", str(data / "val"), "--boxes", str(data / "boxes_val.csv"),
+         "--val-dir", str(data / "holdout"), "--val-boxes", str(data / "boxes_holdout.csv"),
+         "--save-images", "0", *common, "-o", str(tmp_path / "l")]
+    )  # fmt: skip
+    assert rc == 0
+    loc = json.loads((tmp_path / "l" / "localization_metrics.json").read_text())
+    assert loc["threshold"] == metrics["localization"]["threshold"]
+    assert loc["top1_loc_err"] == metrics["localization"]["top1_error"]
+    assert loc["curve"] == metrics["localization"]["curve"]
+    segmenter = models / "segmentation" / "checkpoint_last.pth"
+    rc = main(
+        ["segment", "eval", str(data / "segmentation"), "--split", "val", "--weights",
+         str(segmenter), "--no-progress", "-o", str(tmp_path / "s")]
+    )  # fmt: skip
+    assert rc == 0
+    seg = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert seg["miou"] == metrics["segmentation"]["miou"]
+    assert seg["confusion_matrix"] == metrics["segmentation"]["confusion_matrix"]
+    capsys.readouterr()
+
+
+@pytest.mark.slow
 def test_quick_demo_report_is_self_contained(quick_run: Path) -> None:
     report = quick_run / "report.html"
     result = check_report(report)
