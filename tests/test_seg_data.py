@@ -11,7 +11,8 @@ from _segdata import make_list_dataset
 from PIL import Image
 from torchvision import tv_tensors
 
-from drnet.data.cityscapes import CITYSCAPES_MEAN, label_ids_to_train_ids, prepare_cityscapes
+from drnet.constants import CITYSCAPES_MEAN
+from drnet.data.cityscapes import label_ids_to_train_ids, prepare_cityscapes
 from drnet.data.palettes import CITYSCAPES_PALETTE, colorize, get_palette, overlay
 from drnet.data.segmentation import detect_layout, open_segmentation_dataset
 from drnet.data.transforms import (

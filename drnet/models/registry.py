@@ -13,15 +13,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import DrnetError
 from drnet.models.drn import DRN
 from drnet.models.segmentation import DRNSeg
 from drnet.models.spec import LevelSpec, ModelSpec, StemSpec
 from drnet.models.weights import (
-    CITYSCAPES_MEAN,
-    CITYSCAPES_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Weights,
     load_into,
     load_state_dict_file,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import drnet
+from drnet.constants import IGNORE_INDEX
 from drnet.errors import DrnetError
 from drnet.models.summary import count_flops
 from drnet.speed.inference import InferenceModel, optimize_for_inference
@@ -422,7 +423,7 @@ def benchmark_inference(
 def _loss(task: str, output: Any, target: torch.Tensor) -> torch.Tensor:
     logits = _logits(output).float()
     if task == "segmentation":
-        return F.cross_entropy(logits, target, ignore_index=255)
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
     return F.cross_entropy(logits, target)
 
 
@@ -472,7 +473,7 @@ def benchmark_training(
     classes = config.num_classes or (19 if config.task == "segmentation" else 1000)
     if config.task == "segmentation":
         target = torch.randint(0, classes, (config.batch, config.height, config.width))
-        target[:, : config.height // 16] = 255
+        target[:, : config.height // 16] = IGNORE_INDEX
     else:
         target = torch.randint(0, classes, (config.batch,))
     target = target.to(device)
