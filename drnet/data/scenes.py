@@ -71,7 +71,7 @@ from xml.etree import ElementTree
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from drnet.errors import DataError

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -35,6 +36,8 @@ from drnet.errors import DrnetError
 from drnet.models.summary import count_flops
 from drnet.speed.inference import InferenceModel, optimize_for_inference
 from drnet.speed.timing import measure, median, synchronize
+
+_LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
 
 INFERENCE_VARIANTS = ("eager", "fast", "fast_nchw", "fast_channels_last", "compile", "int8", "onnx")
 TRAINING_VARIANTS = ("eager", "channels_last", "grad_checkpoint", "amp", "compile")
@@ -374,7 +377,7 @@ def benchmark_inference(
     device: torch.device,
     gflop: float,
     peak: float | None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = _LOG.info,
 ) -> list[Row]:
     variants = tuple(dict.fromkeys(("eager", *config.inference_variants)))
     generator = torch.Generator().manual_seed(config.seed)
@@ -463,7 +466,7 @@ def benchmark_training(
     device: torch.device,
     gflop: float,
     peak: float | None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = _LOG.info,
 ) -> list[Row]:
     variants = tuple(dict.fromkeys(("eager", *config.training_variants)))
     if device.type != "cuda":
@@ -551,7 +554,7 @@ def benchmark_training(
 
 # ------------------------------------------------------------------------------------- driver
 def run_benchmark(
-    config: BenchmarkConfig, log: Callable[[str], None] = lambda s: None
+    config: BenchmarkConfig, log: Callable[[str], None] = _LOG.info
 ) -> dict[str, Any]:
     """Measure the conv peak, then inference and/or training variants; returns a JSON-able dict
     with ``machine``, ``config``, ``conv_peak``, ``gflop_per_img`` and ``rows``."""
