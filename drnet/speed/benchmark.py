@@ -22,7 +22,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,25 +261,11 @@ def build_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
 def model_gflop(config: BenchmarkConfig) -> float:
     """GFLOP of one forward pass of one image (multiply-add = 2), counted on the meta device."""
     with torch.device("meta"):
-        model = build_model(dataclasses_replace(config, checkpoint=None), torch.device("meta"))
+        model = build_model(replace(config, checkpoint=None), torch.device("meta"))
     return count_flops(model.eval(), (1, 3, config.height, config.width)) / 1e9
 
 
-def dataclasses_replace(config: BenchmarkConfig, **changes: Any) -> BenchmarkConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
-
-
 # ---------------------------------------------------------------------------------- inference
-def _labels(output: Any) -> torch.Tensor:
-    if isinstance(output, dict):
-        output = output["out"]
-    elif isinstance(output, (tuple, list)):
-        output = output[0]
-    return output.argmax(1)
-
-
 def _logits(output: Any) -> torch.Tensor:
     if isinstance(output, dict):
         return output["out"]
@@ -641,11 +627,6 @@ def default_stem(config: BenchmarkConfig) -> str:
     return (
         f"{config.model}_{config.task}_{config.height}x{config.width}_b{config.batch}_{config.mode}"
     )
-
-
-def isclose_inference(row: dict[str, Any], rtol: float = 1e-4) -> bool:
-    """Whether a fast variant's output stayed within ``rtol`` of the baseline."""
-    return row["max_rel_diff"] is not None and row["max_rel_diff"] <= rtol
 
 
 __all__ = [
