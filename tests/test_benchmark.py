@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def test_benchmark_cli_both_modes_tiny(tmp_path, capsys) -> None:
     assert "| inference | fast |" in capsys.readouterr().out
 
 
-def test_benchmark_classification_library_call() -> None:
+def test_benchmark_classification_library_call(caplog) -> None:
     config = BenchmarkConfig(
         model="drn_c_26",
         task="classification",
@@ -70,8 +71,12 @@ def test_benchmark_classification_library_call() -> None:
         measure_peak=False,
         measure_memory=False,
     )
-    result = run_benchmark(config)
+    with caplog.at_level(logging.INFO, logger="drnet"):
+        result = run_benchmark(config)
     assert [r["variant"] for r in result["rows"]] == ["eager", "fast_channels_last"]
+    # without a ``log`` callback the progress goes to the library's logger
+    progress = [r.getMessage() for r in caplog.records if r.name == "drnet.speed.benchmark"]
+    assert "warm-up eager" in progress and "round 1/1" in progress
     assert result["rows"][1]["max_rel_diff"] < 1e-4
     assert "not measured" in markdown_table(result)
 
