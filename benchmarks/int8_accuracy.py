@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import drnet
+from drnet.constants import IGNORE_INDEX
 from drnet.data.scenes import make_segmentation_scenes
 from drnet.data.segmentation import open_segmentation_dataset
 from drnet.speed.quantize_eval import evaluate_int8
@@ -43,7 +44,7 @@ def train(args: argparse.Namespace, data: Path, checkpoint: Path) -> dict:
                 images, labels = images.flip(-1), labels.flip(-1)
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * (1 - step / total) ** 0.9
-            loss = F.cross_entropy(model(images)["out"], labels.long(), ignore_index=255)
+            loss = F.cross_entropy(model(images)["out"], labels.long(), ignore_index=IGNORE_INDEX)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

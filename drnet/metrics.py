@@ -17,11 +17,12 @@ from collections.abc import Sequence
 
 import torch
 
+from drnet.constants import IGNORE_INDEX
 from drnet.engine.distributed import all_reduce_sum
 
 
 def confusion_matrix(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """``[num_classes, num_classes]`` int64 counts, rows = ground truth, columns = prediction.
 
@@ -41,7 +42,7 @@ def confusion_matrix(
 class ConfusionMatrix:
     """Accumulates a confusion matrix over batches (and over ranks with :meth:`all_reduce`)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)

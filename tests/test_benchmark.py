@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
+from conftest import TINY_ARG, TINY_CHANNELS
 
 from drnet.cli import main
 from drnet.speed.benchmark import BenchmarkConfig, markdown_table, run_benchmark
 
-TINY = (8, 8, 16, 16, 32, 32, 32, 32)
-
 
 def test_benchmark_cli_inference_tiny(tmp_path, capsys) -> None:
     code = main(
-        ["benchmark", "--channels", ",".join(map(str, TINY)), "--size", "32", "--repeats", "1",
+        ["benchmark", "--channels", TINY_ARG, "--size", "32", "--repeats", "1",
          "--num-classes", "3", "--out", str(tmp_path), "--name", "quick", "--quiet", "--no-peak"]
     )  # fmt: skip
     assert code == 0
@@ -28,7 +28,7 @@ def test_benchmark_cli_inference_tiny(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_benchmark_cli_both_modes_tiny(tmp_path, capsys) -> None:
     code = main(
-        ["benchmark", "--model", "drn_d_22", "--channels", ",".join(map(str, TINY)),
+        ["benchmark", "--model", "drn_d_22", "--channels", TINY_ARG,
          "--size", "32x48", "--batch", "2", "--mode", "both", "--repeats", "1",
          "--num-classes", "4", "--out", str(tmp_path), "--name", "tiny", "--quiet",
          "--variants", "eager,fast,fast_nchw",
@@ -57,7 +57,7 @@ def test_benchmark_cli_both_modes_tiny(tmp_path, capsys) -> None:
     assert "| inference | fast |" in capsys.readouterr().out
 
 
-def test_benchmark_classification_library_call() -> None:
+def test_benchmark_classification_library_call(caplog) -> None:
     config = BenchmarkConfig(
         model="drn_c_26",
         task="classification",
@@ -65,14 +65,18 @@ def test_benchmark_classification_library_call() -> None:
         width=32,
         batch=1,
         num_classes=10,
-        channels=TINY,
+        channels=TINY_CHANNELS,
         repeats=1,
         inference_variants=("eager", "fast_channels_last"),
         measure_peak=False,
         measure_memory=False,
     )
-    result = run_benchmark(config)
+    with caplog.at_level(logging.INFO, logger="drnet"):
+        result = run_benchmark(config)
     assert [r["variant"] for r in result["rows"]] == ["eager", "fast_channels_last"]
+    # without a ``log`` callback the progress goes to the library's logger
+    progress = [r.getMessage() for r in caplog.records if r.name == "drnet.speed.benchmark"]
+    assert "warm-up eager" in progress and "round 1/1" in progress
     assert result["rows"][1]["max_rel_diff"] < 1e-4
     assert "not measured" in markdown_table(result)
 
@@ -86,7 +90,7 @@ def test_benchmark_rejects_unknown_variant(capsys) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_benchmark_training_amp_on_gpu(tmp_path) -> None:
     config = BenchmarkConfig(
-        model="drn_d_22", channels=TINY, height=64, width=64, batch=2, num_classes=4,
+        model="drn_d_22", channels=TINY_CHANNELS, height=64, width=64, batch=2, num_classes=4,
         mode="training", training_variants=("eager", "amp"), repeats=1, device="cuda",
     )  # fmt: skip
     rows = run_benchmark(config)["rows"]

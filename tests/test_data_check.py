@@ -5,27 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from _segdata import make_list_dataset
-from PIL import Image
+from conftest import make_imagefolder, make_list_dataset, run_cli, save_image, truncate
 
-from drnet.cli import main
 from drnet.data.check import check_dataset
 
 
-def save(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
-
-
-def truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
 def check(capsys, *argv):
-    rc = main(["data", "check", *map(str, argv), "--no-progress"])
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(capsys, "data", "check", *argv, "--no-progress")
 
 
 def test_clean_list_dataset_exits_0(tmp_path, capsys):
@@ -40,10 +26,10 @@ def test_every_problem_of_a_list_dataset_in_one_pass(tmp_path, capsys):
     root = make_list_dataset(tmp_path / "d", n_train=6, n_val=2, size=16)
     (root / "images/train_0.png").unlink()  # listed file missing
     truncate(root / "images/train_1.png")  # truncated image
-    save(root / "labels/train_2.png", np.zeros((16, 16, 3)))  # RGB label
-    save(root / "labels/train_3.png", np.full((16, 16), 7))  # value >= classes
-    save(root / "labels/train_4.png", np.zeros((16, 12)))  # size mismatch
-    save(root / "labels/val_0.png", np.full((12, 16), 9))  # size mismatch and bad values
+    save_image(root / "labels/train_2.png", np.zeros((16, 16, 3)))  # RGB label
+    save_image(root / "labels/train_3.png", np.full((16, 16), 7))  # value >= classes
+    save_image(root / "labels/train_4.png", np.zeros((16, 12)))  # size mismatch
+    save_image(root / "labels/val_0.png", np.full((12, 16), 9))  # size mismatch and bad values
     (root / "test_images.txt").write_text("\n")  # empty list file
     rc, out, _ = check(capsys, root, "--json", tmp_path / "report.json")
     assert rc == 1
@@ -79,7 +65,7 @@ def test_small_images_are_info_not_errors(tmp_path, capsys):
 
 def test_classes_argument_and_split_selection(tmp_path, capsys):
     root = make_list_dataset(tmp_path / "d", n_train=2, n_val=1, size=16)
-    save(root / "labels/val_0.png", np.full((16, 16), 2))
+    save_image(root / "labels/val_0.png", np.full((16, 16), 2))
     rc, out, _ = check(capsys, root, "--classes", "2", "--splits", "val")
     assert rc == 1 and "splits: val (1); 2 classes" in out
     assert "val_0.png has values [2] outside [0, 2)" in out and "train_" not in out
@@ -104,9 +90,9 @@ def test_list_files_in_another_folder_and_missing_labels(tmp_path):
 def test_cityscapes_missing_trainids_and_default_classes(tmp_path):
     root = tmp_path / "cs"
     for stem in ("a_1", "a_2"):
-        save(root / f"leftImg8bit/train/a/{stem}_leftImg8bit.png", np.zeros((4, 6, 3)))
-    save(root / "gtFine/train/a/a_1_gtFine_labelTrainIds.png", np.full((4, 6), 19))
-    save(root / "gtFine/train/a/a_2_gtFine_labelIds.png", np.full((4, 6), 7))
+        save_image(root / f"leftImg8bit/train/a/{stem}_leftImg8bit.png", np.zeros((4, 6, 3)))
+    save_image(root / "gtFine/train/a/a_1_gtFine_labelTrainIds.png", np.full((4, 6), 19))
+    save_image(root / "gtFine/train/a/a_2_gtFine_labelIds.png", np.full((4, 6), 7))
     report = check_dataset(root)
     assert report.layout == "cityscapes" and report.num_classes == 19
     values, missing = sorted(report.errors, key=lambda p: p.file.endswith("leftImg8bit.png"))
@@ -117,9 +103,9 @@ def test_cityscapes_missing_trainids_and_default_classes(tmp_path):
 def test_folder_layout_unpaired_images_and_unknown_classes(tmp_path):
     root = tmp_path / "f"
     for name in ("a", "b", "c"):
-        save(root / f"images/train/{name}.jpg", np.full((6, 5, 3), 128))
+        save_image(root / f"images/train/{name}.jpg", np.full((6, 5, 3), 128))
     for name, value in (("a", 1), ("b", 4)):
-        save(root / f"masks/train/{name}.png", np.full((6, 5), value))
+        save_image(root / f"masks/train/{name}.png", np.full((6, 5), value))
     report = check_dataset(root)
     assert report.layout == "folder" and report.splits == {"train": 3}
     (error,) = report.errors
@@ -130,17 +116,8 @@ def test_folder_layout_unpaired_images_and_unknown_classes(tmp_path):
     assert any("b.png has values [4]" in p.message for p in report.errors)
 
 
-def make_imagefolder(root, splits=("train", "val"), classes=("cat", "dog"), n=2):
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for cls in classes:
-            for i in range(n):
-                save(root / split / cls / f"{i}.png", rng.integers(0, 255, (12, 16, 3)))
-    return root
-
-
 def test_imagefolder_and_boxes(tmp_path, capsys):
-    root = make_imagefolder(tmp_path / "cls")
+    root = make_imagefolder(tmp_path / "cls", size=(12, 16))
     truncate(root / "train/cat/1.png")
     (root / "train/bird").mkdir()  # empty class folder, and val lacks it
     (root / "boxes_val.csv").write_text(

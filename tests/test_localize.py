@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHAPE_COLOURS, make_shape_tree
 from PIL import Image
 from torch import nn
 
@@ -32,46 +32,6 @@ from drnet.tasks.localize import (
     upsample_heatmap,
 )
 
-COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
-
-
-def make_shape_tree(
-    root: Path,
-    splits: dict[str, int] | None = None,
-    sizes: tuple[tuple[int, int], ...] = ((40, 48), (37, 45)),
-    seed: int = 0,
-    aligned: bool = False,
-) -> Path:
-    """``root/<split>/<colour>/<n>.png``: one filled rectangle of the class colour on a dark
-    background; ``root/boxes.csv`` lists every box (image paths relative to ``root``)."""
-    splits = splits or {"train": 6, "holdout": 3, "val": 3}
-    rng = random.Random(seed)
-    rows = []
-    for split, count in splits.items():
-        for name, colour in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for n in range(count):
-                height, width = sizes[n % len(sizes)]
-                image = Image.new("RGB", (width, height), (20, 20, 20))
-                if aligned:  # on the 8-px grid: the stride-8 box can be exact
-                    w, h = 8 * rng.randint(2, 3), 8 * rng.randint(2, 3)
-                    x, y = (
-                        8 * rng.randint(0, (width - w) // 8),
-                        8 * rng.randint(0, (height - h) // 8),
-                    )
-                else:
-                    w, h = rng.randint(12, 24), rng.randint(12, 24)
-                    x, y = rng.randint(0, width - w), rng.randint(0, height - h)
-                image.paste(colour, (x, y, x + w, y + h))
-                image.save(folder / f"{n:03d}.png")
-                rows.append([f"{split}/{name}/{n:03d}.png", x, y, x + w, y + h, name])
-    with (root / "boxes.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "x1", "y1", "x2", "y2", "label"])
-        writer.writerows(rows)
-    return root
-
 
 class ColourNet(nn.Module):
     """Class ``c`` responds with channel ``c`` (blue, green, red order = sorted class names)."""
@@ -87,7 +47,7 @@ def colour_card() -> ModelCard:
     return ModelCard(
         model="colournet",
         num_classes=3,
-        class_names=sorted(COLOURS),
+        class_names=sorted(SHAPE_COLOURS),
         mean=[0.0, 0.0, 0.0],
         std=[1.0, 1.0, 1.0],
         crop_size=32,

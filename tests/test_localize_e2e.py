@@ -9,11 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import make_shape_tree, save_tiny_model
 from PIL import Image
-from test_localize import make_shape_tree
 
-import drnet
 from drnet.cli import main
 from drnet.models.loading import ModelCard
 
@@ -67,9 +65,7 @@ def data(tmp_path_factory) -> Path:
 def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     channels = [int(c) for c in TINY.split(",")]
-    model = drnet.create_model("drn_d_22", num_classes=3, channels=channels)
-    run.mkdir()
-    torch.save(model.state_dict(), run / "checkpoint_last.pth")
+    save_tiny_model(run / "checkpoint_last.pth", 3, channels=channels)
     ModelCard(
         "drn_d_22", 3, class_names=["blue", "green", "red"], channels=channels, crop_size=32
     ).save(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from conftest import TINY_CHANNELS
 from torch import nn
 
 import drnet
@@ -37,7 +38,6 @@ TORCHVISION_TWIN = {
     "resnet50": "resnet50",
     "resnet101": "resnet101",
 }
-TINY_DRN = (8, 8, 16, 16, 32, 32, 32, 32)
 TINY_RESNET = (8, 16, 16, 32)
 HEAVY = {"drn_d_105", "drn_d_107", "resnet101", "drn_c_58", "drn_d_56", "drn_d_54"}
 
@@ -48,7 +48,7 @@ def meta_model(name: str, **kwargs) -> drnet.models.DRN:
 
 
 def tiny(name: str, **kwargs):
-    channels = TINY_RESNET if SPECS[name].family in ("A", "ResNet") else TINY_DRN
+    channels = TINY_RESNET if SPECS[name].family in ("A", "ResNet") else TINY_CHANNELS
     return drnet.create_model(name, channels=channels, **kwargs)
 
 
@@ -253,7 +253,7 @@ def test_flops_count_multiply_add_as_two():
 @pytest.mark.parametrize("backbone", ["drn_d_22", "drn_c_26", "drn_a_18", "drn_b_26", "resnet18"])
 @pytest.mark.parametrize("size", [(64, 64), (61, 83), (33, 47)])
 def test_segmentation_output_has_input_size(backbone, size):
-    channels = TINY_RESNET if SPECS[backbone].family in ("A", "ResNet") else TINY_DRN
+    channels = TINY_RESNET if SPECS[backbone].family in ("A", "ResNet") else TINY_CHANNELS
     model = drnet.create_segmentation_model(backbone, 4, channels=channels).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
@@ -284,7 +284,7 @@ def test_segmentation_state_dict_layout():
 
 
 def test_up_is_the_fixed_bilinear_kernel_and_not_trained():
-    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN)
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS)
     profile = torch.tensor([1, 3, 5, 7, 9, 11, 13, 15, 15, 13, 11, 9, 7, 5, 3, 1]) / 16
     expected = torch.outer(profile, profile)
     for channel in range(3):
@@ -297,13 +297,13 @@ def test_up_is_the_fixed_bilinear_kernel_and_not_trained():
 
 
 def test_up_weight_from_a_checkpoint_is_honoured(tmp_path):
-    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN).eval()
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS).eval()
     state = model.state_dict()
     state["up.weight"] = torch.zeros_like(state["up.weight"])
     path = tmp_path / "seg.pth"
     torch.save(state, path)
     loaded = drnet.create_segmentation_model(
-        "drn_d_22", 3, channels=TINY_DRN, checkpoint_path=path
+        "drn_d_22", 3, channels=TINY_CHANNELS, checkpoint_path=path
     ).eval()
     with torch.no_grad():
         assert loaded(torch.randn(1, 3, 16, 16))["out"].abs().max() == 0

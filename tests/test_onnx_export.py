@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_CHANNELS
 
 import drnet
 from drnet.cli import main
@@ -13,13 +14,11 @@ pytest.importorskip("onnxruntime")
 
 from drnet.speed.onnx_export import export_onnx  # noqa: E402
 
-TINY_DRN = (8, 8, 16, 16, 32, 32, 32, 32)
-
 
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26"])
 def test_segmentation_onnx_matches_eager_on_two_sizes(tmp_path, name: str) -> None:
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model(name, 5, channels=TINY_DRN).train()  # export evals
+    model = drnet.create_segmentation_model(name, 5, channels=TINY_CHANNELS).train()  # export evals
     report = export_onnx(
         model,
         tmp_path / "seg.onnx",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_ARG, TINY_CHANNELS, relative_error, save_tiny_model
 
 import drnet
 from drnet.errors import DrnetError
@@ -12,14 +13,12 @@ pytest.importorskip("torchao")
 
 from drnet.speed.quantize import quantize_int8  # noqa: E402
 
-TINY_DRN = (8, 8, 16, 16, 32, 32, 32, 32)
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26"])
 def test_int8_reference_graph_close_to_float(name: str) -> None:
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model(name, 5, channels=TINY_DRN).eval()
+    model = drnet.create_segmentation_model(name, 5, channels=TINY_CHANNELS).eval()
     calibration = [torch.randn(2, 3, 64, 64) for _ in range(3)]
     quantized = quantize_int8(model, calibration, compile=False)
     for size in [(64, 64), (48, 80)]:  # dynamic spatial size
@@ -29,13 +28,13 @@ def test_int8_reference_graph_close_to_float(name: str) -> None:
             out = quantized(x)["out"]
             labels = quantized.predict_labels(x)
         assert out.shape == reference.shape
-        assert float((out - reference).abs().max() / reference.abs().max()) < 0.15
+        assert relative_error(out, reference) < 0.15
         assert float((labels == reference.argmax(1)).float().mean()) > 0.9
 
 
 def test_int8_classifier_and_errors() -> None:
     torch.manual_seed(0)
-    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_DRN).eval()
+    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_CHANNELS).eval()
     quantized = quantize_int8(model, torch.randn(2, 3, 32, 32), compile=False)
     with torch.no_grad():
         assert quantized(torch.randn(3, 3, 32, 32)).shape == (3, 4)
@@ -46,13 +45,13 @@ def test_int8_classifier_and_errors() -> None:
 @pytest.mark.slow
 def test_int8_compiled_runs() -> None:
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN).eval()
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS).eval()
     quantized = quantize_int8(model, [torch.randn(1, 3, 32, 32)])
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         reference = model(x)["out"]
         out = quantized(x)["out"]
-    assert float((out - reference).abs().max() / reference.abs().max()) < 0.2
+    assert relative_error(out, reference) < 0.2
 
 
 @pytest.mark.slow
@@ -65,11 +64,10 @@ def test_quantize_cli_on_scenes(tmp_path, capsys) -> None:
     data = tmp_path / "scenes"
     make_segmentation_scenes(data, 4, 3, canvas=32, scale=(0.5, 1.0))
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model("drn_d_22", 11, channels=TINY_DRN)
-    torch.save(model.state_dict(), tmp_path / "w.pth")
+    save_tiny_model(tmp_path / "w.pth", 11, segmentation=True)
     code = main(
         ["quantize", "--checkpoint", str(tmp_path / "w.pth"), "--data", str(data),
-         "--channels", ",".join(map(str, TINY_DRN)), "--calibration", "2", "--no-compile",
+         "--channels", TINY_ARG, "--calibration", "2", "--no-compile",
          "--json"]
     )  # fmt: skip
     assert code == 0

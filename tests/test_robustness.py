@@ -12,21 +12,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _segdata import TINY_CHANNELS, make_list_dataset, one_thread
+from conftest import CPU, TINY_ARG, make_imagefolder, make_list_dataset, save_image, truncate
+from conftest import run_cli as cli
 from PIL import Image
 
 from drnet.cli import main
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
-
-CHANNELS = ",".join(map(str, TINY_CHANNELS))
-CPU = ["--device", "cpu", "--no-progress"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_error(rc: int, err: str, *names: object) -> str:
@@ -38,15 +30,6 @@ def assert_error(rc: int, err: str, *names: object) -> str:
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
     return lines[0]
-
-
-def save(path, array) -> None:
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
-
-
-def truncate(path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 # -- fixtures: a tiny segmentation dataset, trained runs -----------------------------------------
@@ -64,7 +47,7 @@ def seg(seg_source, tmp_path):
 
 
 def seg_train(data, out, *extra) -> list:
-    return ["segment", "train", "-d", data, "--channels", CHANNELS, "-s", "32", "--epochs", "1",
+    return ["segment", "train", "-d", data, "--channels", TINY_ARG, "-s", "32", "--epochs", "1",
             "--batch-size", "2", "-j", "0", "-o", out, *CPU, *extra]  # fmt: skip
 
 
@@ -73,16 +56,6 @@ def seg_run(seg_source, tmp_path_factory):
     run = tmp_path_factory.mktemp("segrun") / "run"
     assert main([str(a) for a in seg_train(seg_source, run)]) == 0
     return run
-
-
-def make_imagefolder(root, n=2):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                save(root / split / cls / f"{i}.png", rng.integers(0, 255, (20, 20, 3)))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +69,7 @@ def cls_data(cls_source, tmp_path):
 
 
 def cls_train(data, out, *extra) -> list:
-    return ["classify", "train", data, "--channels", CHANNELS, "--crop-size", "16",
+    return ["classify", "train", data, "--channels", TINY_ARG, "--crop-size", "16",
             "--epochs", "1", "--batch-size", "2", "--workers", "0", "--output-dir", out,
             *CPU, *extra]  # fmt: skip
 
@@ -163,14 +136,14 @@ def test_label_values_beyond_classes(seg, tmp_path, capsys):
     label = np.asarray(Image.open(path)).copy()
     label[3, 3] = 254
     label[4, 4] = 255  # ignore: fine
-    save(path, label)
+    save_image(path, label)
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
     assert_error(rc, err, path, "[254] outside [0, 3)")
 
 
 def test_label_and_image_sizes_differ(seg, tmp_path, capsys):
     path = seg / "labels/train_1.png"
-    save(path, np.zeros((32, 30)))
+    save_image(path, np.zeros((32, 30)))
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
     assert_error(rc, err, path, "is 30x32 but image", seg / "images/train_1.png")
 
@@ -234,7 +207,7 @@ def test_checkpoint_with_missing_and_unexpected_keys(seg_source, seg_run, tmp_pa
     path = tmp_path / "odd.pth"
     torch.save(state, path)
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", path, "--arch",
-                     "drn_d_22", "--channels", CHANNELS, "-o", tmp_path / "ev", *CPU)  # fmt: skip
+                     "drn_d_22", "--channels", TINY_ARG, "-o", tmp_path / "ev", *CPU)  # fmt: skip
     assert_error(rc, err, path, "missing keys (1): seg.bias", "unexpected keys (1): extra.weight")
 
 
@@ -267,7 +240,7 @@ def test_unreadable_checkpoint(damage, seg_source, seg_run, tmp_path, capsys):
 
 def test_resume_from_a_checkpoint_of_another_model(seg_source, seg_run, tmp_path, capsys):
     run = shutil.copytree(seg_run, tmp_path / "run")
-    wider = CHANNELS.rsplit(",", 1)[0] + ",64"
+    wider = TINY_ARG.rsplit(",", 1)[0] + ",64"
     argv = seg_train(seg_source, run, "--resume", "auto", "--epochs", "2", "--channels", wider)
     rc, _, err = cli(capsys, *argv)
     assert_error(rc, err, f"--resume {run / 'checkpoint_last.pth'}", "shape mismatches")
@@ -373,7 +346,7 @@ def test_box_file_names_a_missing_image(cls_source, cls_run, tmp_path, capsys):
 
 def test_data_check_reports_all_and_exits_1(seg, capsys):
     truncate(seg / "images/train_0.png")
-    save(seg / "labels/val_0.png", np.zeros((32, 32, 3)))
+    save_image(seg / "labels/val_0.png", np.zeros((32, 32, 3)))
     rc, out, _ = cli(capsys, "data", "check", seg, "--no-progress")
     assert rc == 1
     assert str(seg / "images/train_0.png") in out and str(seg / "labels/val_0.png") in out

@@ -12,25 +12,26 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _segdata import TINY_CHANNELS, make_list_dataset, one_thread
-from PIL import Image
+from conftest import (
+    CPU,
+    TINY_ARG,
+    drnet_process,
+    make_imagefolder,
+    make_list_dataset,
+    save_image,
+    save_tiny_model,
+)
 
 from drnet.cli import main
 from drnet.engine import load_checkpoint
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
-
-REPO = Path(__file__).resolve().parents[1]
-CHANNELS = ",".join(map(str, TINY_CHANNELS))
-CPU = ["--device", "cpu", "--no-progress"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -40,40 +41,18 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[key], wb[key]), key
 
 
-def drnet_process(argv: list, log: Path) -> subprocess.Popen:
-    """``python -m drnet ARGV`` on one thread; stdout and stderr go to ``log``."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    with open(log, "w") as handle:  # the child keeps its own copy of the file descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "drnet", *map(str, argv)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=log.parent,
-        )
-
-
 @pytest.mark.slow
 def test_entry_point_error_from_a_dataloader_worker_is_one_line(tmp_path):
     """``python -m drnet``: exit 2 and the original one-line message, although the error was
     raised in a DataLoader worker process (whose traceback torch packs into the message)."""
-    import drnet
-
     noise = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
     for cls in ("cat", "dog"):
-        (tmp_path / "val" / cls).mkdir(parents=True)
-        Image.fromarray(noise).save(tmp_path / "val" / cls / "0.png")
+        save_image(tmp_path / "val" / cls / "0.png", noise)
     bad = tmp_path / "val/dog/0.png"
     bad.write_bytes(bad.read_bytes()[:400])  # truncated
-    model = drnet.create_model("drn_d_22", num_classes=2, channels=TINY_CHANNELS)
-    torch.save(model.state_dict(), tmp_path / "model.pth")
+    save_tiny_model(tmp_path / "model.pth", num_classes=2)
     argv = ["classify", "eval", tmp_path / "val", "--weights", tmp_path / "model.pth",
-            "--model", "drn_d_22", "--channels", CHANNELS, "--crop-size", "16", "--workers", "1",
+            "--model", "drn_d_22", "--channels", TINY_ARG, "--crop-size", "16", "--workers", "1",
             "--output-dir", tmp_path / "ev", *CPU]  # fmt: skip
     proc = drnet_process(argv, tmp_path / "log")
     assert proc.wait(timeout=120) == 2
@@ -87,7 +66,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     data = make_list_dataset(tmp_path / "data", n_train=8, n_val=1, size=32)
     for name in ("train_images.txt", "train_labels.txt"):  # 40 samples: 20 iterations an epoch
         (data / name).write_text((data / name).read_text() * 5)
-    argv = ["segment", "train", "-d", data, "--channels", CHANNELS, "-s", "24", "--epochs", "2",
+    argv = ["segment", "train", "-d", data, "--channels", TINY_ARG, "-s", "24", "--epochs", "2",
             "--batch-size", "2", "-j", "0", "--random-scale", "1.5", "--random-rotate", "10",
             "--lr", "0.01", "--seed", "3", *CPU]  # fmt: skip
     reference = drnet_process([*argv, "-o", tmp_path / "ref"], tmp_path / "ref.log")
@@ -119,22 +98,11 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     )
 
 
-def make_imagefolder(root: Path, n: int = 6) -> Path:
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n if split == "train" else 1):
-                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
-    return root
-
-
 def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path, capsys, monkeypatch):
     from drnet.tasks.classify import ClassificationTask
 
-    data = make_imagefolder(tmp_path / "cls")
-    argv = ["classify", "train", data, "--channels", CHANNELS, "--crop-size", "16", "--epochs",
+    data = make_imagefolder(tmp_path / "cls", n_train=6, n_val=1, seed=1)
+    argv = ["classify", "train", data, "--channels", TINY_ARG, "--crop-size", "16", "--epochs",
             "2", "--batch-size", "2", "--workers", "0", "--lr", "0.05", "--seed", "5",
             *CPU]  # fmt: skip
     argv = [str(a) for a in argv]
@@ -187,7 +155,7 @@ def seg_data(tmp_path_factory):
 
 def test_malicious_checkpoint_is_refused_without_running(evil, seg_data, tmp_path, capsys):
     path, marker = evil
-    seg_train = ["segment", "train", "-d", seg_data, "--channels", CHANNELS, "-s", "16",
+    seg_train = ["segment", "train", "-d", seg_data, "--channels", TINY_ARG, "-s", "16",
                  "--epochs", "1", "--batch-size", "2", "-j", "0", "-o", tmp_path / "run",
                  *CPU]  # fmt: skip
     commands = [

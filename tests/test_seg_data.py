@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from _segdata import make_list_dataset
+from conftest import make_list_dataset, save_image
 from PIL import Image
 from torchvision import tv_tensors
 
-from drnet.data.cityscapes import CITYSCAPES_MEAN, label_ids_to_train_ids, prepare_cityscapes
+from drnet.constants import CITYSCAPES_MEAN
+from drnet.data.cityscapes import label_ids_to_train_ids, prepare_cityscapes
 from drnet.data.palettes import CITYSCAPES_PALETTE, colorize, get_palette, overlay
 from drnet.data.segmentation import detect_layout, open_segmentation_dataset
 from drnet.data.transforms import (
@@ -19,11 +20,6 @@ from drnet.data.transforms import (
     segmentation_train_transform,
 )
 from drnet.errors import DataError
-
-
-def save(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
 
 
 def test_list_layout(tmp_path):
@@ -55,9 +51,9 @@ def test_list_layout_list_dir_and_unlabeled_split(tmp_path):
 def test_cityscapes_layout_and_prepare(tmp_path):
     root = tmp_path / "cs"
     stem = "aachen_000000_000019"
-    save(root / f"leftImg8bit/train/aachen/{stem}_leftImg8bit.png", np.zeros((8, 16, 3)))
+    save_image(root / f"leftImg8bit/train/aachen/{stem}_leftImg8bit.png", np.zeros((8, 16, 3)))
     ids = np.array([[0, 7, 26, 33] * 4] * 8, dtype=np.uint8)  # unlabeled, road, car, bicycle
-    save(root / f"gtFine/train/aachen/{stem}_gtFine_labelIds.png", ids)
+    save_image(root / f"gtFine/train/aachen/{stem}_gtFine_labelIds.png", ids)
     assert detect_layout(root) == "cityscapes"
     with pytest.raises(DataError, match="cityscapes-prepare"):
         open_segmentation_dataset(root, "train")
@@ -73,8 +69,8 @@ def test_cityscapes_layout_and_prepare(tmp_path):
 
 def test_cityscapes_trainids_suffix(tmp_path):
     root = tmp_path / "cs"
-    save(root / "leftImg8bit/val/x/a_1_leftImg8bit.png", np.zeros((4, 4, 3)))
-    save(root / "gtFine/val/x/a_1_gtFine_trainIds.png", np.full((4, 4), 5))
+    save_image(root / "leftImg8bit/val/x/a_1_leftImg8bit.png", np.zeros((4, 4, 3)))
+    save_image(root / "gtFine/val/x/a_1_gtFine_trainIds.png", np.full((4, 4), 5))
     ds = open_segmentation_dataset(root, "val")
     assert ds[0][1].unique().tolist() == [5]
 
@@ -85,8 +81,8 @@ def test_folder_layout(tmp_path, pattern):
     img_dir = root / pattern.format(split="train")
     mask_dir = root / pattern.replace("images", "masks").format(split="train")
     for name in ("a", "sub/b"):
-        save(img_dir / f"{name}.jpg", np.full((6, 5, 3), 128))
-        save(mask_dir / f"{name}.png", np.ones((6, 5)))
+        save_image(img_dir / f"{name}.jpg", np.full((6, 5, 3), 128))
+        save_image(mask_dir / f"{name}.png", np.ones((6, 5)))
     (root / "info.json").write_text(json.dumps({"mean": [0.5] * 3, "std": [0.5] * 3}))
     # info.json alone would mean "list layout": the folder layout is chosen explicitly
     ds = open_segmentation_dataset(root, "train", num_classes=2, layout="folder")
@@ -94,7 +90,7 @@ def test_folder_layout(tmp_path, pattern):
     assert ds.mean == (0.5, 0.5, 0.5)
     (root / "info.json").unlink()
     assert detect_layout(root) == "folder"
-    save(img_dir / "c.png", np.zeros((6, 5, 3)))
+    save_image(img_dir / "c.png", np.zeros((6, 5, 3)))
     with pytest.raises(DataError, match="no mask of the same name.*c"):
         open_segmentation_dataset(root, "train", num_classes=2)
 
@@ -110,13 +106,13 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="empty_images.txt is empty"):
         open_segmentation_dataset(root, "empty", num_classes=3)
     ds = open_segmentation_dataset(root, "train", num_classes=3)
-    save(root / "labels/train_0.png", np.zeros((16, 16, 3)))
+    save_image(root / "labels/train_0.png", np.zeros((16, 16, 3)))
     with pytest.raises(DataError, match=r"labels/train_0.png is an RGB image"):
         ds[0]
-    save(root / "labels/train_0.png", np.full((16, 16), 7))
+    save_image(root / "labels/train_0.png", np.full((16, 16), 7))
     with pytest.raises(DataError, match=r"train_0.png has values \[7\] outside \[0, 3\)"):
         ds[0]
-    save(root / "labels/train_0.png", np.zeros((16, 15)))
+    save_image(root / "labels/train_0.png", np.zeros((16, 15)))
     with pytest.raises(DataError, match="train_0.png is 15x16 but image"):
         ds[0]
     (root / "images/train_1.png").write_bytes(b"garbage")

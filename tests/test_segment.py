@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from _segdata import TINY_CHANNELS, make_list_dataset, one_thread
+from conftest import TINY_CHANNELS, make_list_dataset
 from PIL import Image
 
 import drnet
@@ -26,7 +26,7 @@ from drnet.tasks.segment import (
     train_segmentation,
 )
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

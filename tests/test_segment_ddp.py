@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from _segdata import make_list_dataset
-from test_engine_ddp import run_torchrun
+from conftest import make_list_dataset, run_torchrun
 
 from drnet.engine import load_checkpoint
 from drnet.tasks.segment import run_evaluation

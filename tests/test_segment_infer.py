@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _segdata import TINY_CHANNELS, one_thread
+from conftest import TINY_CHANNELS
 from torch import nn
 
 import drnet
 from drnet.tasks.segment_infer import model_scores, predict_probs, sliding_window_probs
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

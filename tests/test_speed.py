@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CHANNELS, relative_error
 from torch import nn
 
 import drnet
@@ -15,12 +16,11 @@ from drnet.speed.fold import count_batchnorms
 from drnet.speed.fused import ConvAct, FusedBlock
 from drnet.speed.upsample import SeparableUpsample, separable_factors, upsample_labels_reference
 
-TINY_DRN = (8, 8, 16, 16, 32, 32, 32, 32)
 TINY_RESNET = (8, 8, 16, 16)
 
 
 def tiny_channels(name: str) -> tuple[int, ...]:
-    return TINY_RESNET if name.startswith(("drn_a", "resnet")) else TINY_DRN
+    return TINY_RESNET if name.startswith(("drn_a", "resnet")) else TINY_CHANNELS
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -35,10 +35,6 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
     return model
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 # (model, channels_last): every family, both layouts on the two most used models
@@ -73,8 +69,10 @@ def test_fast_classifier_matches_eager(name: str, channels_last: bool) -> None:
 
 def test_fast_path_features_and_map() -> None:
     torch.manual_seed(0)
-    features = drnet.create_model("drn_d_22", channels=TINY_DRN, features_only=True).eval()
-    dense = drnet.create_model("drn_c_26", num_classes=7, channels=TINY_DRN, out_map=True).eval()
+    features = drnet.create_model("drn_d_22", channels=TINY_CHANNELS, features_only=True).eval()
+    dense = drnet.create_model(
+        "drn_c_26", num_classes=7, channels=TINY_CHANNELS, out_map=True
+    ).eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.inference_mode():
         for a, b in zip(optimize_for_inference(features)(x), features(x), strict=True):
@@ -83,14 +81,14 @@ def test_fast_path_features_and_map() -> None:
 
 
 def test_fold_skips_trainless_batchnorm_structure() -> None:
-    model = drnet.create_model("drn_c_26", num_classes=4, channels=TINY_DRN)
+    model = drnet.create_model("drn_c_26", num_classes=4, channels=TINY_CHANNELS)
     folded = fold_batchnorm(model)
     assert count_batchnorms(folded) == 0
     assert count_batchnorms(model) > 0 and model.training  # copy; original unchanged
 
 
 def test_drn_c_58_discarded_downsample_not_run() -> None:
-    model = drnet.create_model("drn_c_58", num_classes=4, channels=TINY_DRN).eval()
+    model = drnet.create_model("drn_c_58", num_classes=4, channels=TINY_CHANNELS).eval()
     fast = optimize_for_inference(model, channels_last=False)
     block = fast.model.layer7[0]
     assert isinstance(block, FusedBlock) and block.downsample is None
@@ -122,7 +120,9 @@ def test_fast_segmentation_matches_eager(name: str, size: tuple[int, int]) -> No
 
 def test_fast_segmentation_official_output() -> None:
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model("drn_d_22", 4, channels=TINY_DRN, output="official")
+    model = drnet.create_segmentation_model(
+        "drn_d_22", 4, channels=TINY_CHANNELS, output="official"
+    )
     model.eval()
     x = torch.randn(1, 3, 40, 56)
     with torch.inference_mode():
@@ -134,7 +134,7 @@ def test_fast_segmentation_official_output() -> None:
 
 def test_auto_layout_measures_and_includes_eager() -> None:
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN).eval()
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS).eval()
     x = torch.randn(1, 3, 32, 32)
     fast = optimize_for_inference(model, example_input=x, repeats=1)
     assert set(fast.choice.seconds) == {"eager", "fast_nchw", "fast_channels_last"}
@@ -146,7 +146,7 @@ def test_auto_layout_measures_and_includes_eager() -> None:
 
 def test_upsample_matches_transposed_conv_and_falls_back() -> None:
     torch.manual_seed(0)
-    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN).eval()
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS).eval()
     low = torch.randn(2, 3, 9, 13)
     with torch.no_grad():
         full = model.up(low)
@@ -199,7 +199,7 @@ def test_grad_checkpoint_same_loss_grads_and_bn_buffers(name: str) -> None:
 
 def test_grad_checkpoint_classifier_bn_buffers() -> None:
     torch.manual_seed(0)
-    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_DRN).train()
+    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_CHANNELS).train()
     checkpointed = copy.deepcopy(model)
     checkpointed.set_grad_checkpointing(True)
     x = torch.randn(2, 3, 32, 32)
@@ -212,7 +212,7 @@ def test_grad_checkpoint_classifier_bn_buffers() -> None:
 
 
 def test_fast_inference_switch() -> None:
-    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_DRN)
+    model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS)
     from drnet.speed import InferenceModel, fast_inference
 
     assert isinstance(fast_inference(model), InferenceModel)
@@ -222,7 +222,7 @@ def test_fast_inference_switch() -> None:
 
 def test_packed_weights_copy_and_follow_weight_changes() -> None:
     torch.manual_seed(0)
-    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_DRN).eval()
+    model = drnet.create_model("drn_d_22", num_classes=4, channels=TINY_CHANNELS).eval()
     fast = optimize_for_inference(model, channels_last=True)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

@@ -9,13 +9,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import TINY_CHANNELS
 
 import drnet
 from drnet.errors import CheckpointError, DrnetError
 from drnet.models import registry
 from drnet.models.loading import load_state_dict_file
-
-TINY = (8, 8, 16, 16, 32, 32, 32, 32)
 
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
@@ -48,13 +47,15 @@ def same_outputs(a, b, x):
 
 @pytest.fixture
 def source():
-    return randomised(drnet.create_model("drn_d_22", channels=TINY, num_classes=10))
+    return randomised(drnet.create_model("drn_d_22", channels=TINY_CHANNELS, num_classes=10))
 
 
 def test_bare_state_dict_without_num_batches_tracked(tmp_path, source):
     path = tmp_path / "bare.pth"
     torch.save(official_state_dict(source), path)
-    model = drnet.create_model("drn_d_22", channels=TINY, num_classes=10, checkpoint_path=path)
+    model = drnet.create_model(
+        "drn_d_22", channels=TINY_CHANNELS, num_classes=10, checkpoint_path=path
+    )
     same_outputs(source, model.eval(), torch.randn(2, 3, 40, 40))
 
 
@@ -62,14 +63,18 @@ def test_legacy_training_checkpoint_with_module_prefix(tmp_path, source):
     path = tmp_path / "checkpoint_latest.pth.tar"
     wrapped = {f"module.{k}": v for k, v in official_state_dict(source).items()}
     torch.save({"epoch": 90, "arch": "drn_d_22", "state_dict": wrapped, "best_prec1": 71.2}, path)
-    model = drnet.create_model("drn_d_22", channels=TINY, num_classes=10, checkpoint_path=path)
+    model = drnet.create_model(
+        "drn_d_22", channels=TINY_CHANNELS, num_classes=10, checkpoint_path=path
+    )
     same_outputs(source, model.eval(), torch.randn(1, 3, 32, 48))
 
 
 def test_drnet_training_checkpoint(tmp_path, source):
     path = tmp_path / "checkpoint_last.pth"
     torch.save({"model": source.state_dict(), "epoch": 3, "optimizer": {"state": {}}}, path)
-    model = drnet.create_model("drn_d_22", channels=TINY, num_classes=10, checkpoint_path=path)
+    model = drnet.create_model(
+        "drn_d_22", channels=TINY_CHANNELS, num_classes=10, checkpoint_path=path
+    )
     same_outputs(source, model.eval(), torch.randn(1, 3, 24, 24))
 
 
@@ -79,7 +84,7 @@ def test_file_url_with_correct_hash_prefix(tmp_path, source):
     path = tmp_path / f"drn_d_22-{sha256(staging)[:8]}.pth"
     staging.rename(path)
     model = drnet.create_model(
-        "drn_d_22", channels=TINY, num_classes=10, checkpoint_path=path.as_uri()
+        "drn_d_22", channels=TINY_CHANNELS, num_classes=10, checkpoint_path=path.as_uri()
     )
     same_outputs(source, model.eval(), torch.randn(1, 3, 32, 32))
 
@@ -88,7 +93,9 @@ def test_file_url_with_wrong_hash_prefix_is_refused(tmp_path, source):
     path = tmp_path / "drn_d_22-0123abcd.pth"
     torch.save(official_state_dict(source), path)
     with pytest.raises(CheckpointError, match=r"hash mismatch .*0123abcd"):
-        drnet.create_model("drn_d_22", channels=TINY, num_classes=10, checkpoint_path=path.as_uri())
+        drnet.create_model(
+            "drn_d_22", channels=TINY_CHANNELS, num_classes=10, checkpoint_path=path.as_uri()
+        )
     with pytest.raises(CheckpointError, match="hash mismatch"):
         load_state_dict_file(tmp_path / "drn_d_22-0123abcd.pth", hash_prefix="ffff")
 
@@ -100,7 +107,7 @@ def test_mismatching_keys_are_listed(tmp_path, source):
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as info:
-        drnet.create_model("drn_d_22", channels=TINY, num_classes=10, checkpoint_path=path)
+        drnet.create_model("drn_d_22", channels=TINY_CHANNELS, num_classes=10, checkpoint_path=path)
     message = str(info.value)
     assert "missing keys (1): layer3.0.conv1.weight" in message
     assert "unexpected keys (1): layer9.0.weight" in message
@@ -118,7 +125,9 @@ def test_other_num_classes_keeps_backbone_and_warns(tmp_path, source):
     path = tmp_path / "ten.pth"
     torch.save(source.state_dict(), path)
     with pytest.warns(UserWarning, match="10 classes, model has 3"):
-        model = drnet.create_model("drn_d_22", channels=TINY, num_classes=3, checkpoint_path=path)
+        model = drnet.create_model(
+            "drn_d_22", channels=TINY_CHANNELS, num_classes=3, checkpoint_path=path
+        )
     torch.testing.assert_close(model.layer5[0].conv1.weight, source.layer5[0].conv1.weight)
     assert model.fc.weight.shape[0] == 3
 
@@ -168,7 +177,7 @@ def local_registry(monkeypatch, tmp_path, source):
     )
     monkeypatch.setitem(registry.WEIGHTS, ("drn_d_22", "imagenet"), entry)
     monkeypatch.setattr(
-        registry, "_spec_for", lambda *a: registry.SPECS["drn_d_22"].with_channels(TINY)
+        registry, "_spec_for", lambda *a: registry.SPECS["drn_d_22"].with_channels(TINY_CHANNELS)
     )
     monkeypatch.delenv("DRNET_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("DRNET_WEIGHTS_MIRROR", raising=False)
@@ -234,10 +243,12 @@ def test_weights_metadata_and_transforms():
 
 
 def test_official_segmentation_layout_loads_strictly(tmp_path):
-    source = randomised(drnet.create_segmentation_model("drn_d_22", 19, channels=TINY))
+    source = randomised(drnet.create_segmentation_model("drn_d_22", 19, channels=TINY_CHANNELS))
     path = tmp_path / "drn_d_22_cityscapes.pth"
     torch.save(official_state_dict(source), path)
-    model = drnet.create_segmentation_model("drn_d_22", 19, channels=TINY, checkpoint_path=path)
+    model = drnet.create_segmentation_model(
+        "drn_d_22", 19, channels=TINY_CHANNELS, checkpoint_path=path
+    )
     x = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         torch.testing.assert_close(source(x)["out"], model.eval()(x)["out"])
@@ -247,31 +258,40 @@ def test_segmentation_from_classification_checkpoint_initialises_backbone(tmp_pa
     path = tmp_path / "cls.pth"
     torch.save(source.state_dict(), path)
     with pytest.warns(UserWarning, match="classification checkpoint"):
-        model = drnet.create_segmentation_model("drn_d_22", 5, channels=TINY, checkpoint_path=path)
+        model = drnet.create_segmentation_model(
+            "drn_d_22", 5, channels=TINY_CHANNELS, checkpoint_path=path
+        )
     torch.testing.assert_close(model.base[5][0].conv1.weight, source.layer5[0].conv1.weight)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         backbone = drnet.create_segmentation_model(
-            "drn_d_22", 5, channels=TINY, backbone_checkpoint=path
+            "drn_d_22", 5, channels=TINY_CHANNELS, backbone_checkpoint=path
         )
     torch.testing.assert_close(backbone.base[8][0].weight, source.layer8[0].weight)
 
 
 def test_segmentation_checkpoint_into_classifier_gets_a_hint(tmp_path):
-    seg = drnet.create_segmentation_model("drn_d_22", 5, channels=TINY)
+    seg = drnet.create_segmentation_model("drn_d_22", 5, channels=TINY_CHANNELS)
     path = tmp_path / "seg.pth"
     torch.save(seg.state_dict(), path)
     with pytest.raises(CheckpointError, match="create_segmentation_model"):
-        drnet.create_model("drn_d_22", channels=TINY, checkpoint_path=path)
+        drnet.create_model("drn_d_22", channels=TINY_CHANNELS, checkpoint_path=path)
 
 
 def test_torch_hub_local(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    model = torch.hub.load(str(repo), "drn_d_22", source="local", channels=TINY, num_classes=3)
+    model = torch.hub.load(
+        str(repo), "drn_d_22", source="local", channels=TINY_CHANNELS, num_classes=3
+    )
     assert isinstance(model, drnet.models.DRN) and model.num_classes == 3
     seg = torch.hub.load(
-        str(repo), "drn_seg", source="local", backbone="drn_c_26", num_classes=4, channels=TINY
+        str(repo),
+        "drn_seg",
+        source="local",
+        backbone="drn_c_26",
+        num_classes=4,
+        channels=TINY_CHANNELS,
     )
     assert seg.num_classes == 4

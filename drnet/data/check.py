@@ -36,10 +36,10 @@ from typing import Any
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from drnet.constants import IGNORE_INDEX
 from drnet.data.boxes import BOX_KEYS, _check_box, _read_rows, read_voc_xml
 from drnet.data.classification import load_rgb
 from drnet.data.segmentation import (
-    IGNORE_INDEX,
     Sample,
     check_label,
     check_label_size,

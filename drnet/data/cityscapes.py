@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# re-exported: drnet.cli.segment imports the Cityscapes statistics from here
+from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.errors import DataError
 
-CITYSCAPES_MEAN = (0.290101, 0.328081, 0.286964)
-CITYSCAPES_STD = (0.182954, 0.186566, 0.184475)
 CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
 # label id -> train id for the 19 evaluated classes (cityscapesScripts' labels.py); all else 255
@@ -47,7 +47,7 @@ LABEL_ID_TO_TRAIN_ID = {
 
 def train_id_lut() -> np.ndarray:
     """A 256-entry lookup table label id -> train id (255 for unused ids)."""
-    lut = np.full(256, 255, dtype=np.uint8)
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for label_id, train_id in LABEL_ID_TO_TRAIN_ID.items():
         lut[label_id] = train_id
     return lut

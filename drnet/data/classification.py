@@ -18,10 +18,8 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from drnet.constants import IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import DataError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -71,7 +71,7 @@ from xml.etree import ElementTree
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from drnet.errors import DataError
@@ -89,7 +89,6 @@ __all__ = [
     "SceneSummary",
     "SegmentationScenes",
     "item_pool",
-    "load_textures",
     "make_classification_scenes",
     "make_segmentation_scenes",
     "read_boxes",
@@ -164,11 +163,6 @@ def _load_textures() -> tuple[np.ndarray, ...]:
                 f"packaged texture drnet/assets/textures/{name}.png is unreadable ({exc})"
             ) from exc
     return tuple(textures)
-
-
-def load_textures() -> dict[str, np.ndarray]:
-    """The packaged CC0 textures as grey ``uint8`` arrays (256x256), by name."""
-    return dict(zip(TEXTURE_NAMES, _load_textures(), strict=True))
 
 
 # ------------------------------------------------------------------------------------- rendering

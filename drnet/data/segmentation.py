@@ -29,13 +29,17 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from drnet.data.cityscapes import CITYSCAPES_MEAN, CITYSCAPES_NUM_CLASSES, CITYSCAPES_STD
+from drnet.constants import (
+    CITYSCAPES_MEAN,
+    CITYSCAPES_STD,
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
+from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.errors import DataError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 LAYOUTS = ("auto", "list", "cityscapes", "folder")
 MASK_DIR_NAMES = ("masks", "labels", "annotations")
@@ -147,7 +151,8 @@ class SegmentationDataset(Dataset):
         image = read_image(sample.image)
         height, width = image.shape[-2:]
         if sample.label is None:
-            return image, tv_tensors.Mask(torch.full((1, height, width), 255, dtype=torch.uint8))
+            blank = torch.full((1, height, width), IGNORE_INDEX, dtype=torch.uint8)
+            return image, tv_tensors.Mask(blank)
         label = read_label(sample.label)
         check_label_size(image, label, sample)
         check_label(label, self.num_classes, sample.label)

@@ -16,9 +16,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from drnet.constants import IGNORE_INDEX
 from drnet.errors import DrnetError
 
-IGNORE_INDEX = 255
 FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
 
 

@@ -6,23 +6,19 @@ each published weight file is a :class:`~drnet.models.weights.Weights` entry.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import DrnetError
 from drnet.models.drn import DRN
 from drnet.models.loading import load_state_dict_file
 from drnet.models.segmentation import DRNSeg
 from drnet.models.spec import LevelSpec, ModelSpec, StemSpec
 from drnet.models.weights import (
-    CITYSCAPES_MEAN,
-    CITYSCAPES_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Weights,
     load_into,
     resolve_weights_file,
@@ -374,18 +370,6 @@ def backbone_to_base_keys(model: DRNSeg, state_dict: dict, source: str) -> dict:
             raise DrnetError(f"{source}: unexpected key {key!r} for a {model.name} backbone")
         renamed[f"base.{index_of[head]}.{rest}"] = value
     return renamed
-
-
-def model_summary(name: str) -> dict[str, Any]:
-    """Facts for ``drnet models``: parameters, output stride, published weights."""
-    spec = get_spec(name)
-    return {
-        "name": name,
-        "family": spec.family,
-        "output_stride": spec.output_stride,
-        "weights": sorted(tag for model, tag in WEIGHTS if model == name),
-        "spec": dataclasses.asdict(spec),
-    }
 
 
 __all__ = [

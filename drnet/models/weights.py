@@ -31,11 +31,6 @@ from drnet.errors import CheckpointError
 WEIGHTS_DIR_ENV = "DRNET_WEIGHTS_DIR"  # a local directory holding weight files by their names
 WEIGHTS_MIRROR_ENV = "DRNET_WEIGHTS_MIRROR"  # a base URL (http(s):// or file://) serving them
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CITYSCAPES_MEAN = (0.290101, 0.328081, 0.286964)
-CITYSCAPES_STD = (0.182954, 0.186566, 0.184475)
-
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.[a-z]+$")
 
 

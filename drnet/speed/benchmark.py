@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import drnet
+from drnet.constants import IGNORE_INDEX
 from drnet.errors import DrnetError
 from drnet.models.summary import count_flops
 from drnet.speed.inference import InferenceModel, optimize_for_inference
 from drnet.speed.timing import measure, median, synchronize
+
+_LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
 
 INFERENCE_VARIANTS = ("eager", "fast", "fast_nchw", "fast_channels_last", "compile", "int8", "onnx")
 TRAINING_VARIANTS = ("eager", "channels_last", "grad_checkpoint", "amp", "compile")
@@ -257,25 +261,11 @@ def build_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
 def model_gflop(config: BenchmarkConfig) -> float:
     """GFLOP of one forward pass of one image (multiply-add = 2), counted on the meta device."""
     with torch.device("meta"):
-        model = build_model(dataclasses_replace(config, checkpoint=None), torch.device("meta"))
+        model = build_model(replace(config, checkpoint=None), torch.device("meta"))
     return count_flops(model.eval(), (1, 3, config.height, config.width)) / 1e9
 
 
-def dataclasses_replace(config: BenchmarkConfig, **changes: Any) -> BenchmarkConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
-
-
 # ---------------------------------------------------------------------------------- inference
-def _labels(output: Any) -> torch.Tensor:
-    if isinstance(output, dict):
-        output = output["out"]
-    elif isinstance(output, (tuple, list)):
-        output = output[0]
-    return output.argmax(1)
-
-
 def _logits(output: Any) -> torch.Tensor:
     if isinstance(output, dict):
         return output["out"]
@@ -373,7 +363,7 @@ def benchmark_inference(
     device: torch.device,
     gflop: float,
     peak: float | None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = _LOG.info,
 ) -> list[Row]:
     variants = tuple(dict.fromkeys(("eager", *config.inference_variants)))
     generator = torch.Generator().manual_seed(config.seed)
@@ -422,7 +412,7 @@ def benchmark_inference(
 def _loss(task: str, output: Any, target: torch.Tensor) -> torch.Tensor:
     logits = _logits(output).float()
     if task == "segmentation":
-        return F.cross_entropy(logits, target, ignore_index=255)
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
     return F.cross_entropy(logits, target)
 
 
@@ -462,7 +452,7 @@ def benchmark_training(
     device: torch.device,
     gflop: float,
     peak: float | None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = _LOG.info,
 ) -> list[Row]:
     variants = tuple(dict.fromkeys(("eager", *config.training_variants)))
     if device.type != "cuda":
@@ -472,7 +462,7 @@ def benchmark_training(
     classes = config.num_classes or (19 if config.task == "segmentation" else 1000)
     if config.task == "segmentation":
         target = torch.randint(0, classes, (config.batch, config.height, config.width))
-        target[:, : config.height // 16] = 255
+        target[:, : config.height // 16] = IGNORE_INDEX
     else:
         target = torch.randint(0, classes, (config.batch,))
     target = target.to(device)
@@ -550,7 +540,7 @@ def benchmark_training(
 
 # ------------------------------------------------------------------------------------- driver
 def run_benchmark(
-    config: BenchmarkConfig, log: Callable[[str], None] = lambda s: None
+    config: BenchmarkConfig, log: Callable[[str], None] = _LOG.info
 ) -> dict[str, Any]:
     """Measure the conv peak, then inference and/or training variants; returns a JSON-able dict
     with ``machine``, ``config``, ``conv_peak``, ``gflop_per_img`` and ``rows``."""
@@ -637,11 +627,6 @@ def default_stem(config: BenchmarkConfig) -> str:
     return (
         f"{config.model}_{config.task}_{config.height}x{config.width}_b{config.batch}_{config.mode}"
     )
-
-
-def isclose_inference(row: dict[str, Any], rtol: float = 1e-4) -> bool:
-    """Whether a fast variant's output stayed within ``rtol`` of the baseline."""
-    return row["max_rel_diff"] is not None and row["max_rel_diff"] <= rtol
 
 
 __all__ = [
