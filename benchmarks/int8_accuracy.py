@@ -93,9 +93,9 @@ def main() -> int:
     if args.checkpoint is None and not checkpoint.is_file():
         training = train(args, data, checkpoint)
     report = evaluate_int8(
-        args.model,
         checkpoint,
         data,
+        model=args.model,
         channels=args.channels,
         calibration_images=args.calibration,
         val_images=args.val_scenes,

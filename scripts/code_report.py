@@ -38,11 +38,8 @@ def _imports(tree: ast.AST, module: str) -> set[str]:
             elif node.module:
                 found.add(node.module)
                 found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {
-        name
-        for name in found
-        if (name == "drnet" or name.startswith("drnet.")) and not name.split(".")[-1].startswith("__")
-    }
+    ours = {name for name in found if name == "drnet" or name.startswith("drnet.")}
+    return {name for name in ours if not name.split(".")[-1].startswith("__")}  # no __version__
 
 
 def main() -> None:
@@ -64,7 +61,8 @@ def main() -> None:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
-                lengths.append((lines, f"{path.relative_to(root.parent)}:{node.lineno} {node.name}"))
+                where = f"{path.relative_to(root.parent)}:{node.lineno} {node.name}"
+                lengths.append((lines, where))
     print("import graph (subpackage -> drnet subpackages it imports):")
     for source in sorted(graph):
         print(f"  {source} -> {', '.join(sorted(graph[source]))}")

@@ -379,18 +379,28 @@ def test_segment_pretrained_flag_reads_the_published_weights(tmp_path, monkeypat
     "flags, level",
     [([], logging.INFO), (["--quiet"], logging.WARNING), (["--debug"], logging.DEBUG)],
 )
-def test_main_installs_one_stderr_handler_with_the_level(flags, level, capsys):
+def test_main_installs_one_stderr_handler_with_the_level(flags, level, capsys, monkeypatch):
+    import drnet.cli as cli
+
     logger = logging.getLogger("drnet")
-    main([*flags, "data"])  # prints the data help: cheap
-    main([*flags, "data"])  # a second run replaces the handler, never stacks a second one
-    ours = [h for h in logger.handlers if type(h).__name__ == "_StderrHandler"]
-    assert len(ours) == 1 and logger.level == level
-    capsys.readouterr()
-    logging.getLogger("drnet.tasks.x").info("bare message")
-    logging.getLogger("drnet.tasks.x").warning("a warning")
+    seen = []
+
+    def command(parser, args) -> int:
+        ours = [h for h in logger.handlers if type(h).__name__ == "_StderrHandler"]
+        seen.append((len(ours), logger.level))
+        logging.getLogger("drnet.tasks.x").info("bare message")
+        logging.getLogger("drnet.tasks.x").warning("a warning")
+        return 0
+
+    monkeypatch.setattr(cli, "_run", command)
+    main([*flags, "data"])
+    main([*flags, "data"])  # a second run never stacks a second handler
+    assert seen == [(1, level), (1, level)]
+    # after a run the library's logging is as the caller had it (no handler left behind)
+    assert not [h for h in logger.handlers if type(h).__name__ == "_StderrHandler"]
     err = capsys.readouterr().err
-    assert ("bare message\n" in err) == (level <= logging.INFO)
-    assert "a warning\n" in err and "WARNING" not in err and "drnet.tasks" not in err
+    assert (err.count("bare message\n") == 2) == (level <= logging.INFO)
+    assert err.count("a warning\n") == 2 and "WARNING" not in err and "drnet.tasks" not in err
 
 
 def test_quiet_and_debug_are_exclusive(capsys):
@@ -412,7 +422,7 @@ def test_json_alone_prints_json_and_json_path_writes_it(tmp_path, capsys):
 
 
 def test_data_check_json_alone_prints_the_report(tmp_path, capsys):
-    from _segdata import make_list_dataset
+    from conftest import make_list_dataset
 
     root = make_list_dataset(tmp_path / "d", n_train=2, n_val=1, size=16)
     assert main(["data", "check", str(root), "--json", "--no-progress"]) == 0

@@ -9,7 +9,6 @@ import signal
 
 import pytest
 import torch
-from _segdata import one_thread
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,7 +18,7 @@ from drnet.engine.data import SeededDataset, ShardedSampler
 from drnet.engine.schedule import LRFactor
 from drnet.errors import CheckpointError, DrnetError
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NoisyPoints(Dataset):

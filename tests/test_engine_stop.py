@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-from _segdata import one_thread
 from test_engine import ToyTask, assert_same, config, weights
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -19,7 +18,7 @@ from drnet.engine.schedule import IterationLR, LRFactor, build_scheduler
 from drnet.engine.stop import StopCheck
 from drnet.errors import DrnetError
 
-single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ITERS, BATCH = 6, 8  # ToyTask: 48 samples, batch 8 -> 6 iterations per epoch
 

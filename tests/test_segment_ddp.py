@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
                              crop_size=32, random_scale=1.5, random_rotate=10)
     config = TrainConfig(output_dir=out, epochs=2, batch_size=4, lr=0.05, workers=0,
                          device="cpu", progress=False, seed=5, bn_sync=True)
-    train(Task(options), config)
+    train(Task.from_options(options), config)
     rank = int(os.environ["RANK"])
     torch.save(holder["model"].state_dict(), os.path.join(out, f"rank{rank}.pt"))
     run_evaluation(os.path.join(out, "checkpoint_last.pth"), data, "val",

@@ -115,7 +115,8 @@ class _StderrHandler(logging.StreamHandler):
 def configure_logging(level: int = logging.INFO) -> logging.Handler:
     """Give the ``drnet`` logger one stderr handler printing the bare message at ``level``.
 
-    Called by :func:`main` on every run; a second call replaces the handler it installed.
+    Called by :func:`main` for the length of a run (a library user's own logging set-up is left
+    as it was afterwards); a second call replaces the handler it installed.
     """
     logger = logging.getLogger("drnet")
     for handler in list(logger.handlers):
@@ -132,9 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``drnet ARGV``; returns the exit status (2 for a usage or input error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(
+    logger = logging.getLogger("drnet")
+    level = logger.level
+    handler = configure_logging(
         logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     )
+    try:
+        return _run(parser, args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2 if args.command is None else 0

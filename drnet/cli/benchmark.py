@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     model, task, num_classes = args.model, args.task, args.num_classes
     channels, checkpoint = args.channels, None
     if args.weights:  # a run, a checkpoint or an official file: it says what it holds
-        run = read_run(args.weights, model=model, task=task, num_classes=num_classes)
+        run = read_run(
+            args.weights, model=model, task=task, num_classes=num_classes, default_model="drn_d_22"
+        )
         model, task, num_classes = run.card.model, run.card.task, run.card.num_classes
         channels, checkpoint = channels or run.card.channels, run.checkpoint
     model, task = model or "drn_d_22", task or "segmentation"

@@ -25,7 +25,6 @@ from drnet.cli.vocab import (
     group,
     load_from_args,
 )
-from drnet.errors import DrnetError
 
 DATA_LAYOUT = "ImageFolder layout: <split>/<class_name>/<image>, classes = sorted folder names"
 
@@ -159,15 +158,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from drnet.tasks.classify import ClassificationTask, train_classifier
+    from drnet.tasks.classify import ClassificationTask, resolve_splits, train_classifier
 
-    data = args.data_dir
-    if not data and not args.train_dir:
-        raise DrnetError("give the dataset root DATA (with train/ and val/) or --train-dir")
-    train_dir = Path(args.train_dir or Path(data) / "train")
-    val_dir = args.val_dir
-    if val_dir is None and data and (Path(data) / "val").is_dir():
-        val_dir = Path(data) / "val"
+    train_dir, val_dir = resolve_splits(args.data_dir, args.train_dir, args.val_dir)
     task = ClassificationTask.from_dirs(
         args.model,
         train_dir,

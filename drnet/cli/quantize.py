@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dataset folder (list files / Cityscapes / image+mask folders). "
         "Needs: pip install 'drnet[int8]'.",
     )
-    add_model(parser, "drn_d_22")
+    add_model(parser, None, "architecture (default: the one --weights records, else drn_d_22)")
     add_weights(parser, "trained DRNSeg weights (a drnet checkpoint or the official .pth)", True)
     add_num_classes(parser, "classes (default: from the data)")
     add_channels(parser)
@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from drnet.speed.quantize_eval import evaluate_int8
 
     report = evaluate_int8(
-        args.model,
         args.weights,
-        data=args.data_dir,
+        args.data_dir,
+        model=args.model,
         num_classes=args.num_classes,
         channels=args.channels,
         calibration_images=args.calibration,

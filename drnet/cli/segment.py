@@ -293,9 +293,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from drnet.cli.vocab import load_from_args
-    from drnet.data.segmentation import dataset_info, open_segmentation_dataset
+    from drnet.data.segmentation import dataset_info
     from drnet.engine.distributed import resolve_device
-    from drnet.tasks.segment import collect_inputs, predict_segmentation
+    from drnet.tasks.segment import collect_inputs, predict_segmentation, split_inputs
 
     if not args.inputs and not (args.data_dir and args.split):
         raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
@@ -306,15 +306,9 @@ def run_predict(args: argparse.Namespace) -> int:
         info = dataset_info(args.data_dir, args.layout, args.split or "train")
         mean, std = info["mean"], info["std"]
         if args.split:
-            ds = open_segmentation_dataset(
-                args.data_dir,
-                args.split,
-                card.num_classes,
-                layout=args.layout,
-                list_dir=args.list_dir,
-                require_labels=False,
+            items += split_inputs(
+                args.data_dir, args.split, card.num_classes, args.layout, args.list_dir
             )
-            items += [(s.image, s.name) for s in ds.samples]
     for source in args.inputs:
         items += collect_inputs(source)
     results = predict_segmentation(

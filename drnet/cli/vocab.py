@@ -315,7 +315,7 @@ __all__ = [
 ]
 
 
-def load_from_args(args: argparse.Namespace, task: str):
+def load_from_args(args: argparse.Namespace, task: str | None, default_model: str | None = None):
     """The model and its card for the model options of a parsed command line (``--weights``,
     ``--model``, ``--pretrained``, ``--num-classes``, ``--channels``, ``--class-names``, and the
     eval sizes ``--crop-size``/``--resize-size`` where the command has them), through
@@ -331,6 +331,7 @@ def load_from_args(args: argparse.Namespace, task: str):
         num_classes=getattr(args, "num_classes", None),
         channels=getattr(args, "channels", None),
         class_names=read_class_names(class_names) if class_names else None,
+        default_model=default_model,
     )
     card = card.with_eval_size(getattr(args, "crop_size", None), getattr(args, "resize_size", None))
     return model, card
@@ -344,9 +345,7 @@ def model_from_args(args: argparse.Namespace, default_model: str = "drn_d_22"):
 
     task = args.task or ("segmentation" if not args.weights else None)
     if args.weights or getattr(args, "pretrained", False):
-        if not args.weights:
-            args.model = args.model or default_model
-        model, _ = load_from_args(args, task)
+        model, _ = load_from_args(args, task, default_model)
         return model
     card = ModelCard(
         model=args.model or default_model,

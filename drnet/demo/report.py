@@ -294,9 +294,10 @@ def _summary(metrics: dict) -> str:
 def _comparison(metrics: dict) -> str:
     rows = []
     for row in metrics["comparison"]:
-        chance = row.get("gridding_chance")
+        share, chance = row.get("gridding_lattice_share"), row.get("gridding_share_chance")
         grid = (
-            f"{_num(row['gridding_score'])} <small>(chance {_num(chance)})</small>"
+            f"{_num(row['gridding_score'])} <small>(lattice share {_num(share)}, white noise "
+            f"{_num(chance)})</small>"
             if row.get("gridding_score") is not None
             else "n/a"
         )
@@ -519,12 +520,14 @@ def _activations(per_model: dict, activations: dict, data, figures: Path) -> str
     image = data.cls_val.scenes.render(0).image
     parts = ["<h2>Activation maps and gridding</h2>"]
     parts.append(
-        '<p class="note">Mean |activation| over channels of each level for one val scene, each '
-        "tile scaled to its own range. The gridding score is the share of a level's spectral "
-        "power at the period-2 and period-4 lattice frequencies (the dilations of levels 5-6), "
-        "averaged over the channels of "
-        "several val scenes; white noise scores the chance level beside it. On maps this small "
-        "the chance level is high: compare models level by level, not across sizes.</p>"
+        '<p class="note">Each level for one val scene, each tile scaled to its own range: the '
+        "mean |activation| over channels, and (second figure) the most active channel, the "
+        "statistic of the paper's figure. The gridding score is the excess power at the period-2 "
+        "and period-4 lattice frequencies (the dilations of levels 5-6) over what the "
+        "neighbouring frequencies predict there, as a share of the map's power, over the channels "
+        "of several val scenes: 0 means no gridding, whatever the map's smoothness or size; it is "
+        "weak on 8x8 maps. The lattice share (the earlier measure: the share of power at those "
+        "frequencies, against white noise) is shown beside it.</p>"
     )
     figure_models = [m for m in GRIDDING_FIGURE_MODELS if m in activations]
     if len(figure_models) >= 2:
@@ -544,16 +547,30 @@ def _activations(per_model: dict, activations: dict, data, figures: Path) -> str
             name: (f"grid {s['score']:.2f}" if s.get("score") is not None else "grid n/a")
             for name, s in scores.items()
         }
-        grid = render_activation_grid(
-            {model: acts}, figures / f"activations_{model}.png", image=image, tile=80, titles=titles
-        )
+        figures_html = ""
+        for statistic, label in (("mean", "mean over channels"), ("max_channel", "most active")):
+            grid = render_activation_grid(
+                {model: acts},
+                figures / f"activations_{model}_{statistic}.png",
+                image=image,
+                tile=80,
+                titles=titles,
+                statistic=statistic,
+            )
+            figures_html += _img(grid, None, f"activation maps {model} ({label})", True)
         rows = [
-            [_e(n), f"{s['height']}x{s['width']}", _num(s.get("score")), _num(s.get("chance"))]
+            [
+                _e(n),
+                f"{s['height']}x{s['width']}",
+                _num(s.get("score")),
+                _num(s.get("lattice_share")),
+                _num(s.get("lattice_share_chance")),
+            ]
             for n, s in scores.items()
         ]
+        headers = ["level", "map", "gridding score", "lattice share", "white-noise share"]
         parts.append(
-            f"<h3>{_e(model)}</h3><figure>{_img(grid, None, f'activation maps {model}', True)}"
-            f"</figure>{_table(['level', 'map', 'gridding score', 'chance'], rows)}"
+            f"<h3>{_e(model)}</h3><figure>{figures_html}</figure>{_table(headers, rows)}"
         )
     return "".join(parts)
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,8 +95,11 @@ class DemoConfig:
 # ----------------------------------------------------------------------------------- helpers
 
 
+logger = logging.getLogger(__name__)
+
+
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logger.info("%s", message)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -960,18 +963,14 @@ def activation_analysis(
     """Per-level activations on ``count`` val scenes and their gridding scores.
 
     Returns ``(scores, activations of the first scene)``; a level whose maps are smaller than
-    8x8 has ``score`` None (on 4x4 maps every frequency is a period-2/4 lattice frequency).
+    8x8 has ``score`` None (:func:`drnet.analysis.gridding_scores`).
     """
     from drnet.analysis import collect_activations, gridding_scores
 
     model.eval()
     images = torch.stack([data.cls_val[i][0] for i in range(count)]).to(device)
     acts = collect_activations(model, images)
-    scores = {}
-    for name, entry in gridding_scores(acts).items():
-        if min(entry["height"], entry["width"]) < 8:
-            entry = {**entry, "score": None, "chance": None}
-        scores[name] = entry
+    scores = gridding_scores(acts)
     first = {name: a[:1].cpu() for name, a in acts.items()}
     return scores, first
 
@@ -1213,6 +1212,8 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
                 "gridding_map": f"{score['height']}x{score['width']}" if score else None,
                 "gridding_score": score.get("score"),
                 "gridding_chance": score.get("chance"),
+                "gridding_lattice_share": score.get("lattice_share"),
+                "gridding_share_chance": score.get("lattice_share_chance"),
             }
         )
     return {

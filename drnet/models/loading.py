@@ -306,13 +306,18 @@ def _default_normalisation(card: ModelCard) -> None:
 
 
 def _card_for_checkpoint(
-    obj: Any, state_dict: Mapping[str, Tensor], found: ModelCard | None, model: str | None
+    obj: Any,
+    state_dict: Mapping[str, Tensor],
+    found: ModelCard | None,
+    model: str | None,
+    default_model: str | None = None,
 ) -> ModelCard:
     embedded = obj.get("task") if isinstance(obj, Mapping) else None
     if isinstance(embedded, Mapping) and ("model" in embedded or "arch" in embedded):
         return ModelCard.from_dict(embedded)
     if found is not None:
         return found
+    model = model or default_model
     if not model:
         raise DrnetError(
             "the checkpoint does not say its architecture: pass --model (e.g. drn_d_22)"
@@ -405,6 +410,7 @@ def load_model(
     num_classes: int | None = None,
     channels: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    default_model: str | None = None,
 ) -> tuple[nn.Module, ModelCard]:
     """A trained model (eval mode, on the CPU) and its :class:`ModelCard`.
 
@@ -420,6 +426,8 @@ def load_model(
             the other task is refused with one line.
         num_classes, channels, class_names: for checkpoints that do not record them (checked
             against the checkpoint when it does).
+        default_model: the architecture of a checkpoint that records none when ``model`` is not
+            given (the default of commands that always assumed one, e.g. ``drn_d_22``).
     """
     from drnet.models.registry import load_segmentation_state
     from drnet.models.weights import load_into
@@ -427,6 +435,7 @@ def load_model(
     if weights is not None and pretrained:
         raise DrnetError("give --weights PATH or --pretrained, not both")
     if weights is None:
+        model = model or (default_model if pretrained else None)
         if not (model and pretrained):
             raise DrnetError("pass --weights RUN_DIR_OR_CHECKPOINT (or --model NAME --pretrained)")
         tag = "cityscapes" if _TASK_ALIASES.get(task, task) == "segmentation" else "imagenet"
@@ -441,6 +450,7 @@ def load_model(
         num_classes=num_classes,
         channels=channels,
         class_names=class_names,
+        default_model=default_model,
     )
     network = build_model(loaded.card)
     if loaded.card.task == "segmentation":
@@ -467,6 +477,7 @@ def read_run(
     num_classes: int | None = None,
     channels: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    default_model: str | None = None,
 ) -> LoadedRun:
     """The checkpoint behind ``weights`` (a run directory, a checkpoint file or URL), its state
     dict and its card, checked against what the caller passes (same meaning as
@@ -474,7 +485,7 @@ def read_run(
     resolved = resolve_weights(weights)
     obj = read_checkpoint(resolved.checkpoint)
     state_dict = extract_state_dict(obj, resolved.checkpoint)
-    card = _card_for_checkpoint(obj, state_dict, resolved.card, model)
+    card = _card_for_checkpoint(obj, state_dict, resolved.card, model, default_model)
     source = resolved.checkpoint
     _apply_overrides(
         card,

@@ -20,9 +20,11 @@ def _evenly(count: int, wanted: int) -> list[int]:
 
 @torch.no_grad()
 def evaluate_int8(
-    model_name: str,
-    checkpoint: str | os.PathLike,
+    weights: str | os.PathLike,
     data: str | os.PathLike,
+    *,
+    model: str | None = None,
+    default_model: str | None = "drn_d_22",
     num_classes: int | None = None,
     channels: Sequence[int] | None = None,
     calibration_images: int = 32,
@@ -34,12 +36,16 @@ def evaluate_int8(
     """Quantize a trained DRNSeg with ``calibration_images`` of ``calibration_split`` and score
     float32 (eager) and int8 on up to ``val_images`` images of ``val_split``.
 
+    ``weights``: a segmentation run directory, drnet checkpoint or official ``.pth`` (anything
+    :func:`drnet.models.loading.load_model` takes); ``model``, ``num_classes`` and ``channels``
+    for files that do not record them (``default_model`` when nothing names the architecture).
+
     Returns mIoU and pixel accuracy of both, the share of labels int8 left unchanged, and the
     median milliseconds per image of each (int8 timed after its compile warm-up). Without
     ``compile`` the int8 graph runs as float reference ops: same labels, no speed-up.
     """
-    import drnet
     from drnet.data.segmentation import open_segmentation_dataset
+    from drnet.models.loading import load_model
     from drnet.speed.quantize import quantize_int8
 
     if data is None:
@@ -47,14 +53,19 @@ def evaluate_int8(
     calibration_set = open_segmentation_dataset(data, calibration_split, num_classes)
     val_set = open_segmentation_dataset(data, val_split, calibration_set.num_classes)
     classes = val_set.num_classes
-    model = drnet.create_segmentation_model(
-        model_name, num_classes=classes, channels=channels, checkpoint_path=checkpoint
-    ).eval()
+    network, card = load_model(
+        weights,
+        model=model,
+        default_model=default_model,
+        task="segmentation",
+        num_classes=classes,
+        channels=channels,
+    )
     calibration = [
         calibration_set[i][0][None] for i in _evenly(len(calibration_set), calibration_images)
     ]
     start = time.perf_counter()
-    quantized = quantize_int8(model, calibration, example_input=calibration[0], compile=compile)
+    quantized = quantize_int8(network, calibration, example_input=calibration[0], compile=compile)
     quantize_s = time.perf_counter() - start
 
     fp32_cm, int8_cm = ConfusionMatrix(classes), ConfusionMatrix(classes)
@@ -68,7 +79,7 @@ def evaluate_int8(
         image, label = val_set[i]
         x = image[None]
         t0 = time.perf_counter()
-        fp32 = model(x)["out"].argmax(1)
+        fp32 = network(x)["out"].argmax(1)
         t1 = time.perf_counter()
         int8 = quantized.predict_labels(x)
         t2 = time.perf_counter()
@@ -82,8 +93,8 @@ def evaluate_int8(
     ms_fp32 = 1e3 * float(torch.tensor(fp32_times).median())
     ms_int8 = 1e3 * float(torch.tensor(int8_times).median())
     return {
-        "model": model_name,
-        "checkpoint": str(checkpoint),
+        "model": card.model,
+        "checkpoint": str(weights),
         "data": str(data),
         "classes": classes,
         "calibration_images": len(calibration),

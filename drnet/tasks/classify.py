@@ -33,7 +33,7 @@ from drnet.data.classification import (
 )
 from drnet.engine.distributed import resolve_device
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
-from drnet.errors import DataError
+from drnet.errors import DataError, DrnetError
 from drnet.models.loading import ModelCard, logits_of
 
 CONFUSION_IMAGE_MAX_CLASSES = 30
@@ -355,6 +355,21 @@ def write_predictions(predictions: Sequence[dict], output_dir: str | Path) -> di
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def resolve_splits(
+    data_dir: str | Path | None,
+    train_dir: str | Path | None = None,
+    val_dir: str | Path | None = None,
+) -> tuple[Path, Path | None]:
+    """The training and validation folders: given ones win, else ``DATA/train`` and (when it
+    exists) ``DATA/val``."""
+    if not data_dir and not train_dir:
+        raise DrnetError("give the dataset root DATA (with train/ and val/) or --train-dir")
+    train = Path(train_dir or Path(data_dir) / "train")
+    if val_dir is None and data_dir and (Path(data_dir) / "val").is_dir():
+        val_dir = Path(data_dir) / "val"
+    return train, Path(val_dir) if val_dir else None
 
 
 class ClassificationTask(Task):

@@ -460,6 +460,60 @@ def _require_boxes(scores: SplitScores, split_dir: str | Path, source: str | Pat
         )
 
 
+def _sweep(settings: LocalizationSettings, threshold: float | str, thresholds) -> list[float]:
+    if thresholds is None:
+        if settings.threshold_mode == "raw" and threshold == "auto":
+            raise DrnetError(
+                "raw thresholds have no default sweep: pass --thresholds (e.g. 0:10:0.5) with "
+                "--threshold-mode raw"
+            )
+        thresholds = default_thresholds() if settings.threshold_mode == "minmax" else []
+    thresholds = list(thresholds)
+    if threshold != "auto" and float(threshold) not in thresholds:
+        thresholds = sorted([*thresholds, float(threshold)])
+    return thresholds
+
+
+def _split_boxes(split_dir: str | Path, source: str | Path, xml_origin: int) -> dict:
+    keys = [relative_key(p, split_dir) for p, _ in image_folder(split_dir).samples]
+    return load_boxes(source, keys, xml_origin=xml_origin, root=split_dir)
+
+
+def _check_held_out(val_dir: str | Path | None, split_dir: str | Path) -> Path:
+    if val_dir is None:
+        raise DrnetError(
+            "--threshold auto chooses t on a held-out split: pass --val-dir DIR (never the "
+            "evaluation split), or a fixed --threshold such as 0.2"
+        )
+    if Path(val_dir).resolve() == Path(split_dir).resolve():
+        raise DrnetError(
+            f"--val-dir {val_dir} is the evaluation split; choose t on a held-out split"
+        )
+    return Path(val_dir)
+
+
+class _OverlayWriter:
+    """``on_image`` callback of :func:`score_split`: heatmap + box overlays of the first
+    ``count`` images into ``output_dir/overlays``."""
+
+    def __init__(self, output_dir: Path, count: int) -> None:
+        self.directory, self.count, self.written = output_dir / "overlays", count, 0
+
+    def __call__(self, number: int, path: Path, result: ImageLocalization, record: dict) -> None:
+        if number >= self.count:
+            return
+        top = record["predictions"][0]
+        heat = class_heatmap(result, int(result.classes[0]))
+        gt = torch.tensor(record["gt_boxes"]).reshape(-1, 4)
+        label = f"{top['class']} {top['probability']:.2f}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = _safe_name("__".join(Path(record["image"]).with_suffix("").parts)) + ".png"
+        overlay = render_overlay(load_rgb(path), heat, torch.tensor(top["box"]), gt, [label])
+        overlay.save(self.directory / name)
+        record["overlay"] = f"overlays/{name}"
+        self.written += 1
+
+
 def evaluate_localization(
     model: nn.Module,
     card: ModelCard,
@@ -493,92 +547,54 @@ def evaluate_localization(
     settings = settings or LocalizationSettings()
     model = fast_inference(model.eval().to(resolve_device(str(device))), enabled=fast)
     output_dir = Path(output_dir)
-    if thresholds is None:
-        if settings.threshold_mode == "raw" and threshold == "auto":
-            raise DrnetError(
-                "raw thresholds have no default sweep: pass --thresholds (e.g. 0:10:0.5) with "
-                "--threshold-mode raw"
-            )
-        thresholds = default_thresholds() if settings.threshold_mode == "minmax" else []
-    thresholds = list(thresholds)
+    thresholds = _sweep(settings, threshold, thresholds)
+    common = dict(device=device, workers=workers, progress=progress)
     held_out: SplitScores | None = None
     if threshold == "auto":
-        if val_dir is None:
-            raise DrnetError(
-                "--threshold auto chooses t on a held-out split: pass --val-dir DIR (never the "
-                "evaluation split), or a fixed --threshold such as 0.2"
-            )
-        if Path(val_dir).resolve() == Path(split_dir).resolve():
-            raise DrnetError(
-                f"--val-dir {val_dir} is the evaluation split; choose t on a held-out split"
-            )
+        val_dir = _check_held_out(val_dir, split_dir)
         val_source = val_boxes_source or boxes_source
-        val_images = [relative_key(p, val_dir) for p, _ in image_folder(val_dir).samples]
-        val_boxes = load_boxes(val_source, val_images, xml_origin=xml_origin, root=val_dir)
+        val_boxes = _split_boxes(val_dir, val_source, xml_origin)
         held_out = score_split(
-            model,
-            card,
-            val_dir,
-            val_boxes,
-            thresholds,
-            settings,
-            device=device,
-            workers=workers,
-            progress=progress,
-            desc="held-out split",
+            model, card, val_dir, val_boxes, thresholds, settings, desc="held-out split", **common
         )
         _require_boxes(held_out, val_dir, val_source)
         chosen = float(choose_threshold(held_out.curve())["threshold"])
         source = "auto: lowest top-1 localization error on the held-out split"
     else:
-        chosen = float(threshold)
-        source = "fixed"
-        if chosen not in thresholds:
-            thresholds = sorted([*thresholds, chosen])
+        chosen, source = float(threshold), "fixed"
 
-    image_keys = [relative_key(p, split_dir) for p, _ in image_folder(split_dir).samples]
-    boxes = load_boxes(boxes_source, image_keys, xml_origin=xml_origin, root=split_dir)
-    overlay_dir = output_dir / "overlays"
-    overlay_names: dict[int, str] = {}
-
-    def save_overlay(number: int, path: Path, result: ImageLocalization, record: dict) -> None:
-        if number >= save_images:
-            return
-        top1 = int(result.classes[0])
-        heat = class_heatmap(result, top1)
-        image = load_rgb(path)
-        gt = torch.tensor(record["gt_boxes"]).reshape(-1, 4)
-        box = torch.tensor(record["predictions"][0]["box"])
-        label = f"{record['predictions'][0]['class']} {record['predictions'][0]['probability']:.2f}"
-        overlay_dir.mkdir(parents=True, exist_ok=True)
-        name = _safe_name("__".join(Path(record["image"]).with_suffix("").parts)) + ".png"
-        render_overlay(image, heat, box, gt, [label]).save(overlay_dir / name)
-        record["overlay"] = f"overlays/{name}"
-        overlay_names[number] = name
-
+    boxes = _split_boxes(split_dir, boxes_source, xml_origin)
+    overlays = _OverlayWriter(output_dir, save_images)
     scores = score_split(
-        model,
-        card,
-        split_dir,
-        boxes,
-        thresholds,
-        settings,
-        record_threshold=chosen,
-        on_image=save_overlay,
-        device=device,
-        workers=workers,
-        progress=progress,
-        desc="evaluation split",
-    )
+        model, card, split_dir, boxes, thresholds, settings, record_threshold=chosen,
+        on_image=overlays, desc="evaluation split", **common,
+    )  # fmt: skip
     _require_boxes(scores, split_dir, boxes_source)
+    metrics = _localization_metrics(card, settings, split_dir, scores, held_out, chosen, source)
+    metrics["held_out_split"] = str(val_dir) if held_out is not None else None
+    metrics["files"]["overlays"] = "overlays/" if overlays.written else None
+    _write_localization(output_dir, metrics, scores, held_out)
+    return metrics
+
+
+def _localization_metrics(
+    card: ModelCard,
+    settings: LocalizationSettings,
+    split_dir: str | Path,
+    scores: SplitScores,
+    held_out: SplitScores | None,
+    chosen: float,
+    source: str,
+) -> dict:
+    """``localization_metrics.json``: the errors at the chosen ``t``, its curves and the prior."""
     curve = scores.curve()
     at = next(row for row in curve if row["threshold"] == chosen)
     prior_from = held_out if held_out is not None else scores
     n = scores.num_scored
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
-    metrics = {
+    return {
         "split": str(split_dir),
-        "held_out_split": str(val_dir) if held_out is not None else None,
+        "held_out_split": None,
         "model": card.model,
         "num_images": scores.num_images,
         "num_images_scored": n,
@@ -603,21 +619,20 @@ def evaluate_localization(
         "curve": curve,
         "held_out_curve": held_out.curve() if held_out is not None else None,
         "held_out_num_images_scored": held_out.num_scored if held_out is not None else None,
-        "files": {
-            "metrics": METRICS_FILE,
-            "curve_csv": CURVE_FILE,
-            "boxes": BOXES_FILE,
-            "overlays": "overlays/" if overlay_names else None,
-        },
+        "files": {"metrics": METRICS_FILE, "curve_csv": CURVE_FILE, "boxes": BOXES_FILE},
     }
+
+
+def _write_localization(
+    output_dir: Path, metrics: dict, scores: SplitScores, held_out: SplitScores | None
+) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    curves = {"evaluation": curve}
+    curves = {"evaluation": metrics["curve"]}
     if held_out is not None:
         curves = {"held_out": held_out.curve(), **curves}
     _write_curve(output_dir / CURVE_FILE, curves)
     (output_dir / BOXES_FILE).write_text(json.dumps(scores.records, indent=1) + "\n")
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
 
 
 # ----------------------------------------------------------------------------- predict

@@ -499,6 +499,20 @@ def collect_inputs(source: str | os.PathLike) -> list[tuple[Path, str]]:
     return [(source, source.stem)]
 
 
+def split_inputs(
+    data_dir: str | os.PathLike,
+    split: str,
+    num_classes: int,
+    layout: str = "auto",
+    list_dir: str | None = None,
+) -> list[tuple[Path, str]]:
+    """``(path, output name)`` of every image of a dataset split (labels not needed)."""
+    dataset = open_segmentation_dataset(
+        data_dir, split, num_classes, layout=layout, list_dir=list_dir, require_labels=False
+    )
+    return [(sample.image, sample.name) for sample in dataset.samples]
+
+
 @torch.inference_mode()
 def predict_segmentation(
     model: nn.Module,
