@@ -214,10 +214,22 @@ def test_grad_checkpoint_classifier_bn_buffers() -> None:
 def test_fast_inference_switch() -> None:
     model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS)
     from drnet.speed import InferenceModel, fast_inference
+    from drnet.speed.inference import FastOnFirstCall
 
-    assert isinstance(fast_inference(model), InferenceModel)
+    x = torch.randn(1, 3, 32, 48)
+    assert isinstance(fast_inference(model, example_input=x), InferenceModel)
     plain = fast_inference(model, enabled=False)
     assert plain is model and not plain.training
+    # without an example the choice is timed on the first input, plain eager competing
+    deferred = fast_inference(model)
+    assert isinstance(deferred, FastOnFirstCall) and deferred.fast is None
+    with torch.no_grad():
+        out = deferred(x)["out"]
+        assert set(deferred.fast.choice.seconds) == {"eager", "fast_nchw", "fast_channels_last"}
+        assert torch.allclose(out, model(x)["out"], rtol=1e-4, atol=1e-5)
+        assert torch.equal(deferred.predict_labels(x), out.argmax(1))
+    with pytest.raises(RuntimeError, match="inference only"):
+        deferred.train()
 
 
 def test_packed_weights_copy_and_follow_weight_changes() -> None:

@@ -242,7 +242,7 @@ def predict_labels(model: nn.Module, x: torch.Tensor, chunk_rows: int = 64) -> t
 
     Identical to ``model(x)["out"].argmax(1)`` up to floating-point ties.
     """
-    if isinstance(model, InferenceModel):
+    if isinstance(model, (InferenceModel, FastOnFirstCall)):
         return model.predict_labels(x, chunk_rows)
     if isinstance(model, DRNSeg):
         low = model.forward_logits_lowres(x)
@@ -259,12 +259,48 @@ def fast_inference(
     """The fast path for evaluation/prediction code, with its off switch.
 
     Returns ``optimize_for_inference(model, example_input)`` when ``enabled`` and the model is a
-    DRN or DRNSeg, else ``model`` in eval mode. The result has the model's output convention,
-    so it can replace the model anywhere it is only called (``{"out": ...}``, softmax, multi-
-    scale fusion, sliding windows); for single-scale label maps use :func:`predict_labels`.
+    DRN or DRNSeg, else ``model`` in eval mode. Without ``example_input`` the choice is made on
+    the first input the result is called with (:class:`FastOnFirstCall`): the candidates, plain
+    eager included, are timed on it, because which one wins depends on the CPU and the input size
+    (on an AVX2 CPU the fused path measured 6x slower than eager on 64 px images). The result
+    has the model's output convention, so it can replace the model anywhere it is only called
+    (``{"out": ...}``, softmax, multi-scale fusion, sliding windows, ``forward_map``); for
+    single-scale label maps use :func:`predict_labels`.
     """
     from drnet.models.drn import DRN
 
     if not enabled or not isinstance(model, (DRN, DRNSeg)):
         return model.eval()
+    if example_input is None:
+        return FastOnFirstCall(model)
     return optimize_for_inference(model, example_input=example_input)
+
+
+class FastOnFirstCall(nn.Module):
+    """:func:`optimize_for_inference` deferred to the first call, which supplies the example
+    input its layout choice is timed on (plain eager competes, so it is never slower there)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.fast: InferenceModel | None = None
+
+    def train(self, mode: bool = True) -> FastOnFirstCall:
+        if mode:
+            raise RuntimeError("a fast-path model is for inference only")
+        return super().train(False)
+
+    def runner(self, x: torch.Tensor) -> InferenceModel:
+        """The optimized model, chosen on ``x`` the first time."""
+        if self.fast is None:
+            self.fast = optimize_for_inference(self.model, example_input=x)
+        return self.fast
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.runner(x)(x)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner(x).forward_map(x)
+
+    def predict_labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
+        return self.runner(x).predict_labels(x, chunk_rows)
