@@ -1,4 +1,5 @@
-"""Segmentation metrics from a confusion matrix.
+"""Segmentation metrics from a confusion matrix, and the intervals drnet reports beside its
+accuracies.
 
 The confusion matrix ``hist[t, p]`` counts pixels of ground-truth class ``t`` predicted as ``p``.
 Pixels whose label is the ignore index (255) or otherwise outside ``[0, num_classes)`` are not
@@ -8,6 +9,10 @@ counted. From it:
   neither the labels nor the predictions (a class that is only predicted has IoU 0).
 * mIoU = mean of the per-class IoUs ignoring NaN (``nanmean``), as the original evaluation does.
 * pixel accuracy = ``trace / total``; mean class accuracy = nanmean of ``hist[c, c] / row_c``.
+
+Intervals (95%): :func:`wilson_interval` for a proportion over independent images (top-1,
+localization accuracy), :func:`bootstrap_miou_interval` for mIoU, resampling whole images
+(pixels of one image are not independent).
 """
 
 from __future__ import annotations
@@ -103,3 +108,39 @@ def format_iou_table(metrics: dict, class_names: Sequence[str] | None = None) ->
         f"   mean accuracy {pct(metrics['mean_accuracy'])}"
     )
     return "\n".join(lines)
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> list[float] | None:
+    """The Wilson score interval ``[low, high]`` of a proportion (95% for ``z=1.96``); None for
+    ``total == 0``. Unlike the normal approximation it stays inside [0, 1] near 0 and 1."""
+    if total <= 0:
+        return None
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def bootstrap_miou_interval(
+    per_image: Sequence[torch.Tensor] | torch.Tensor,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[float] | None:
+    """A percentile bootstrap interval of mIoU over images: ``per_image`` holds one confusion
+    matrix per image (``[N, C, C]``); each resample draws N images with replacement and
+    recomputes mIoU from their summed matrix. None for fewer than two images."""
+    hists = torch.stack(list(per_image)) if not torch.is_tensor(per_image) else per_image
+    n = hists.shape[0]
+    if n < 2:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    flat = hists.reshape(n, -1).double()
+    draws = torch.randint(n, (resamples, n), generator=generator)
+    counts = torch.zeros(resamples, n, dtype=torch.float64)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    summed = (counts @ flat).reshape(resamples, *hists.shape[1:])
+    values = torch.tensor([segmentation_metrics(h)["miou"] for h in summed], dtype=torch.float64)
+    values = values[~values.isnan()]
+    tail = (1 - level) / 2
+    return [float(values.quantile(tail)), float(values.quantile(1 - tail))]

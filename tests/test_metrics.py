@@ -61,3 +61,29 @@ def test_table_lists_every_class():
     lines = table.splitlines()
     assert len(lines) == 7 and lines[4].startswith("d") and "-" in lines[4]
     assert "45.83" in lines[-1]  # 11/24
+
+
+def test_wilson_interval_by_hand():
+    from drnet.metrics import wilson_interval
+
+    low, high = wilson_interval(80, 100)
+    # textbook value for 80/100 at 95%: [0.7112, 0.8666]
+    assert low == pytest.approx(0.7112, abs=1e-4) and high == pytest.approx(0.8666, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) is None
+
+
+def test_bootstrap_miou_interval_contains_the_estimate_and_narrows_with_more_images():
+    from drnet.metrics import bootstrap_miou_interval, segmentation_metrics
+
+    generator = torch.Generator().manual_seed(0)
+    hists = torch.randint(0, 50, (200, 3, 3), generator=generator) + 200 * torch.eye(
+        3, dtype=torch.long
+    )
+    miou = segmentation_metrics(hists.sum(0))["miou"]
+    wide = bootstrap_miou_interval(hists[:20])
+    narrow = bootstrap_miou_interval(hists)
+    assert narrow[0] < miou < narrow[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert bootstrap_miou_interval(hists, seed=1) != narrow  # a resampling, not a formula
+    assert bootstrap_miou_interval(hists[:1]) is None

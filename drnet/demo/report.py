@@ -291,6 +291,12 @@ def _summary(metrics: dict) -> str:
     return f"<h2>Summary: {_e(metrics['main_model'])}</h2>{quick}{table}{extra}"
 
 
+def _interval(interval: list[float] | None) -> str:
+    if not interval:
+        return ""
+    return f" <small>[{_pct(interval[0])}, {_pct(interval[1])}]</small>"
+
+
 def _comparison(metrics: dict) -> str:
     rows = []
     for row in metrics["comparison"]:
@@ -302,14 +308,21 @@ def _comparison(metrics: dict) -> str:
             else "n/a"
         )
         grid += f" <small>{_e(row['gridding_level'])} {_e(row['gridding_map'])}</small>"
+        seen = (
+            f"{row.get('classification_images_seen') or 0:,} / "
+            f"{row.get('segmentation_images_seen') or 0:,}"
+            + (" <small>(stopped early)</small>" if row.get("stopped_early") else "")
+        )
         rows.append(
             [
                 _e(row["model"]),
                 _e(",".join(map(str, row["channels"]))),
-                _pct(row["classification_error"]),
-                _pct(row["top1_localization_error"]),
+                seen,
+                _pct(row["classification_error"]) + _interval(row.get("classification_error_ci95")),
+                _pct(row["top1_localization_error"])
+                + _interval(row.get("top1_localization_error_ci95")),
                 _pct(row["centred_box_prior_error"]),
-                _pct(row["miou"]),
+                _pct(row["miou"]) + _interval(row.get("miou_ci95")),
                 grid,
             ]
         )
@@ -317,6 +330,7 @@ def _comparison(metrics: dict) -> str:
         [
             "model",
             "widths",
+            "scenes seen (cls / seg)",
             "top-1 cls error",
             "top-1 loc error",
             "prior loc error",
@@ -327,11 +341,14 @@ def _comparison(metrics: dict) -> str:
         left=2,
     )
     note = (
-        '<p class="note">Every model: the same scenes, the same recipe and the same number of '
-        "training images. Paper (ImageNet / Cityscapes, full width): classification and "
-        "localization error fall from ResNet-18 to DRN-A-18 to DRN-C-26, and DRN-C has the least "
-        "gridding. These are small networks trained for minutes; the table reports what came "
-        "out, whether or not it follows the paper's ordering.</p>"
+        '<p class="note">Every model: the same scenes and the same recipe; the scenes each one '
+        "actually saw are in the table (a model stopped early by the time budget saw fewer). "
+        "Brackets: 95% intervals (Wilson for errors over val scenes, bootstrap over val scenes "
+        "for mIoU): differences inside them are not findings. Paper (ImageNet / Cityscapes, "
+        "full width): classification and localization error fall from ResNet-18 to DRN-A-18 "
+        "to DRN-C-26, and DRN-C has the least gridding. These are small networks trained for "
+        "minutes; the table reports what came out, whether or not it follows the paper's "
+        "ordering.</p>"
     )
     return f"<h2>The paper's comparison in miniature</h2>{table}{note}"
 
@@ -517,10 +534,11 @@ def _activations(per_model: dict, activations: dict, data, figures: Path) -> str
     from drnet.analysis import render_activation_grid
     from drnet.demo.recipes import GRIDDING_FIGURE_MODELS
 
-    image = data.cls_val.scenes.render(0).image
+    image = data.activation_probe.scenes.render(0).image
     parts = ["<h2>Activation maps and gridding</h2>"]
     parts.append(
-        '<p class="note">Each level for one val scene, each tile scaled to its own range: the '
+        '<p class="note">Each level for one probe scene (val items on a canvas twice the '
+        "training size, so that the final maps are 16x16), each tile scaled to its own range: the "
         "mean |activation| over channels, and (second figure) the most active channel, the "
         "statistic of the paper's figure. The gridding score is the excess power at the period-2 "
         "and period-4 lattice frequencies (the dilations of levels 5-6) over what the "

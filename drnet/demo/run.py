@@ -234,6 +234,9 @@ class SceneData:
     loc_dir: Path  # ImageFolder val/ and holdout/ with boxes (drnet data scenes, classification)
     seg_dir: Path  # list-file layout with info.json (drnet data scenes, segmentation)
     item_source: str
+    # val scenes on a canvas twice the training one (items at the training scale): the final
+    # feature maps are 16x16 there, where a gridding score can show (8x8 maps are too small)
+    activation_probe: ClassificationSceneData | None = None
 
     def cls_train(self, recipe: Recipe, length: int, seed: int) -> ClassificationSceneData:
         scenes = ClassificationScenes(
@@ -328,6 +331,18 @@ def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bo
         loc_dir=loc_dir,
         seg_dir=seg_dir,
         item_source=cls_probe.pool.items.source,
+        activation_probe=ClassificationSceneData(
+            ClassificationScenes(
+                "val",
+                _lcm(recipe.activation_images, 10),
+                canvas=2 * recipe.cls_canvas,
+                scale=recipe.cls_scale,
+                seed=seed,
+                source=source,
+            ),
+            cls_mean,
+            cls_std,
+        ),
     )
 
 
@@ -929,6 +944,7 @@ def evaluate_segmentation_stage(
     baseline = background_baseline(confusion)
     result = {
         "miou": metrics["miou"],
+        "miou_ci95": metrics["miou_ci95"],
         "pixel_accuracy": metrics["pixel_accuracy"],
         "mean_accuracy": metrics["mean_accuracy"],
         "background_baseline_miou": baseline["miou"],
@@ -960,7 +976,8 @@ def evaluate_segmentation_stage(
 def activation_analysis(
     model: nn.Module, data: SceneData, count: int, device: torch.device
 ) -> tuple[dict, dict]:
-    """Per-level activations on ``count`` val scenes and their gridding scores.
+    """Per-level activations on ``count`` probe scenes (val items on a canvas twice the
+    training one) and their gridding scores.
 
     Returns ``(scores, activations of the first scene)``; a level whose maps are smaller than
     8x8 has ``score`` None (:func:`drnet.analysis.gridding_scores`).
@@ -968,7 +985,7 @@ def activation_analysis(
     from drnet.analysis import collect_activations, gridding_scores
 
     model.eval()
-    images = torch.stack([data.cls_val[i][0] for i in range(count)]).to(device)
+    images = torch.stack([data.activation_probe[i][0] for i in range(count)]).to(device)
     acts = collect_activations(model, images)
     scores = gridding_scores(acts)
     first = {name: a[:1].cpu() for name, a in acts.items()}
@@ -988,9 +1005,50 @@ def run_demo(config: DemoConfig) -> dict:
         torch.set_num_threads(threads)  # the run may choose its own
 
 
-def _run_demo(config: DemoConfig) -> dict:
-    from drnet.demo.report import write_report
+@dataclass
+class _DemoRun:
+    """What the stages of a demo run share."""
 
+    config: DemoConfig
+    recipe: Recipe
+    clock: _Clock
+    device: torch.device
+    out: Path
+    load_start: list[float] | None
+    data: SceneData | None = None
+    rates: dict[str, Rates] = field(default_factory=dict)
+    plan: Plan | None = None
+    fixed_plan: bool = False
+    per_model: dict[str, dict] = field(default_factory=dict)
+    classifiers: dict[str, nn.Module] = field(default_factory=dict)
+    slowdown: float = 1.0  # actual over probed training time, measured on classification
+
+    @property
+    def models_dir(self) -> Path:
+        return self.out / "models"
+
+    @property
+    def report_s(self) -> float:
+        return REPORT_OVERHEAD_S * len(self.recipe.models)
+
+
+def _run_demo(config: DemoConfig) -> dict:
+    run = _set_up(config)
+    with run.clock.stage("data"):
+        _say(f"[1/6] generating scenes (items: {_item_source(config)}) ...")
+        run.data = prepare_data(
+            run.recipe, run.out, config.seed, _item_source(config), config.progress
+        )
+    _plan_run(run)
+    for index, m in enumerate(run.recipe.models):
+        _classification_stage(run, index, m)
+    _replan_segmentation(run)
+    for index, m in enumerate(run.recipe.models):
+        _segmentation_stage(run, index, m)
+    return _finish(run)
+
+
+def _set_up(config: DemoConfig) -> _DemoRun:
     recipe = config.recipe or get_recipe(config.paper, config.quick)
     if config.budget_minutes is not None and config.budget_minutes <= 0:
         raise DrnetError(f"--budget-minutes must be positive; got {config.budget_minutes}")
@@ -1006,27 +1064,38 @@ def _run_demo(config: DemoConfig) -> dict:
     device = resolve_device(config.device)
     out = Path(config.output_dir)
     _prepare_output(out)
-    source = _item_source(config)
-    models = recipe.models
     _say(
-        f"drnet demo ({recipe.name} recipe): {', '.join(models)}; budget "
+        f"drnet demo ({recipe.name} recipe): {', '.join(recipe.models)}; budget "
         f"{_fmt_s(clock.budget_s)} on {device.type} ({torch.get_num_threads()} threads); "
         f"load average {load_start}"
     )
+    run = _DemoRun(config, recipe, clock, device, out, load_start)
+    run.per_model = {
+        m: {
+            "model": m,
+            "channels": list(recipe.model_channels(m)),
+            "channels_last": use_channels_last(recipe, m),
+        }
+        for m in recipe.models
+    }
+    return run
 
-    # ---- data, probe, plan --------------------------------------------------------------------
-    with clock.stage("data"):
-        _say(f"[1/6] generating scenes (items: {source}) ...")
-        data = prepare_data(recipe, out, config.seed, source, config.progress)
+
+def _plan_run(run: _DemoRun) -> None:
+    """Probe each model's speed (and the thread count), then plan the training scenes."""
+    config, recipe, clock = run.config, run.recipe, run.clock
     with clock.stage("probe"):
         _say("[2/6] measuring training speed ...")
         choose = config.threads is None and not recipe.fixed_images
-        rates = {m: probe(m, recipe, data, device, config.seed, choose) for m in models}
+        rates = {
+            m: probe(m, recipe, run.data, run.device, config.seed, choose) for m in recipe.models
+        }
         threads = choose_threads(rates) if choose else torch.get_num_threads()
         if threads == 1:
             rates = {m: r.with_one_thread() for m, r in rates.items()}
         torch.set_num_threads(threads)
-    plan = make_plan(recipe, rates, clock.elapsed(), clock.budget_s, config)
+    run.rates = rates
+    run.plan = plan = make_plan(recipe, rates, clock.elapsed(), clock.budget_s, config)
     _say(
         f"plan: {plan.cls_images:,} classification scenes ({plan.cls_epochs} epochs) and "
         f"{plan.seg_images:,} segmentation scenes ({plan.seg_epochs} epochs) per model"
@@ -1040,107 +1109,129 @@ def _run_demo(config: DemoConfig) -> dict:
         _say(f"      {stage.replace('_', ' '):<28} ~{_fmt_s(seconds)}")
     _say(f"estimated total: {_fmt_s(plan.estimate_s)} (budget {_fmt_s(clock.budget_s)})")
     # a plan fixed by hand (or by the quick recipe) is trained in full: no hard stop
-    fixed_plan = bool(recipe.fixed_images or config.cls_images or config.seg_images)
-    if fixed_plan:
+    run.fixed_plan = bool(recipe.fixed_images or config.cls_images or config.seg_images)
+    if run.fixed_plan:
         _say("note: the plan is fixed, so training is not stopped at the budget")
 
-    models_dir = out / "models"
-    per_model: dict[str, dict] = {
-        m: {
-            "model": m,
-            "channels": list(recipe.model_channels(m)),
-            "channels_last": use_channels_last(recipe, m),
-        }
-        for m in models
-    }
-    classifiers: dict[str, nn.Module] = {}
+
+def _classification_stage(run: _DemoRun, index: int, m: str) -> None:
+    """Train classifier ``m`` (the time limit keeps room for what follows), then score
+    classification and localization."""
+    recipe, rates, clock, config = run.recipe, run.rates, run.clock, run.config
+    models = recipe.models
     min_cls, min_seg = recipe.min_images
-    report_s = REPORT_OVERHEAD_S * len(models)
-
-    # ---- classification + localization --------------------------------------------------------
-    for index, m in enumerate(models):
-        rest = models[index + 1 :]
-        reserve = rates[m].cls_fixed(recipe) + report_s
-        reserve += sum(rates[k].cls_fixed(recipe) + min_cls * rates[k].cls_train for k in rest)
-        reserve += sum(r.seg_fixed(recipe) + min_seg * r.seg_train for r in rates.values())
-        limit = None if fixed_plan else clock.left() - 1.3 * reserve - 5
-        planned = plan.cls_images * rates[m].cls_train
-        _say(f"[3/6] training classifier {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
-        run_dir = models_dir / m / "classification"
-        with clock.stage("classification_training"):
-            run = train_classifier(m, recipe, data, plan, run_dir, config, device, limit)
-        with clock.stage("classification_evaluation"):
-            model, cls = evaluate_classification(run, data, run_dir, device, config.progress)
-        _say(f"      {m}: top-1 {cls['top1']:.3f}, top-5 {cls['top5']:.3f}")
-        _say(f"[4/6] localization {m}: threshold on the holdout scenes, scored on val scenes")
-        with clock.stage("localization"):
-            loc = evaluate_localization_stage(
-                model, run["card"], data, models_dir / m / "localization", device, config.progress
-            )
-        _say(
-            f"      {m}: top-1 localization accuracy {loc['top1_accuracy']:.3f} at "
-            f"t = {loc['threshold']:.2f}; centred-box prior "
-            f"{loc['centred_box_prior']['top1_accuracy']:.3f}"
+    rest = models[index + 1 :]
+    reserve = rates[m].cls_fixed(recipe) + run.report_s
+    reserve += sum(rates[k].cls_fixed(recipe) + min_cls * rates[k].cls_train for k in rest)
+    reserve += sum(r.seg_fixed(recipe) + min_seg * r.seg_train for r in rates.values())
+    limit = None if run.fixed_plan else clock.left() - 1.3 * reserve - 5
+    planned = run.plan.cls_images * rates[m].cls_train
+    _say(f"[3/6] training classifier {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
+    run_dir = run.models_dir / m / "classification"
+    with clock.stage("classification_training"):
+        trained = train_classifier(
+            m, recipe, run.data, run.plan, run_dir, config, run.device, limit
         )
-        cls.update(_run_record(run, plan.cls_images, 1 / rates[m].cls_train))
-        per_model[m].update(classification=cls, localization=loc)
-        classifiers[m] = model
+    with clock.stage("classification_evaluation"):
+        model, cls = evaluate_classification(
+            trained, run.data, run_dir, run.device, config.progress
+        )
+    _say(f"      {m}: top-1 {cls['top1']:.3f}, top-5 {cls['top5']:.3f}")
+    _say(f"[4/6] localization {m}: threshold on the holdout scenes, scored on val scenes")
+    with clock.stage("localization"):
+        loc = evaluate_localization_stage(
+            model, trained["card"], run.data, run.models_dir / m / "localization", run.device,
+            config.progress,
+        )  # fmt: skip
+    _say(
+        f"      {m}: top-1 localization accuracy {loc['top1_accuracy']:.3f} at "
+        f"t = {loc['threshold']:.2f}; centred-box prior "
+        f"{loc['centred_box_prior']['top1_accuracy']:.3f}"
+    )
+    cls.update(_run_record(trained, run.plan.cls_images, 1 / rates[m].cls_train))
+    run.per_model[m].update(classification=cls, localization=loc)
+    run.classifiers[m] = model
 
-    # ---- segmentation, re-planned with the time left ------------------------------------------
-    slowdown = _slowdown(per_model, rates, plan)
+
+def _replan_segmentation(run: _DemoRun) -> None:
+    """Segmentation gets the time classification left (at the speed it turned out to have)."""
+    recipe, rates, plan = run.recipe, run.rates, run.plan
+    run.slowdown = slowdown = _slowdown(run.per_model, rates, plan)
+    if run.fixed_plan:
+        return
     seg_cost = sum(r.seg_train for r in rates.values()) * slowdown
-    if not fixed_plan:
-        fixed_left = sum(r.seg_fixed(recipe) for r in rates.values()) * slowdown + report_s
-        available = clock.budget_s * recipe.safety - clock.elapsed() - fixed_left
-        images = min(available / seg_cost, recipe.max_images[1])
-        plan.seg_per_epoch = _per_epoch(images, recipe.seg_epochs, recipe.seg_batch, min_seg)
-        _say(
-            f"re-plan with the time left: {plan.seg_images:,} segmentation scenes per model "
-            f"(~{_fmt_s(plan.seg_images * seg_cost)})"
-        )
-    for index, m in enumerate(models):
-        rest = models[index + 1 :]
-        reserve = rates[m].seg_fixed(recipe) * slowdown + report_s
-        reserve += sum(
-            (rates[k].seg_fixed(recipe) + min_seg * rates[k].seg_train) * slowdown for k in rest
-        )
-        limit = None if fixed_plan else clock.left() - 1.3 * reserve - 5
-        planned = plan.seg_images * rates[m].seg_train * slowdown
-        backbone = None
-        if recipe.seg_from_classifier:
-            backbone = models_dir / m / "classification" / "checkpoint_last.pth"
-        _say(f"[5/6] training segmenter {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
-        run_dir = models_dir / m / "segmentation"
-        with clock.stage("segmentation_training"):
-            run = train_segmenter(m, recipe, data, plan, run_dir, config, device, limit, backbone)
-        with clock.stage("segmentation_evaluation"):
-            seg = evaluate_segmentation_stage(run, data, run_dir, device, config.progress)
-        _say(
-            f"      {m}: mIoU {seg['miou']:.3f} (all-background baseline "
-            f"{seg['background_baseline_miou']:.3f})"
-        )
-        seg.update(_run_record(run, plan.seg_images, 1 / rates[m].seg_train))
-        seg["backbone_from_classifier"] = backbone is not None
-        per_model[m]["segmentation"] = seg
+    fixed_left = sum(r.seg_fixed(recipe) for r in rates.values()) * slowdown + run.report_s
+    available = run.clock.budget_s * recipe.safety - run.clock.elapsed() - fixed_left
+    images = min(available / seg_cost, recipe.max_images[1])
+    plan.seg_per_epoch = _per_epoch(
+        images, recipe.seg_epochs, recipe.seg_batch, recipe.min_images[1]
+    )
+    _say(
+        f"re-plan with the time left: {plan.seg_images:,} segmentation scenes per model "
+        f"(~{_fmt_s(plan.seg_images * seg_cost)})"
+    )
 
-    # ---- activation maps and gridding, metrics, report ----------------------------------------
+
+def _segmentation_stage(run: _DemoRun, index: int, m: str) -> None:
+    """Train segmenter ``m`` (backbone from its classifier), then score it."""
+    recipe, rates, slowdown = run.recipe, run.rates, run.slowdown
+    models, min_seg = recipe.models, recipe.min_images[1]
+    rest = models[index + 1 :]
+    reserve = rates[m].seg_fixed(recipe) * slowdown + run.report_s
+    reserve += sum(
+        (rates[k].seg_fixed(recipe) + min_seg * rates[k].seg_train) * slowdown for k in rest
+    )
+    limit = None if run.fixed_plan else run.clock.left() - 1.3 * reserve - 5
+    planned = run.plan.seg_images * rates[m].seg_train * slowdown
+    backbone = None
+    if recipe.seg_from_classifier:
+        backbone = run.models_dir / m / "classification" / "checkpoint_last.pth"
+    _say(f"[5/6] training segmenter {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
+    run_dir = run.models_dir / m / "segmentation"
+    with run.clock.stage("segmentation_training"):
+        trained = train_segmenter(
+            m, recipe, run.data, run.plan, run_dir, run.config, run.device, limit, backbone
+        )
+    with run.clock.stage("segmentation_evaluation"):
+        seg = evaluate_segmentation_stage(
+            trained, run.data, run_dir, run.device, run.config.progress
+        )
+    _say(
+        f"      {m}: mIoU {seg['miou']:.3f} (all-background baseline "
+        f"{seg['background_baseline_miou']:.3f})"
+    )
+    seg.update(_run_record(trained, run.plan.seg_images, 1 / rates[m].seg_train))
+    seg["backbone_from_classifier"] = backbone is not None
+    run.per_model[m]["segmentation"] = seg
+
+
+def _finish(run: _DemoRun) -> dict:
+    """Activation maps and gridding scores, ``metrics.json`` and the report."""
+    from drnet.demo.report import write_report
+
     _say("[6/6] activation maps, gridding scores and the report ...")
+    clock, out = run.clock, run.out
     activations: dict[str, dict] = {}
     with clock.stage("activations"):
-        for m, model in classifiers.items():
-            scores, first = activation_analysis(model, data, recipe.activation_images, device)
-            per_model[m]["gridding"] = scores
+        for m, model in run.classifiers.items():
+            scores, first = activation_analysis(
+                model, run.data, run.recipe.activation_images, run.device
+            )
+            run.per_model[m]["gridding"] = scores
             activations[m] = first
-    metrics = _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_start)
+    metrics = _assemble(
+        run.config, run.recipe, run.plan, run.rates, run.per_model, run.data, run.device, clock,
+        run.load_start,
+    )  # fmt: skip
     figures = out / "figures"
     with clock.stage("report"):
-        write_report(out, metrics, per_model, activations, data, figures)
+        write_report(out, metrics, run.per_model, activations, run.data, figures)
         metrics["timings"] = {**clock.stages, "total": round(clock.elapsed(), 2)}
         metrics["wall_seconds"] = round(clock.elapsed(), 2)
         metrics["load_average"]["end"] = _load()
         metrics["within_budget"] = clock.elapsed() <= clock.budget_s
         # the report shows the timings too: write it again with the final numbers (fast)
-        write_report(out, metrics, per_model, activations, data, figures)
+        write_report(out, metrics, run.per_model, activations, run.data, figures)
     _write_json(out / METRICS_FILE, metrics)
     return metrics
 
@@ -1197,17 +1288,23 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
         levels = entry.get("gridding", {})
         final = list(levels)[-1] if levels else None
         score = levels[final] if final else {}
+        cls_m, seg_m = entry["classification"], entry["segmentation"]
         comparison.append(
             {
                 "model": m,
                 "channels": entry["channels"],
-                "classification_error": 1 - entry["classification"]["top1"],
+                "classification_images_seen": cls_m.get("images_seen"),
+                "segmentation_images_seen": seg_m.get("images_seen"),
+                "stopped_early": bool(cls_m.get("stopped_early") or seg_m.get("stopped_early")),
+                "classification_error": 1 - cls_m["top1"],
+                "classification_error_ci95": _error_interval(cls_m.get("top1_ci95")),
                 "top5_error": 1 - entry["classification"]["top5"],
                 "top1_localization_error": entry["localization"]["top1_error"],
                 "centred_box_prior_error": entry["localization"]["centred_box_prior"][
                     "top1_loc_err"
                 ],
-                "miou": entry["segmentation"]["miou"],
+                "miou": seg_m["miou"],
+                "miou_ci95": seg_m.get("miou_ci95"),
                 "gridding_level": final,
                 "gridding_map": f"{score['height']}x{score['width']}" if score else None,
                 "gridding_score": score.get("score"),
@@ -1267,6 +1364,14 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
         "models": public,
         "timings": dict(clock.stages),
     }
+
+
+def _error_interval(accuracy_interval: list[float] | None) -> list[float] | None:
+    """The error's interval from the accuracy's (``1 - high``, ``1 - low``)."""
+    if not accuracy_interval:
+        return None
+    low, high = accuracy_interval
+    return [1 - high, 1 - low]
 
 
 def _json_default(obj: Any) -> Any:

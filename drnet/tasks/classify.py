@@ -34,6 +34,7 @@ from drnet.data.classification import (
 from drnet.engine.distributed import resolve_device
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
 from drnet.errors import DataError, DrnetError
+from drnet.metrics import wilson_interval
 from drnet.models.loading import ModelCard, logits_of
 
 CONFUSION_IMAGE_MAX_CLASSES = 30
@@ -114,14 +115,17 @@ class ClassificationResult:
         }
 
     def metrics(self) -> dict:
-        """``top1``, ``top5``, ``loss``, ``num_images``, ``num_classes``, ``per_class_accuracy``
-        and ``mean_class_accuracy`` (over classes with images)."""
+        """``top1``, ``top5`` (with 95% Wilson intervals ``top1_ci95``/``top5_ci95``), ``loss``,
+        ``num_images``, ``num_classes``, ``per_class_accuracy`` and ``mean_class_accuracy`` (over
+        classes with images)."""
         n = max(self.num_images, 1)
         per_class = self.per_class_accuracy()
         present = [v for v in per_class.values() if v is not None]
         return {
             "top1": self.topk[1] / n,
+            "top1_ci95": wilson_interval(self.topk[1], self.num_images),
             "top5": self.topk[5] / n,
+            "top5_ci95": wilson_interval(self.topk[5], self.num_images),
             "loss": self.loss_sum / n,
             "num_images": self.num_images,
             "num_classes": len(self.class_names),

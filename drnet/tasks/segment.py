@@ -44,7 +44,12 @@ from drnet.data.transforms import segmentation_train_transform
 from drnet.engine import distributed as D
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
 from drnet.errors import CheckpointError, DataError, DrnetError
-from drnet.metrics import ConfusionMatrix, format_iou_table
+from drnet.metrics import (
+    ConfusionMatrix,
+    bootstrap_miou_interval,
+    confusion_matrix,
+    format_iou_table,
+)
 from drnet.models.loading import (
     ModelCard,
     load_model,
@@ -299,8 +304,9 @@ def evaluate_segmentation(
     a time; ``workers`` processes read them ahead).
 
     Returns :func:`drnet.metrics.segmentation_metrics` (``miou``, ``pixel_accuracy``,
-    ``mean_accuracy``, per-class ``iou``/``accuracy``/``pixels``) plus ``confusion_matrix`` and
-    ``num_images``. With ``distributed`` each rank scores its shard and the matrices are summed.
+    ``mean_accuracy``, per-class ``iou``/``accuracy``/``pixels``) plus ``confusion_matrix``,
+    ``num_images`` and ``miou_ci95`` (a 95% bootstrap interval over images; None under
+    torchrun). With ``distributed`` each rank scores its shard and the matrices are summed.
     ``save_dir`` also writes each prediction (labels, colour) there. ``fast``: run an inference
     copy of the model (:func:`drnet.speed.inference.fast_inference`; ``False`` for a model that is
     still training). ``num_classes`` defaults to ``dataset.num_classes``.
@@ -319,18 +325,22 @@ def evaluate_segmentation(
 
         iterator = tqdm(iterator, total=len(indices), desc="eval", unit="img", dynamic_ncols=True)
     palette = get_palette(num_classes)
+    per_image = []
     for i, (image, label) in iterator:
         images = image[None].to(device)
         with autocast_context(device, amp):
             probs = predict_probs(model, images, scales, flip, window, stride)
         pred = probs.argmax(1)[0].cpu()
-        cm.update(pred, label)
+        per_image.append(confusion_matrix(pred, label, num_classes, IGNORE_INDEX))
+        cm.hist += per_image[-1]
         if save_dir is not None:
             _save_prediction(pred.numpy(), Path(save_dir), dataset.name(i), palette)
     if distributed:
         cm.all_reduce()
     metrics = cm.compute()
     metrics["confusion_matrix"] = cm.hist.tolist()
+    # resampling images needs them all: one process only (a torchrun shard sees a part)
+    metrics["miou_ci95"] = None if distributed else bootstrap_miou_interval(per_image)
     metrics["num_images"] = len(dataset)
     return metrics
 
@@ -409,6 +419,7 @@ def run_evaluation(
     names = dataset.class_names or card.class_names or None
     result = {
         "miou": metrics["miou"],
+        "miou_ci95": metrics["miou_ci95"],
         "pixel_accuracy": metrics["pixel_accuracy"],
         "mean_accuracy": metrics["mean_accuracy"],
         "per_class": [
