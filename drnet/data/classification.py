@@ -2,7 +2,8 @@
 
 A split is a torchvision ImageFolder tree: ``<root>/<class_name>/<image>``; class indices follow
 the sorted folder names. Training uses RandomResizedCrop + horizontal flip; evaluation resizes the
-shorter side to ``resize_size`` (256) and takes the centre ``crop_size`` (224) crop.
+shorter side to ``resize_size`` (256) and takes the centre ``crop_size`` (224) crop, or, for
+ten-crop testing, the four corner crops, the centre crop and their horizontal flips.
 """
 
 from __future__ import annotations
@@ -73,6 +74,38 @@ def eval_transform(
             *_to_normalized_tensor(mean, std),
         ]
     )
+
+
+def ten_crop_transform(
+    crop_size: int = 224,
+    resize_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Ten-crop testing (the DRN paper's Table 1): resize the shorter side to ``resize_size``
+    (default as :func:`eval_transform`), normalise, then the four corner ``crop_size`` crops, the
+    centre crop and the horizontal flips of all five, stacked as ``[10, 3, crop, crop]``."""
+    if resize_size is None:
+        resize_size = default_resize_size(crop_size)
+    if resize_size < crop_size:
+        # TenCrop cannot pad like CenterCrop does; say so before a worker fails on image one
+        raise DataError(
+            f"ten-crop needs resize size >= crop size, got resize {resize_size} < crop {crop_size}"
+        )
+    return v2.Compose(
+        [
+            v2.Resize(resize_size, antialias=True),
+            *_to_normalized_tensor(mean, std),
+            v2.TenCrop(crop_size),
+            stack_crops,
+        ]
+    )
+
+
+def stack_crops(crops: Sequence[Tensor]) -> Tensor:
+    """``TenCrop``'s tuple of ``[3, h, w]`` crops as one ``[10, 3, h, w]`` tensor (a module-level
+    function, so DataLoader workers can pickle the transform)."""
+    return torch.stack(list(crops))
 
 
 def default_resize_size(crop_size: int) -> int:
