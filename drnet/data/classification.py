@@ -83,12 +83,13 @@ def ten_crop_transform(
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
     """Ten-crop testing (the DRN paper's Table 1): resize the shorter side to ``resize_size``
-    (default as :func:`eval_transform`), normalise, then the four corner ``crop_size`` crops, the
-    centre crop and the horizontal flips of all five, stacked as ``[10, 3, crop, crop]``."""
+    (default as :func:`eval_transform`), normalise, then the four corner ``crop_size`` crops and
+    the centre crop (``FiveCrop``, in its order: top-left, top-right, bottom-left, bottom-right,
+    centre) followed by their horizontal flips, stacked as ``[10, 3, crop, crop]``."""
     if resize_size is None:
         resize_size = default_resize_size(crop_size)
     if resize_size < crop_size:
-        # TenCrop cannot pad like CenterCrop does; say so before a worker fails on image one
+        # FiveCrop cannot pad like CenterCrop does; say so before a worker fails on image one
         raise DataError(
             f"ten-crop needs resize size >= crop size, got resize {resize_size} < crop {crop_size}"
         )
@@ -96,16 +97,21 @@ def ten_crop_transform(
         [
             v2.Resize(resize_size, antialias=True),
             *_to_normalized_tensor(mean, std),
-            v2.TenCrop(crop_size),
-            stack_crops,
+            v2.FiveCrop(crop_size),
+            with_flips,
         ]
     )
 
 
-def stack_crops(crops: Sequence[Tensor]) -> Tensor:
-    """``TenCrop``'s tuple of ``[3, h, w]`` crops as one ``[10, 3, h, w]`` tensor (a module-level
-    function, so DataLoader workers can pickle the transform)."""
-    return torch.stack(list(crops))
+def with_flips(crops: Sequence[Tensor]) -> Tensor:
+    """``[3, h, w]`` crops and their horizontal flips as one ``[2 * len(crops), 3, h, w]`` tensor.
+
+    Flipping the crops rather than cropping the flipped image (``TenCrop``) keeps the flipped
+    centre crop the exact mirror of the centre crop when the margin is odd. A module-level
+    function, so DataLoader workers can pickle the transform.
+    """
+    stacked = torch.stack(list(crops))
+    return torch.cat([stacked, stacked.flip(-1)])
 
 
 def default_resize_size(crop_size: int) -> int:
