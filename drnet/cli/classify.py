@@ -133,10 +133,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="top-1/top-5, per-class accuracy, confusion matrix",
         description="Evaluate a classifier on one split (resize + centre crop, or ten crops "
-        "with --ten-crop). Writes "
-        "classification_metrics.json (top1, top5, loss, per_class_accuracy, "
-        "mean_class_accuracy, confusion_matrix), per_class_accuracy.csv, confusion_matrix.csv "
-        "and, for up to 30 classes, confusion_matrix.png.",
+        "with --ten-crop). Writes classification_metrics.json (top1, top5, loss, "
+        "per_class_accuracy, mean_class_accuracy, confusion_matrix, ten_crop), "
+        "per_class_accuracy.csv, confusion_matrix.csv and, for up to 30 classes, "
+        "confusion_matrix.png.",
     )
     add_data(evaluate, f"the split to evaluate ({DATA_LAYOUT})")
     add_model_arguments(evaluate)
