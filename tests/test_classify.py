@@ -71,6 +71,7 @@ def test_report_files(tmp_path: Path):
     for key in ("top1", "top5", "loss", "per_class_accuracy", "confusion_matrix", "files"):
         assert key in on_disk
     assert on_disk["confusion_matrix"] == [[1, 0], [1, 1]]
+    assert on_disk["ten_crop"] is False  # a plain (centre-crop) result says so
     with (tmp_path / "per_class_accuracy.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["class"], r["images"], r["correct"]) for r in rows] == [

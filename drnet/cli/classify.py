@@ -132,13 +132,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval",
         help="top-1/top-5, per-class accuracy, confusion matrix",
-        description="Evaluate a classifier on one split (resize + centre crop). Writes "
-        "classification_metrics.json (top1, top5, loss, per_class_accuracy, "
-        "mean_class_accuracy, confusion_matrix), per_class_accuracy.csv, confusion_matrix.csv "
-        "and, for up to 30 classes, confusion_matrix.png.",
+        description="Evaluate a classifier on one split (resize + centre crop, or ten crops "
+        "with --ten-crop). Writes classification_metrics.json (top1, top5, loss, "
+        "per_class_accuracy, mean_class_accuracy, confusion_matrix, ten_crop), "
+        "per_class_accuracy.csv, confusion_matrix.csv and, for up to 30 classes, "
+        "confusion_matrix.png.",
     )
     add_data(evaluate, f"the split to evaluate ({DATA_LAYOUT})")
     add_model_arguments(evaluate)
+    group(evaluate, "inference").add_argument(
+        "--ten-crop",
+        action="store_true",
+        help="ten-crop testing as in the DRN paper's Table 1 (Yu, Koltun, Funkhouser, CVPR 2017): "
+        "after the resize, the four corner crops, the centre crop and their horizontal flips; "
+        "their softmax scores are averaged (10x the compute; --batch-size counts images)",
+    )
     add_inference_arguments(evaluate, "runs/classify-eval", batch_size=32, workers=2)
     evaluate.set_defaults(func=run_eval)
 
@@ -192,7 +200,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model, card = load_from_args(args, "classification")
     result = evaluate_classifier(
         model,
-        folder_dataset(args.data_dir, card),
+        folder_dataset(args.data_dir, card, ten_crop=args.ten_crop),
         card.names(),
         args.device,
         batch_size=args.batch_size,
@@ -200,11 +208,13 @@ def run_eval(args: argparse.Namespace) -> int:
         amp=args.amp,
         fast=not args.no_fast,
         progress=not args.no_progress,
+        ten_crop=args.ten_crop,
     )
     metrics = write_classification_report(result, args.output_dir)
     print(
         f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-        f"({metrics['num_images']} images, {metrics['num_classes']} classes)"
+        f"({metrics['num_images']} images, {metrics['num_classes']} classes"
+        f"{', ten crops each' if args.ten_crop else ''})"
     )
     print(f"wrote {Path(args.output_dir) / metrics['files']['metrics']}")
     return 0

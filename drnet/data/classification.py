@@ -2,7 +2,8 @@
 
 A split is a torchvision ImageFolder tree: ``<root>/<class_name>/<image>``; class indices follow
 the sorted folder names. Training uses RandomResizedCrop + horizontal flip; evaluation resizes the
-shorter side to ``resize_size`` (256) and takes the centre ``crop_size`` (224) crop.
+shorter side to ``resize_size`` (256) and takes the centre ``crop_size`` (224) crop, or, for
+ten-crop testing, the four corner crops, the centre crop and their horizontal flips.
 """
 
 from __future__ import annotations
@@ -73,6 +74,44 @@ def eval_transform(
             *_to_normalized_tensor(mean, std),
         ]
     )
+
+
+def ten_crop_transform(
+    crop_size: int = 224,
+    resize_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Ten-crop testing (the DRN paper's Table 1): resize the shorter side to ``resize_size``
+    (default as :func:`eval_transform`), normalise, then the four corner ``crop_size`` crops and
+    the centre crop (``FiveCrop``, in its order: top-left, top-right, bottom-left, bottom-right,
+    centre) followed by their horizontal flips, stacked as ``[10, 3, crop, crop]``."""
+    if resize_size is None:
+        resize_size = default_resize_size(crop_size)
+    if resize_size < crop_size:
+        # FiveCrop cannot pad like CenterCrop does; say so before a worker fails on image one
+        raise DataError(
+            f"ten-crop needs resize size >= crop size, got resize {resize_size} < crop {crop_size}"
+        )
+    return v2.Compose(
+        [
+            v2.Resize(resize_size, antialias=True),
+            *_to_normalized_tensor(mean, std),
+            v2.FiveCrop(crop_size),
+            with_flips,
+        ]
+    )
+
+
+def with_flips(crops: Sequence[Tensor]) -> Tensor:
+    """``[3, h, w]`` crops and their horizontal flips as one ``[2 * len(crops), 3, h, w]`` tensor.
+
+    Flipping the crops rather than cropping the flipped image (``TenCrop``) keeps the flipped
+    centre crop the exact mirror of the centre crop when the margin is odd. A module-level
+    function, so DataLoader workers can pickle the transform.
+    """
+    stacked = torch.stack(list(crops))
+    return torch.cat([stacked, stacked.flip(-1)])
 
 
 def default_resize_size(crop_size: int) -> int:

@@ -29,6 +29,7 @@ from drnet.data.classification import (
     default_resize_size,
     eval_transform,
     image_folder,
+    ten_crop_transform,
     train_transform,
 )
 from drnet.engine.distributed import resolve_device
@@ -90,6 +91,7 @@ class ClassificationResult:
     topk: dict[int, int] = field(default_factory=lambda: {1: 0, 5: 0})
     loss_sum: float = 0.0
     num_images: int = 0
+    ten_crop: bool = False  # scores averaged over ten crops (recorded in the report)
 
     @classmethod
     def empty(cls, class_names: Sequence[str]) -> ClassificationResult:
@@ -152,6 +154,7 @@ def evaluate_classifier(
     amp: bool = False,
     fast: bool = True,
     progress: bool = True,
+    ten_crop: bool = False,
 ) -> ClassificationResult:
     """Run ``model`` over ``data`` (a dataset or loader of ``(image, target)``) and count top-1,
     top-5, per-class hits and the confusion matrix.
@@ -159,24 +162,67 @@ def evaluate_classifier(
     ``fast``: run an inference copy of the model (:func:`drnet.speed.inference.fast_inference`:
     BatchNorm folded, fused convolutions; the same numbers within 1e-4 relative). Pass
     ``fast=False`` for a model that is still training (the copy costs a packing pass).
+
+    ``ten_crop``: ten-crop testing (the DRN paper's Table 1). Images are ``[10, 3, h, w]`` each
+    (``folder_dataset(..., ten_crop=True)`` or
+    :func:`drnet.data.classification.ten_crop_transform`); an image's class scores are the mean
+    of its ten crops' softmax probabilities, and the metrics (loss included) are computed from
+    those. ``batch_size`` counts images, so the model sees ten times as many crops per batch.
     """
     from drnet.speed.inference import fast_inference
 
     device = resolve_device(str(device))
     runner = fast_inference(model.eval().to(device), enabled=fast)
     result = ClassificationResult.empty(class_names)
+    result.ten_crop = ten_crop
     loader = _batches(data, batch_size, workers)
     for images, target in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        with autocast_context(device, amp):
-            logits = logits_of(runner(images.to(device, non_blocking=True)))
+        _check_batch_shape(images, ten_crop)
+        images = images.to(device, non_blocking=True)
+        if ten_crop:
+            logits = _ten_crop_log_probabilities(runner, images, device, amp)
+        else:
+            with autocast_context(device, amp):
+                logits = logits_of(runner(images))
         result.update(logits, target)
     return result
 
 
-def folder_dataset(split_dir: str | Path, card: ModelCard) -> Dataset:
+def _check_batch_shape(images: Tensor, ten_crop: bool) -> None:
+    """Ten-crop batches are ``[N, 10, 3, h, w]``, plain ones ``[N, 3, h, w]``; a mix-up
+    would otherwise fail deep inside the model or score crops as images."""
+    if ten_crop and (images.dim() != 5 or images.shape[1] != 10):
+        raise DrnetError(
+            f"ten-crop evaluation needs batches of [N, 10, 3, h, w], got {list(images.shape)}; "
+            "build the data with folder_dataset(..., ten_crop=True) or ten_crop_transform"
+        )
+    if not ten_crop and images.dim() == 5:
+        raise DrnetError(
+            f"got batches of [N, crops, 3, h, w] ({list(images.shape)}); pass ten_crop=True"
+        )
+
+
+def _ten_crop_log_probabilities(
+    runner: nn.Module, images: Tensor, device: torch.device, amp: bool
+) -> Tensor:
+    """Log of the mean softmax probabilities over each image's ten crops ``[N, C]``: as
+    "logits" these give the averaged probabilities back under softmax, so
+    :meth:`ClassificationResult.update` scores ten-crop results like plain ones."""
+    n, crops = images.shape[:2]
+    with autocast_context(device, amp):
+        logits = logits_of(runner(images.flatten(0, 1)))
+    probabilities = logits.float().softmax(dim=1).view(n, crops, -1).mean(dim=1)
+    # a class whose probability underflows to 0 would make the loss infinite
+    return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def folder_dataset(split_dir: str | Path, card: ModelCard, ten_crop: bool = False) -> Dataset:
     """An ImageFolder split with ``card``'s eval preprocessing and its targets mapped to the
-    model's class indices (:func:`match_split_classes`)."""
-    transform = eval_transform(card.crop_size, card.resize_size, card.mean, card.std)
+    model's class indices (:func:`match_split_classes`). ``ten_crop``: each item is the image's
+    ten crops ``[10, 3, h, w]`` (:func:`drnet.data.classification.ten_crop_transform`), for
+    ``evaluate_classifier(..., ten_crop=True)``."""
+    preprocess = ten_crop_transform if ten_crop else eval_transform
+    transform = preprocess(card.crop_size, card.resize_size, card.mean, card.std)
     dataset = image_folder(split_dir, transform)
     to_model = match_split_classes(dataset.classes, card, str(split_dir))
     dataset.target_transform = to_model.__getitem__
@@ -244,10 +290,12 @@ def save_confusion_matrix_png(
 def write_classification_report(result: ClassificationResult, output_dir: str | Path) -> dict:
     """Write ``classification_metrics.json``, ``per_class_accuracy.csv``,
     ``confusion_matrix.csv`` and (up to 30 classes) ``confusion_matrix.png``; return the metrics
-    dict (with a ``files`` entry naming what was written)."""
+    dict (with a ``files`` entry naming what was written and ``ten_crop``, whether the scores
+    were averaged over ten crops)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = result.metrics()
+    metrics["ten_crop"] = result.ten_crop
     totals = result.confusion.sum(dim=1)
     with (output_dir / "per_class_accuracy.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
