@@ -10,7 +10,8 @@ from torch import nn
 
 import drnet
 from drnet.errors import DrnetError
-from drnet.models.registry import SPECS
+from drnet.models.loading import ModelCard, build_model
+from drnet.models.registry import DRN_A_SCHEDULES, SPECS
 from drnet.models.summary import count_flops
 
 # DESIGN.md section 1, with 1000 classes.
@@ -33,6 +34,9 @@ TORCHVISION_TWIN = {
     "drn_a_18": "resnet18",
     "drn_a_34": "resnet34",
     "drn_a_50": "resnet50",
+    "drn_a_18_paper": "resnet18",
+    "drn_a_34_paper": "resnet34",
+    "drn_a_50_paper": "resnet50",
     "resnet18": "resnet18",
     "resnet34": "resnet34",
     "resnet50": "resnet50",
@@ -245,6 +249,114 @@ def test_flops_count_multiply_add_as_two():
     assert count_flops(conv, (1, 3, 5, 5)) == 2 * 3 * 4 * 9 * 25
     model = meta_model("resnet50")
     assert count_flops(model, (1, 3, 224, 224)) / 1e9 == pytest.approx(8.18, abs=0.02)
+
+
+# -- DRN-A dilation schedules --------------------------------------------------------------------
+
+# The dilation of every 3x3 conv of layer3 and of layer4, in order (padding must equal it).
+A_3X3_DILATIONS = {
+    "drn_a_18": ([1, 1, 2, 2], [1, 1, 4, 4]),
+    "drn_a_34": ([1, 1] + [2] * 10, [1, 1, 4, 4, 4, 4]),
+    "drn_a_50": ([1, 2, 2, 2, 2, 2], [1, 4, 4]),  # a Bottleneck has one 3x3 conv
+    "drn_a_18_paper": ([2, 2, 2, 2], [2, 4, 4, 4]),
+    "drn_a_34_paper": ([2] * 12, [2, 4, 4, 4, 4, 4]),
+    "drn_a_50_paper": ([2, 2, 2, 2, 2, 2], [2, 4, 4]),
+}
+A_PAIRS = [("drn_a_18", "drn_a_18_paper"), ("drn_a_34", "drn_a_34_paper")]
+A_PAIRS += [("drn_a_50", "drn_a_50_paper")]
+
+
+def test_every_drn_a_variant_has_a_documented_schedule():
+    registered = {n for n in drnet.list_models() if SPECS[n].family == "A"}
+    assert registered == set(DRN_A_SCHEDULES) == set(A_3X3_DILATIONS)
+    assert {n for n, s in DRN_A_SCHEDULES.items() if s == "paper"} == {p for _, p in A_PAIRS}
+
+
+@pytest.mark.parametrize("name", sorted(A_3X3_DILATIONS))
+def test_drn_a_dilation_and_padding_of_every_3x3_conv(name):
+    model = meta_model(name)
+    for level, expected in zip((model.layer3, model.layer4), A_3X3_DILATIONS[name], strict=True):
+        convs = three_by_three_convs(level)
+        assert [conv.dilation[0] for conv in convs] == expected
+        assert [conv.padding for conv in convs] == [(d, d) for d in expected]
+        assert [conv.dilation for conv in convs] == [(d, d) for d in expected]
+        assert all(conv.stride == (1, 1) for conv in convs)
+        assert level[0].downsample[0].stride == (1, 1)
+
+
+@pytest.mark.parametrize("name", sorted(A_3X3_DILATIONS))
+def test_drn_a_output_stride_8_and_28x28_maps_at_224(name):
+    assert SPECS[name].output_stride == 8
+    model = tiny(name, num_classes=3, features_only=True).eval()
+    with torch.no_grad():
+        features = model(torch.randn(1, 3, 224, 224))
+    assert [f.shape[-2:] for f in features[-3:]] == [(28, 28)] * 3  # layer2, layer3, layer4
+    assert meta_model(name, num_classes=3).forward_map(
+        torch.zeros(1, 3, 224, 224, device="meta")
+    ).shape == (1, 3, 28, 28)
+
+
+@pytest.mark.parametrize("released, paper", A_PAIRS)
+def test_drn_a_schedules_share_keys_shapes_and_parameter_counts(released, paper):
+    a, b = meta_model(released), meta_model(paper)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {
+        k: v.shape for k, v in b.state_dict().items()
+    }
+    assert n_params(a) == n_params(b)
+    assert drnet.models.get_weights(paper).file_name == drnet.models.get_weights(released).file_name
+
+
+@pytest.mark.parametrize("released, paper", [A_PAIRS[0], A_PAIRS[2]])
+def test_drn_a_weights_load_strictly_into_the_other_schedule(released, paper, tmp_path):
+    torch.manual_seed(0)
+    for source, target in ((released, paper), (paper, released)):
+        model = tiny(source, num_classes=4).eval()
+        path = tmp_path / f"{source}.pth"
+        torch.save(model.state_dict(), path)
+        loaded = tiny(target, num_classes=4, checkpoint_path=path).eval()
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value)
+        # Same weights, another dilation: the outputs differ, so the schedule is really applied.
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            assert not torch.allclose(loaded(x), model(x))
+
+
+def official_drn_a_50() -> nn.Module:
+    """The released DRN-A-50 (github.com/fyu/drn, ``DRN_A``) rebuilt from torchvision's ResNet-50:
+    layer3/4 stride 1; in each, the first block undilated, later 3x3 convs dilated 2 / 4."""
+    reference = torchvision.models.resnet50()
+    for level, dilation in ((reference.layer3, 2), (reference.layer4, 4)):
+        level[0].conv2.stride = (1, 1)
+        level[0].downsample[0].stride = (1, 1)
+        for block in level[1:]:
+            block.conv2.dilation = block.conv2.padding = (dilation, dilation)
+    return reference
+
+
+def test_drn_a_50_default_is_the_released_layout():
+    torch.manual_seed(0)
+    ours = drnet.create_model("drn_a_50").eval()
+    reference = official_drn_a_50().eval()
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-4)
+        paper = drnet.create_model("drn_a_50_paper").eval()
+        paper.load_state_dict(ours.state_dict(), strict=True)
+        assert not torch.allclose(paper(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_drn_a_paper_schedule_in_segmentation_and_model_cards():
+    seg = drnet.create_segmentation_model("drn_a_18_paper", 3, channels=TINY_RESNET)
+    layer4 = seg.base[7]  # conv1, bn1, relu, maxpool, layer1..layer4
+    assert [c.dilation[0] for c in three_by_three_convs(layer4)] == [2, 4, 4, 4]
+    with torch.no_grad():
+        assert seg(torch.randn(1, 3, 40, 48))["out"].shape == (1, 3, 40, 48)
+    # A run's model card names the schedule, so a reloaded model gets it back.
+    card = ModelCard(model="drn_a_50_paper", num_classes=2, channels=list(TINY_RESNET))
+    rebuilt = build_model(card)
+    assert [c.dilation[0] for c in three_by_three_convs(rebuilt.layer4)] == [2, 4, 4]
 
 
 # -- segmentation ---------------------------------------------------------------------------------

@@ -2,6 +2,22 @@
 
 Each variant is a :class:`~drnet.models.spec.ModelSpec` built by :class:`~drnet.models.drn.DRN`;
 each published weight file is a :class:`~drnet.models.weights.Weights` entry.
+
+DRN-A dilation schedules (:data:`DRN_A_SCHEDULES`; dilation of the 3x3 convs, block by block):
+
+=================================== ========= ======================== =========================
+variants                            schedule  layer3                   layer4
+=================================== ========= ======================== =========================
+drn_a_18, drn_a_34, drn_a_50        released  first block 1, others 2  first block 1, others 4
+drn_a_18_paper, ..._34_, ..._50_    paper     every conv 2             first 3x3 conv 2, others 4
+=================================== ========= ======================== =========================
+
+"released" is the official drn_a_50's layout; DRN-A-50 keeps it by default for parity with the
+released code, its weights and its outputs. No code was released for DRN-A-18/34: they keep the
+same layout by default so that existing checkpoints keep their meaning. "paper" follows the
+equations of the paper's section 2. The schedules are separate names rather than a keyword of
+:func:`create_model` because model cards and checkpoints rebuild a model from its name alone and
+both schedules share every state_dict key, so a keyword would be lost silently on reload.
 """
 
 from __future__ import annotations
@@ -10,7 +26,7 @@ import difflib
 import fnmatch
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import DrnetError
@@ -52,17 +68,20 @@ def drn_spec(family: str, layers: Sequence[int], block: str = "basic") -> ModelS
     return ModelSpec(family=family, stem=stem, levels=levels, classifier="conv")
 
 
-def resnet_spec(layers: Sequence[int], block: str, dilated: bool) -> ModelSpec:
+DilationSchedule = Literal["released", "paper"]
+
+
+def resnet_spec(
+    layers: Sequence[int], block: str, dilated: bool, schedule: DilationSchedule = "released"
+) -> ModelSpec:
     """A torchvision-layout ResNet; ``dilated=True`` gives DRN-A (output stride 8).
 
-    Official DRN-A quirk: the first block of layer3 and of layer4 is not dilated.
+    ``schedule`` picks DRN-A's dilations (see :data:`DRN_A_SCHEDULES`); dilation has no
+    parameters, so both schedules have the same state_dict keys and shapes.
     """
     c = RESNET_CHANNELS
     if dilated:
-        tail = (
-            LevelSpec(block, layers[2], c[2], dilation=2, first_dilation=(1, 1)),
-            LevelSpec(block, layers[3], c[3], dilation=4, first_dilation=(1, 1)),
-        )
+        tail = _drn_a_levels(layers, block, schedule)
     else:
         tail = (
             LevelSpec(block, layers[2], c[2], stride=2),
@@ -74,10 +93,46 @@ def resnet_spec(layers: Sequence[int], block: str, dilated: bool) -> ModelSpec:
     return ModelSpec(family=family, stem=stem, levels=levels, classifier="linear")
 
 
+def _drn_a_levels(
+    layers: Sequence[int], block: str, schedule: DilationSchedule
+) -> tuple[LevelSpec, LevelSpec]:
+    """DRN-A's layer3 and layer4: stride 1, dilation 2 and 4, first blocks per ``schedule``."""
+    c = RESNET_CHANNELS
+    if schedule == "released":
+        # The official drn_a_50 (and its weights): the first block of layer3/4 is not dilated.
+        first3: tuple[int, int] | None = (1, 1)
+        first4: tuple[int, int] | None = (1, 1)
+    elif schedule == "paper":
+        # Paper sec. 2: G4 is (G4_i *2 f4_i) for all i; G5 is (G5_1 *2 f5_1), then *4 for i >= 2.
+        first3 = None
+        # The first 3x3 conv of layer4 (the one that had the stride) gets 2. A Bottleneck has one
+        # 3x3 conv and it reads the second entry, so both entries are 2 there.
+        first4 = (2, 4) if block == "basic" else (2, 2)
+    else:
+        raise ValueError(f"unknown DRN-A dilation schedule {schedule!r}: use 'released' or 'paper'")
+    return (
+        LevelSpec(block, layers[2], c[2], dilation=2, first_dilation=first3),
+        LevelSpec(block, layers[3], c[3], dilation=4, first_dilation=first4),
+    )
+
+
+DRN_A_SCHEDULES: dict[str, DilationSchedule] = {
+    "drn_a_18": "released",
+    "drn_a_34": "released",
+    "drn_a_50": "released",
+    "drn_a_18_paper": "paper",
+    "drn_a_34_paper": "paper",
+    "drn_a_50_paper": "paper",
+}
+"""The dilation schedule of each DRN-A variant (the table in this module's docstring)."""
+
 SPECS: dict[str, ModelSpec] = {
     "drn_a_18": resnet_spec((2, 2, 2, 2), "basic", dilated=True),
     "drn_a_34": resnet_spec((3, 4, 6, 3), "basic", dilated=True),
     "drn_a_50": resnet_spec((3, 4, 6, 3), "bottleneck", dilated=True),
+    "drn_a_18_paper": resnet_spec((2, 2, 2, 2), "basic", dilated=True, schedule="paper"),
+    "drn_a_34_paper": resnet_spec((3, 4, 6, 3), "basic", dilated=True, schedule="paper"),
+    "drn_a_50_paper": resnet_spec((3, 4, 6, 3), "bottleneck", dilated=True, schedule="paper"),
     "drn_b_26": drn_spec("B", (1, 1, 2, 2, 2, 2, 1, 1)),
     "drn_b_42": drn_spec("B", (1, 1, 3, 4, 6, 3, 1, 1)),
     "drn_c_26": drn_spec("C", (1, 1, 2, 2, 2, 2, 1, 1)),
@@ -152,6 +207,10 @@ WEIGHTS: dict[tuple[str, str], Weights] = {
         _imagenet("drn_a_18", "resnet18-f37072fd.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
         _imagenet("drn_a_34", "resnet34-b627a593.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
         _imagenet("drn_a_50", "resnet50-19c8e357.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
+        # Dilation has no parameters: the paper-schedule DRN-As take the same files.
+        _imagenet("drn_a_18_paper", "resnet18-f37072fd.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
+        _imagenet("drn_a_34_paper", "resnet34-b627a593.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
+        _imagenet("drn_a_50_paper", "resnet50-19c8e357.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
         _imagenet("resnet18", "resnet18-f37072fd.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
         _imagenet("resnet34", "resnet34-b627a593.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
         _imagenet("resnet50", "resnet50-0676ba61.pth", _TV_URL, _TV_SOURCE, "BSD-3-Clause"),
@@ -373,6 +432,7 @@ def backbone_to_base_keys(model: DRNSeg, state_dict: dict, source: str) -> dict:
 
 
 __all__ = [
+    "DRN_A_SCHEDULES",
     "SPECS",
     "WEIGHTS",
     "create_model",
