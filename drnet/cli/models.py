@@ -36,12 +36,14 @@ def run(args: argparse.Namespace) -> int:
     json_file = write_json(rows, args.json) if args.json else None
     if args.json == "-":
         return 0  # the JSON on stdout replaces the table
-    header = f"{'model':<11} {'family':<7} {'params':>12} {'GFLOPs@' + str(args.image_size):>12}"
+    width = max(11, *(len(row["name"]) for row in rows))
+    gflops = "GFLOPs@" + str(args.image_size)
+    header = f"{'model':<{width}} {'family':<7} {'params':>12} {gflops:>12}"
     print(header + f" {'stride':>6}  weights")
     for row in rows:
         print(
-            f"{row['name']:<11} {row['family']:<7} {row['params']:>12,} {row['gflops']:>12.2f} "
-            f"{row['output_stride']:>6}  {', '.join(row['weights']) or '-'}"
+            f"{row['name']:<{width}} {row['family']:<7} {row['params']:>12,} "
+            f"{row['gflops']:>12.2f} {row['output_stride']:>6}  {', '.join(row['weights']) or '-'}"
         )
     if json_file:
         print(f"wrote {json_file}")

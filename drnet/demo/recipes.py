@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 from drnet.errors import DrnetError
 
-PAPER_MODELS = ("resnet18", "drn_a_18", "drn_b_26", "drn_c_26", "drn_d_22")
+# DRN-A-18 with the paper's dilation schedule (section 2's equations): no released code
+# exists for it, so the paper is its only specification
+PAPER_MODELS = ("resnet18", "drn_a_18_paper", "drn_b_26", "drn_c_26", "drn_d_22")
 #: The models of the paper's activation-map figure (Figure 6: DRN-A-18, DRN-B-26, DRN-C-26).
-GRIDDING_FIGURE_MODELS = ("drn_a_18", "drn_b_26", "drn_c_26")
+GRIDDING_FIGURE_MODELS = ("drn_a_18_paper", "drn_b_26", "drn_c_26")
 TINY_CHANNELS = (4, 8, 16, 16, 32, 32, 32, 32)
 
 
