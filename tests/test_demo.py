@@ -260,17 +260,6 @@ def test_quick_demo_report_is_self_contained(quick_run: Path) -> None:
     assert "<svg" in text and "centred-box prior" in text
 
 
-@pytest.mark.slow
-def test_quick_demo_runs_again_into_the_same_folder(quick_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "again"
-    shutil.copytree(quick_run, out)
-    metrics = run_demo(DemoConfig(output_dir=str(out), quick=True, progress=False))
-    first = json.loads((quick_run / "metrics.json").read_text())
-    # same seed, same plan: the same numbers
-    assert metrics["classification"]["top1"] == first["classification"]["top1"]
-    assert metrics["segmentation"]["miou"] == pytest.approx(first["segmentation"]["miou"])
-
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -307,3 +296,44 @@ def test_quick_demo_report_renders_in_headless_chromium(quick_run: Path, tmp_pat
         timeout=120,
     )
     assert render.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000
+
+
+def test_seeds_summary_means_and_spreads() -> None:
+    """--seeds N: per model and column the mean, the (n - 1) standard deviation and the range."""
+    from drnet.demo.seeds import render, summarise
+
+    def run(error: float, miou: float) -> dict:
+        row = {"model": "drn_d_22", "classification_error": error, "top1_localization_error": 0.5,
+               "centred_box_prior_error": 0.9, "miou": miou, "gridding_score": None,
+               "stopped_early": False, "classification_images_seen": 100}  # fmt: skip
+        return {"drnet_demo": "default", "comparison": [row]}
+
+    summary = summarise([run(0.2, 0.4), run(0.3, 0.5), run(0.4, 0.3)], [0, 1, 2])
+    row = summary["comparison"][0]
+    assert row["classification_error"]["mean"] == pytest.approx(0.3)
+    assert row["classification_error"]["std"] == pytest.approx(0.1)
+    assert (row["miou"]["min"], row["miou"]["max"]) == (0.3, 0.5)
+    assert row["gridding_score"]["mean"] is None and row["gridding_score"]["runs"] == 0
+    assert [r["folder"] for r in summary["runs"]] == ["seed-0", "seed-1", "seed-2"]
+    page = render(summary)
+    assert "0.300 ± 0.100" in page and 'href="seed-2/report.html"' in page
+
+
+@pytest.mark.slow
+def test_two_seed_quick_demo_replaces_an_earlier_run(quick_run: Path, tmp_path: Path, capsys):
+    """--seeds 2 into a folder that holds an earlier demo: it is replaced; seed 0 repeats the
+    earlier run's numbers exactly (same seed, same plan), seed 1 differs."""
+    out = tmp_path / "again"
+    shutil.copytree(quick_run, out)
+    assert main(["demo", "--quick", "--seeds", "2", "-o", str(out), "--no-progress"]) == 0
+    assert not (out / "models").exists()  # the earlier single run's folders are gone
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    first = json.loads((quick_run / "metrics.json").read_text())
+    runs = [json.loads((out / f"seed-{k}" / "metrics.json").read_text()) for k in (0, 1)]
+    assert runs[0]["classification"]["top1"] == first["classification"]["top1"]
+    assert runs[0]["segmentation"]["miou"] == pytest.approx(first["segmentation"]["miou"])
+    assert runs[1]["seed"] == 1 and runs[1]["budget_seconds"] == pytest.approx(30.0)
+    errors = summary["comparison"][0]["classification_error"]
+    assert errors["runs"] == 2 and errors["min"] <= errors["mean"] <= errors["max"]
+    assert "mean ± std" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from drnet.cli import positive_int
 from drnet.cli.vocab import add_device, add_no_progress, add_output_dir, add_workers
 
 
@@ -34,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of scenes and training")
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=1,
+        help="run the whole demo N times (seeds SEED..SEED+N-1, each in OUTPUT/seed-K with 1/N "
+        "of the budget) and report the mean and spread over the runs",
+    )
     parser.add_argument(
         "--fashion-mnist",
         metavar="DIR",
@@ -76,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         budget_minutes=args.budget_minutes,
         device=args.device,
         seed=args.seed,
+        seeds=args.seeds,
         fashion_mnist=args.fashion_mnist,
         workers=args.workers,
         threads=args.threads,
@@ -85,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
         started=time.monotonic() - process_age(),
     )
     metrics = run_demo(config)
-    print("\n".join(summary_lines(metrics, config.output_dir)))
+    if config.seeds > 1:
+        from drnet.demo.seeds import summary_lines as seeds_summary
+
+        print("\n".join(seeds_summary(metrics, config.output_dir)))
+    else:
+        print("\n".join(summary_lines(metrics, config.output_dir)))
     sys.stdout.flush()
     return 0

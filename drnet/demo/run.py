@@ -63,7 +63,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 #: Files and folders a demo run owns inside its output folder (removed when it runs again).
 MARKER_FILE = ".drnet-demo"  # marks a folder as a demo's output (so it may be replaced)
-OWNED = (METRICS_FILE, REPORT_FILE, "data", "models", "figures", MARKER_FILE)
+OWNED = (METRICS_FILE, REPORT_FILE, "data", "models", "figures", "seeds.json", MARKER_FILE)
 FLOORS = {"classification_top1": 0.70, "segmentation_miou": 0.20, "localization_margin": 0.05}
 PER_IMAGE_BOX_OVERHEAD_S = 0.003  # PNG decode + box sweep of one localization image (measured)
 REPORT_OVERHEAD_S = 4.0  # activation maps, figures, report
@@ -86,6 +86,7 @@ class DemoConfig:
     workers: int = 0
     threads: int | None = None  # torch threads (None: one, or more where the probe finds it pays)
     progress: bool = True
+    seeds: int = 1  # run everything this many times (seed, seed + 1, ...), budget split
     cls_images: int | None = None  # fix the plan (training scenes per model)
     seg_images: int | None = None
     recipe: Recipe | None = field(default=None, repr=False)  # overrides paper/quick
@@ -161,8 +162,7 @@ def _prepare_output(out: Path) -> None:
                 f"--output-dir {out}: not empty and not an earlier demo's output; choose a new "
                 "folder"
             )
-        for name in OWNED:
-            path = out / name
+        for path in [*(out / name for name in OWNED), *out.glob("seed-*")]:
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -998,6 +998,13 @@ def activation_analysis(
 def run_demo(config: DemoConfig) -> dict:
     """Run the demo as ``config`` says; writes ``metrics.json`` and ``report.html`` into
     ``config.output_dir`` and returns the metrics."""
+    if config.seeds < 1:
+        raise DrnetError(f"--seeds must be at least 1; got {config.seeds}")
+    if config.seeds > 1:
+        from drnet.demo.seeds import run_seeds
+
+        _prepare_output(Path(config.output_dir))
+        return run_seeds(config, run_demo)
     threads = torch.get_num_threads()
     try:
         return _run_demo(config)
