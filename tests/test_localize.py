@@ -238,3 +238,77 @@ def test_heatmap_helpers():
     heat = upsample_heatmap(torch.tensor([[0.0, 1.0]]), (8, 13), (16, 26))
     assert heat.shape == (16, 26) and heat.min() >= 0 and heat.max() <= 1
     assert heat[:, :4].max() < heat[:, -4:].min()
+
+
+class ShiftedColourNet(ColourNet):
+    """ColourNet whose map is moved one cell right: every box lands 8 px right of the truth."""
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        cells = super().forward_map(x)
+        return torch.cat([cells[..., :1], cells[..., :-1]], dim=-1)
+
+
+def mean_record_offset(records: list[dict]) -> tuple[float, float]:
+    """The mean (dx, dy) of the top-1 box centre from its ground-truth box, from boxes.json."""
+    right = [r for r in records if r["predictions"][0]["class"] == r["label"]]
+    dx = dy = 0.0
+    for record in right:
+        (x1, y1, x2, y2), (g1, h1, g2, h2) = record["predictions"][0]["box"], record["gt_boxes"][0]
+        dx += (x1 + x2 - g1 - g2) / 2 / len(right)
+        dy += (y1 + y2 - h1 - h2) / 2 / len(right)
+    return dx, dy
+
+
+@pytest.mark.parametrize("resolution", ["cell", "pixel"])
+def test_box_centre_offset_is_reported(tree: Path, tmp_path: Path, resolution: str):
+    settings = LocalizationSettings(box_resolution=resolution)
+    args = (colour_card(), tree / "val", tree / "boxes.csv")
+    metrics = evaluate_localization(
+        ColourNet(), *args, tmp_path / "exact", threshold=0.5, settings=settings, progress=False
+    )
+    # ColourNet's cells are exactly the 8-px blocks and the boxes are on the grid: no offset,
+    # for pixel boxes too (half-way between two cells is the cell edge).
+    assert metrics["box_resolution"] == resolution and metrics["top1_loc_err"] == 0
+    assert metrics["box_centre_offset"] == {"x": 0.0, "y": 0.0, "images": 9}
+
+    shifted = evaluate_localization(
+        ShiftedColourNet(), *args, tmp_path / "shifted", threshold=0.5, settings=settings
+    )
+    offset = shifted["box_centre_offset"]
+    assert offset["images"] == 9 and offset["y"] == 0 and 2 < offset["x"] <= 8
+    records = json.loads((tmp_path / "shifted" / "boxes.json").read_text())
+    assert (offset["x"], offset["y"]) == pytest.approx(mean_record_offset(records), abs=1e-3)
+    on_disk = json.loads((tmp_path / "shifted" / "localization_metrics.json").read_text())
+    assert on_disk["box_centre_offset"] == offset
+
+
+def test_the_offset_counts_only_images_whose_top1_class_is_right(tree: Path, tmp_path: Path):
+    card = colour_card()
+    card.class_names = ["blue", "red", "green"]  # every red and green image is misclassified
+    metrics = evaluate_localization(
+        ColourNet(), card, tree / "val", tree / "boxes.csv", tmp_path, threshold=0.5
+    )
+    assert metrics["box_centre_offset"] == {"x": 0.0, "y": 0.0, "images": 3}
+
+
+def test_box_resolution_setting_and_pixel_predictions(tree: Path, tmp_path: Path):
+    with pytest.raises(DrnetError, match="box resolution"):
+        LocalizationSettings(box_resolution="subpixel")
+    assert LocalizationSettings().box_resolution == "cell"  # the default, for now
+    paths = sorted((tree / "val" / "green").glob("*.png"))
+    boxes = {}
+    for resolution in ("cell", "pixel"):
+        entries = predict_localization(
+            ColourNet(),
+            colour_card(),
+            paths,
+            tmp_path / resolution,
+            threshold=0.1,
+            settings=LocalizationSettings(top_k=1, box_resolution=resolution),
+            save_overlays=False,
+            progress=False,
+        )
+        boxes[resolution] = torch.tensor([e["predictions"][0]["box"] for e in entries])
+    # At a low t the bilinear spread reaches past the rectangle, by at most half a cell.
+    difference = boxes["pixel"] - boxes["cell"]
+    assert difference.abs().max() <= 4 and (difference != 0).any()

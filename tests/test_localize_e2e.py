@@ -40,6 +40,7 @@ LOCALIZE_FIELDS = {
     "threshold_mode",
     "threshold_source",
     "fallback",
+    "box_resolution",
     "iou_threshold",
     "resize_size",
     "top_k",
@@ -49,6 +50,7 @@ LOCALIZE_FIELDS = {
     "fallback_rate",
     "top1_cls_err",
     "top5_cls_err",
+    "box_centre_offset",
     "centred_box_prior",
     "curve",
     "held_out_curve",
@@ -77,6 +79,32 @@ def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path:
     metrics = json.loads((out / "localization_metrics.json").read_text())
     assert metrics["threshold"] == 0.3 and metrics["threshold_source"] == "fixed"
     assert metrics["resize_size"] == 256  # the card's eval resize
+    assert metrics["box_resolution"] == "cell"
+
+    # pixel boxes: eval reports them and prints the box-centre offset; predict makes them too
+    capsys.readouterr()
+    pixel = tmp_path / "pixel"
+    argv_pixel = [*argv, "--threshold", "0.3", "--box-resolution", "pixel"]
+    assert main([*argv_pixel, "--save-images", "0", "--output-dir", str(pixel)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((pixel / "localization_metrics.json").read_text())
+    assert metrics["box_resolution"] == "pixel"
+    offset = metrics["box_centre_offset"]
+    assert set(offset) == {"x", "y", "images"}
+    if offset["images"]:
+        assert f"x {offset['x']:+.2f} px  y {offset['y']:+.2f} px" in printed
+    image = data / "val" / "red" / "000.png"
+    predicted = tmp_path / "predict-pixel"
+    assert main(["localize", "predict", str(image), "--weights", str(run), "--box-resolution",
+                 "pixel", "--no-overlays", "--no-progress", "--output-dir",
+                 str(predicted)]) == 0  # fmt: skip
+    (entry,) = json.loads((predicted / "boxes.json").read_text())
+    x1, y1, x2, y2 = entry["predictions"][0]["box"]
+    assert 0 <= x1 < x2 <= entry["width"] and 0 <= y1 < y2 <= entry["height"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse rejects an unknown resolution
+        main([*argv, "--box-resolution", "subpixel"])
+    assert exit_info.value.code == 2 and "--box-resolution" in capsys.readouterr().err
 
     # --threshold auto without a held-out split is a one-line user error, exit code 2.
     capsys.readouterr()

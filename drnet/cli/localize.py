@@ -9,12 +9,14 @@ from drnet.cli import non_negative_int, positive_int
 from drnet.cli.classify import add_inference_arguments, add_model_arguments
 from drnet.cli.vocab import add_data, load_from_args
 from drnet.errors import DrnetError
+from drnet.tasks.boxes import BOX_RESOLUTIONS, DEFAULT_BOX_RESOLUTION
 
 RULE = (
     "Box rule (the paper's): for a predicted class c, the smallest box enclosing every position "
     "of the stride-8 class map where c is the dominant class (argmax over classes; ties count "
     "for every tied class) and its response exceeds t, mapped to image pixels (cell (i, j) "
-    "covers pixels [8j, 8j+8) x [8i, 8i+8), clipped to the image)."
+    "covers pixels [8j, 8j+8) x [8i, 8i+8), clipped to the image); with --box-resolution pixel "
+    "the same rule per pixel of the class map up-sampled to the image."
 )
 
 
@@ -52,6 +54,14 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
         default="peak",
         help="box when no position passes: the cell of the class's peak response, or the whole "
         "image",
+    )
+    group.add_argument(
+        "--box-resolution",
+        choices=BOX_RESOLUTIONS,
+        default=DEFAULT_BOX_RESOLUTION,
+        help="cell: apply the rule to the stride-8 map's cells (boxes on the 8-px grid); pixel: "
+        "up-sample the class map to the image first (bilinear, cell j's value on pixel 8j+3.5) "
+        "and apply it per pixel (boxes to the pixel). Default: %(default)s",
     )
     group.add_argument(
         "--resize-size",
@@ -144,6 +154,7 @@ def _settings(args: argparse.Namespace, mode: str | None = None):
         fallback=args.fallback,
         resize_size=args.resize_size,
         top_k=args.top_k,
+        box_resolution=args.box_resolution,
     )
 
 
@@ -191,6 +202,13 @@ def run_eval(args: argparse.Namespace) -> int:
         f"centred-box prior: top-1 loc err {prior['top1_loc_err']:.4f}  "
         f"top-5 loc err {prior['top5_loc_err']:.4f}"
     )
+    offset = metrics["box_centre_offset"]
+    if offset["images"]:
+        print(
+            f"box centre offset (predicted - true, {metrics['box_resolution']} boxes): "
+            f"x {offset['x']:+.2f} px  y {offset['y']:+.2f} px over {offset['images']} images "
+            "with the right top-1 class"
+        )
     print(f"wrote {Path(args.output_dir) / metrics['files']['metrics']}")
     return 0
 

@@ -12,7 +12,9 @@ The threshold ``t`` is swept over a grid; with ``threshold="auto"`` it is chosen
 split (lowest top-1 localization error; ties go to the lower top-5 error, then the smaller ``t``)
 and only then applied to the evaluation split. The evaluation split's own curve is reported
 but never used to choose. A centred box of the mean ground-truth size (``centred_box_prior``),
-scored the same way, is the baseline a method must beat.
+scored the same way, is the baseline a method must beat. ``box_centre_offset`` is the mean offset
+of the top-1 box's centre from the true box's centre over the images whose top-1 class is right:
+a check of the cell-to-pixel alignment (near 0 when the rule's alignment suits the model).
 """
 
 from __future__ import annotations
@@ -46,13 +48,17 @@ from drnet.engine.distributed import resolve_device
 from drnet.errors import DataError, DrnetError
 from drnet.models.loading import ModelCard
 from drnet.tasks.boxes import (
+    BOX_RESOLUTIONS,
+    DEFAULT_BOX_RESOLUTION,
     FALLBACKS,
     THRESHOLD_MODES,
+    box_centre_offset,
     boxes_from_class_map,
     centred_box,
     iou,
     normalize_response,
     scale_boxes,
+    upsample_class_map,
 )
 from drnet.tasks.classify import match_split_classes
 
@@ -96,6 +102,7 @@ class LocalizationSettings:
     resize_size: int | None = None  # None: the model card's resize_size; 0: native size
     top_k: int = 5
     iou_threshold: float = IOU_THRESHOLD
+    box_resolution: str = DEFAULT_BOX_RESOLUTION  # "cell" (8-px grid) or "pixel" (up-sampled)
 
     def __post_init__(self) -> None:
         if self.threshold_mode not in THRESHOLD_MODES:
@@ -104,6 +111,10 @@ class LocalizationSettings:
             )
         if self.fallback not in FALLBACKS:
             raise DrnetError(f"fallback {self.fallback!r}: expected one of {FALLBACKS}")
+        if self.box_resolution not in BOX_RESOLUTIONS:
+            raise DrnetError(
+                f"box resolution {self.box_resolution!r}: expected one of {BOX_RESOLUTIONS}"
+            )
 
 
 # ----------------------------------------------------------------------------- dense maps
@@ -148,12 +159,9 @@ def upsample_heatmap(
 ) -> Tensor:
     """A class response ``[h, w]`` (already in ``[0, 1]``) as a heatmap ``[H, W]`` over the
     original image: bilinear over the cell centres (cell ``(i, j)`` centred on pixel
-    ``stride * (j + 0.5)`` of the network input), cropped to the input and resized to the
-    image."""
-    h, w = response.shape
-    up = F.interpolate(
-        response[None, None].float(), size=(h * stride, w * stride), mode="bilinear"
-    )[0, 0, : input_size[0], : input_size[1]]
+    ``stride * j + (stride - 1) / 2`` of the network input, as for pixel boxes), cropped to the
+    input and resized to the image."""
+    up = upsample_class_map(response[None], input_size, stride)[0]
     if tuple(input_size) != tuple(image_size):
         up = F.interpolate(up[None, None], size=image_size, mode="bilinear")[0, 0]
     return up.clamp(0, 1)
@@ -236,6 +244,7 @@ def localize_image(
         stride=stride,
         mode=settings.threshold_mode,
         fallback=settings.fallback,
+        resolution=settings.box_resolution,
     )
     return ImageLocalization(
         classes=classes,
@@ -275,6 +284,9 @@ class SplitScores:
     prior_inputs: list[tuple[tuple[int, int], Tensor, bool, bool]] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     without_boxes: list[str] = field(default_factory=list)
+    # (dx, dy) of the top-1 box centre from the true box centre, at the recorded threshold, for
+    # images whose top-1 class is right
+    centre_offsets: list[tuple[float, float]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, thresholds: Sequence[float]) -> SplitScores:
@@ -302,6 +314,15 @@ class SplitScores:
             return (0.5, 0.5)
         widths, heights = zip(*self.size_fractions, strict=True)
         return (sum(widths) / len(widths), sum(heights) / len(heights))
+
+    def box_centre_offset(self) -> dict:
+        """Mean ``centre_offsets`` in pixels: ``{"x", "y", "images"}`` (``x``, ``y`` are None
+        without images)."""
+        count = len(self.centre_offsets)
+        if count == 0:
+            return {"x": None, "y": None, "images": 0}
+        xs, ys = zip(*self.centre_offsets, strict=True)
+        return {"x": round(sum(xs) / count, 4), "y": round(sum(ys) / count, 4), "images": count}
 
     def prior(self, box_size: tuple[float, float], iou_threshold: float = IOU_THRESHOLD) -> dict:
         """Score the centred box of ``box_size`` (fractions) the same way as the predictions."""
@@ -390,6 +411,9 @@ def score_split(
                 (float(box[2] - box[0]) / image_size[1], float(box[3] - box[1]) / image_size[0])
             )
         scores.prior_inputs.append((image_size, gt, top1_cls, top5_cls))
+        if record_at is not None and top1_cls:
+            dx, dy = box_centre_offset(result.boxes[0, record_at], gt).tolist()
+            scores.centre_offsets.append((dx, dy))
         if record_at is not None:
             record = {
                 "image": key,
@@ -603,6 +627,7 @@ def _localization_metrics(
         "threshold_mode": settings.threshold_mode,
         "threshold_source": source,
         "fallback": settings.fallback,
+        "box_resolution": settings.box_resolution,
         "iou_threshold": settings.iou_threshold,
         "resize_size": resize_size or None,
         "top_k": settings.top_k,
@@ -612,6 +637,7 @@ def _localization_metrics(
         "fallback_rate": at["fallback_rate"],
         "top1_cls_err": 1 - scores.top1_cls_ok / n,
         "top5_cls_err": 1 - scores.top5_cls_ok / n,
+        "box_centre_offset": scores.box_centre_offset(),
         "centred_box_prior": {
             **scores.prior(prior_from.mean_box_size(), settings.iou_threshold),
             "box_size_from": "held_out" if held_out is not None else "evaluation",
