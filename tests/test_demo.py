@@ -337,3 +337,13 @@ def test_two_seed_quick_demo_replaces_an_earlier_run(quick_run: Path, tmp_path: 
     errors = summary["comparison"][0]["classification_error"]
     assert errors["runs"] == 2 and errors["min"] <= errors["mean"] <= errors["max"]
     assert "mean ± std" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_demo_scores_both_box_resolutions(quick_run: Path) -> None:
+    loc = json.loads((quick_run / "metrics.json").read_text())["localization"]
+    assert set(loc["by_box_resolution"]) == {"cell", "pixel"}
+    assert loc["by_box_resolution"][loc["box_resolution"]]["top1_accuracy"] == loc["top1_accuracy"]
+    low, high = loc["top1_accuracy_ci95"]
+    assert low <= loc["top1_accuracy"] <= high
+    assert "Cell and pixel boxes on the same model" in (quick_run / "report.html").read_text()

@@ -43,6 +43,9 @@ class ColourNet(nn.Module):
         return self.forward_map(x).mean(dim=(2, 3))
 
 
+CELL = LocalizationSettings(box_resolution="cell")  # ColourNet's boxes are exact at cell level
+
+
 def colour_card() -> ModelCard:
     return ModelCard(
         model="colournet",
@@ -70,6 +73,7 @@ def test_auto_threshold_is_chosen_on_the_held_out_split(tree: Path, tmp_path: Pa
         val_dir=tree / "holdout",
         progress=False,
         save_images=2,
+        settings=CELL,
     )
     # The colour model classifies perfectly and, on grid-aligned rectangles, boxes exactly.
     assert metrics["top1_cls_err"] == 0 and metrics["top5_cls_err"] == 0
@@ -120,7 +124,13 @@ def test_a_box_of_the_right_class_but_wrong_place_is_an_error(tree: Path, tmp_pa
             row["x1"], row["y1"], row["x2"], row["y2"] = 0, 0, 2, 2
             writer.writerow(row)
     metrics = evaluate_localization(
-        ColourNet(), colour_card(), tree / "val", shifted, tmp_path / "out", threshold=0.5
+        ColourNet(),
+        colour_card(),
+        tree / "val",
+        shifted,
+        tmp_path / "out",
+        threshold=0.5,
+        settings=CELL,
     )
     assert metrics["threshold_source"] == "fixed" and metrics["threshold"] == 0.5
     assert metrics["top1_cls_err"] == 0
@@ -133,7 +143,7 @@ def test_wrong_class_is_a_localization_error_even_with_a_good_box(tree: Path, tm
     card = colour_card()
     card.class_names = ["blue", "red", "green"]  # green and red swapped: every red/green is wrong
     metrics = evaluate_localization(
-        ColourNet(), card, tree / "val", tree / "boxes.csv", tmp_path, threshold=0.2
+        ColourNet(), card, tree / "val", tree / "boxes.csv", tmp_path, threshold=0.2, settings=CELL
     )
     assert metrics["top1_cls_err"] == pytest.approx(2 / 3)
     assert metrics["top1_loc_err"] == pytest.approx(2 / 3)
@@ -173,10 +183,12 @@ def test_auto_needs_a_held_out_split_that_is_not_the_evaluation_split(tree: Path
     with pytest.raises(DrnetError, match="--val-dir"):
         evaluate_localization(*args)
     with pytest.raises(DrnetError, match="evaluation split"):
-        evaluate_localization(*args, val_dir=tree / "val")
+        evaluate_localization(*args, val_dir=tree / "val", settings=CELL)
     with pytest.raises(DrnetError, match="raw"):
         evaluate_localization(
-            *args, val_dir=tree / "holdout", settings=LocalizationSettings(threshold_mode="raw")
+            *args,
+            val_dir=tree / "holdout",
+            settings=LocalizationSettings(threshold_mode="raw", box_resolution="cell"),
         )
 
 
@@ -185,13 +197,19 @@ def test_box_file_errors(tree: Path, tmp_path: Path):
     missing.write_text("image,x1,y1,x2,y2,label\nval/red/999.png,0,0,4,4,red\n")
     with pytest.raises(DataError, match="999.png"):
         evaluate_localization(
-            ColourNet(), colour_card(), tree / "val", missing, tmp_path, threshold=0.2
+            ColourNet(),
+            colour_card(),
+            tree / "val",
+            missing,
+            tmp_path,
+            threshold=0.2,
+            settings=CELL,
         )
     other = tmp_path / "other.csv"  # boxes only for another split: nothing to score
     other.write_text("image,x1,y1,x2,y2,label\n" + f"{tree}/train/red/000.png,0,0,4,4,red\n")
     with pytest.raises(DataError, match="no image"):
         evaluate_localization(
-            ColourNet(), colour_card(), tree / "val", other, tmp_path, threshold=0.2
+            ColourNet(), colour_card(), tree / "val", other, tmp_path, threshold=0.2, settings=CELL
         )
 
 
@@ -201,7 +219,7 @@ def test_images_without_boxes_are_counted_not_scored(tree: Path, tmp_path: Path)
         lines = handle.read().splitlines()
     partial.write_text("\n".join(lines[:1] + [l for l in lines[1:] if "/red/" not in l]) + "\n")
     metrics = evaluate_localization(
-        ColourNet(), colour_card(), tree / "val", partial, tmp_path, threshold=0.2
+        ColourNet(), colour_card(), tree / "val", partial, tmp_path, threshold=0.2, settings=CELL
     )
     assert metrics["num_images"] == 9 and metrics["num_images_scored"] == 6
     assert metrics["num_images_without_boxes"] == 3
@@ -215,7 +233,7 @@ def test_predict_writes_boxes_overlays_and_heatmaps(tree: Path, tmp_path: Path):
         paths,
         tmp_path,
         threshold=0.2,
-        settings=LocalizationSettings(top_k=2),
+        settings=LocalizationSettings(top_k=2, box_resolution="cell"),
         save_heatmaps=True,
         progress=False,
     )
@@ -286,7 +304,7 @@ def test_the_offset_counts_only_images_whose_top1_class_is_right(tree: Path, tmp
     card = colour_card()
     card.class_names = ["blue", "red", "green"]  # every red and green image is misclassified
     metrics = evaluate_localization(
-        ColourNet(), card, tree / "val", tree / "boxes.csv", tmp_path, threshold=0.5
+        ColourNet(), card, tree / "val", tree / "boxes.csv", tmp_path, threshold=0.5, settings=CELL
     )
     assert metrics["box_centre_offset"] == {"x": 0.0, "y": 0.0, "images": 3}
 
@@ -294,7 +312,7 @@ def test_the_offset_counts_only_images_whose_top1_class_is_right(tree: Path, tmp
 def test_box_resolution_setting_and_pixel_predictions(tree: Path, tmp_path: Path):
     with pytest.raises(DrnetError, match="box resolution"):
         LocalizationSettings(box_resolution="subpixel")
-    assert LocalizationSettings().box_resolution == "cell"  # the default, for now
+    assert LocalizationSettings().box_resolution == "pixel"  # chosen on the demo's held-out split
     paths = sorted((tree / "val" / "green").glob("*.png"))
     boxes = {}
     for resolution in ("cell", "pixel"):

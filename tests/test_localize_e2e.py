@@ -79,7 +79,7 @@ def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path:
     metrics = json.loads((out / "localization_metrics.json").read_text())
     assert metrics["threshold"] == 0.3 and metrics["threshold_source"] == "fixed"
     assert metrics["resize_size"] == 256  # the card's eval resize
-    assert metrics["box_resolution"] == "cell"
+    assert metrics["box_resolution"] == "pixel"  # the default
 
     # pixel boxes: eval reports them and prints the box-centre offset; predict makes them too
     capsys.readouterr()

@@ -449,6 +449,34 @@ def _localization(model: str, entry: dict, root: Path) -> str:
         ],
     ]
     table = _table(["", "DRN class map", "centred box (prior)"], rows)
+    resolutions = loc.get("by_box_resolution") or {}
+    resolution_rows = [
+        [
+            _e(name) + (" (used above)" if name == loc.get("box_resolution") else ""),
+            _pct(r["top1_accuracy"]),
+            _pct(r["held_out_top1_accuracy"]),
+            f"{r['threshold']:.2f}",
+            (
+                f"({r['box_centre_offset']['x']:+.1f}, {r['box_centre_offset']['y']:+.1f}) px"
+                if r.get("box_centre_offset") and r["box_centre_offset"].get("x") is not None
+                else "n/a"
+            ),
+        ]
+        for name, r in resolutions.items()
+    ]
+    resolution_table = (
+        "<h3>Cell and pixel boxes on the same model</h3>"
+        + _table(
+            ["boxes", "top-1 loc. accuracy (val)", "best on holdout", "t", "box-centre offset"],
+            resolution_rows,
+        )
+        + '<p class="note">Cell boxes apply the rule to the stride-8 cells; pixel boxes to the '
+        "class map up-sampled to the image (bilinear, the cell's value at its middle). Each "
+        "chooses its own t on the holdout scenes. The offset is the mean of predicted minus true "
+        "box centre over val scenes whose class is right.</p>"
+        if resolution_rows
+        else ""
+    )
     curve = {
         "holdout (chooses t)": [
             (r["threshold"], r["top1_loc_err"]) for r in loc.get("held_out_curve") or []
@@ -477,8 +505,9 @@ def _localization(model: str, entry: dict, root: Path) -> str:
         )
     note = (
         '<p class="note">The paper\'s protocol: the classifier without global pooling gives a '
-        "class map at stride 8; the box encloses the cells where the predicted class dominates "
-        "and its response exceeds t (min-max scaled). Correct when the class is right and IoU "
+        "class map at stride 8; the box encloses the cells (or, for pixel boxes, the pixels of the "
+        "up-sampled map) where the predicted class dominates and its response exceeds t (min-max "
+        "scaled). Correct when the class is right and IoU "
         "&gt; 0.5. t is chosen on the holdout scenes (reserved training items) and only then "
         "applied to the val scenes. The prior is a centred box of the mean ground-truth size, "
         "scored the same way with the same class predictions. Pictures: the predicted class's "
@@ -488,7 +517,7 @@ def _localization(model: str, entry: dict, root: Path) -> str:
         f"<h2>Weakly-supervised localization: {_e(model)}</h2>{note}"
         f'<div class="grid"><div>{table}<p>Threshold t = {loc["threshold"]:.2f} '
         f"({_e(loc['threshold_source'])}); {loc['num_images_scored']} val scenes.</p></div>"
-        f"{chart}</div>"
+        f"{chart}</div>{resolution_table}"
         f'<h3>Heatmaps and boxes</h3><div class="grid">{"".join(figures)}</div>'
     )
 

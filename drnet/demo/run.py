@@ -372,7 +372,9 @@ class Rates:
     def cls_fixed(self, recipe: Recipe) -> float:
         """Evaluation time around classification training: monitor sets, val, localization."""
         monitor = recipe.cls_epochs * min(recipe.cls_monitor, recipe.cls_val) * self.cls_infer
-        loc = (recipe.cls_val + recipe.cls_holdout) * (self.cls_single + PER_IMAGE_BOX_OVERHEAD_S)
+        # both box resolutions are scored (the default and the other, for the report)
+        per_image = self.cls_single + PER_IMAGE_BOX_OVERHEAD_S
+        loc = 2 * (recipe.cls_val + recipe.cls_holdout) * per_image
         return monitor + recipe.cls_val * self.cls_infer + loc
 
     def seg_fixed(self, recipe: Recipe) -> float:
@@ -792,11 +794,25 @@ def evaluate_localization_stage(
 ) -> dict:
     """The paper's protocol on the val scenes, threshold chosen on the holdout scenes, through
     the same function as ``drnet localize eval``."""
+    from drnet.metrics import wilson_interval
+    from drnet.tasks.boxes import BOX_RESOLUTIONS
+
     with single_thread():
         metrics = _evaluate_localization(model, card, data, out, device, progress)
         metrics["examples"] = localization_examples(
             model, card, data, out, metrics["threshold"], device
         )
+        # both box resolutions on the same model: the default one above, the other beside it
+        metrics["by_box_resolution"] = {metrics["box_resolution"]: _resolution_summary(metrics)}
+        for resolution in BOX_RESOLUTIONS:
+            if resolution != metrics["box_resolution"]:
+                other = _evaluate_localization(
+                    model, card, data, out / resolution, device, progress, resolution
+                )
+                metrics["by_box_resolution"][resolution] = _resolution_summary(other)
+    n = metrics["num_images_scored"]
+    hits = round((1 - metrics["top1_loc_err"]) * n)
+    metrics["top1_accuracy_ci95"] = wilson_interval(hits, n)
     prior = metrics["centred_box_prior"]
     metrics["top1_accuracy"] = 1 - metrics["top1_loc_err"]
     metrics["top1_error"] = metrics["top1_loc_err"]
@@ -805,6 +821,17 @@ def evaluate_localization_stage(
     prior["top1_accuracy"] = 1 - prior["top1_loc_err"]
     prior["gt_known_accuracy"] = 1 - prior["gt_known_loc_err"]
     return metrics
+
+
+def _resolution_summary(metrics: dict) -> dict:
+    """What the report shows per box resolution: accuracies on val and held-out, t, offset."""
+    held_out = min(metrics["held_out_curve"] or [], key=lambda r: r["top1_loc_err"], default=None)
+    return {
+        "top1_accuracy": 1 - metrics["top1_loc_err"],
+        "threshold": metrics["threshold"],
+        "held_out_top1_accuracy": None if held_out is None else 1 - held_out["top1_loc_err"],
+        "box_centre_offset": metrics.get("box_centre_offset"),
+    }
 
 
 @torch.no_grad()
@@ -861,9 +888,12 @@ def localization_examples(
     return examples
 
 
-def _evaluate_localization(model, card, data: SceneData, out: Path, device, progress) -> dict:
-    from drnet.tasks.localize import evaluate_localization
+def _evaluate_localization(
+    model, card, data: SceneData, out: Path, device, progress, resolution: str | None = None
+) -> dict:
+    from drnet.tasks.localize import LocalizationSettings, evaluate_localization
 
+    settings = LocalizationSettings(**({"box_resolution": resolution} if resolution else {}))
     return evaluate_localization(
         model,
         card,
@@ -873,6 +903,7 @@ def _evaluate_localization(model, card, data: SceneData, out: Path, device, prog
         threshold="auto",
         val_dir=data.loc_dir / "holdout",
         val_boxes_source=data.loc_dir / "boxes_holdout.csv",
+        settings=settings,
         save_images=0,  # the report draws its own examples (two per class)
         device=device,
         workers=0,
@@ -1307,6 +1338,9 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
                 "classification_error_ci95": _error_interval(cls_m.get("top1_ci95")),
                 "top5_error": 1 - entry["classification"]["top5"],
                 "top1_localization_error": entry["localization"]["top1_error"],
+                "top1_localization_error_ci95": _error_interval(
+                    entry["localization"].get("top1_accuracy_ci95")
+                ),
                 "centred_box_prior_error": entry["localization"]["centred_box_prior"][
                     "top1_loc_err"
                 ],
