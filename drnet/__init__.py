@@ -8,6 +8,7 @@ from drnet.models import (  # noqa: E402
     create_model,
     create_segmentation_model,
     list_models,
+    load_model,
 )
 
-__all__ = ["__version__", "create_model", "create_segmentation_model", "list_models"]
+__all__ = ["__version__", "create_model", "create_segmentation_model", "list_models", "load_model"]
