@@ -193,7 +193,7 @@ class ModelCard:
         data["class_names"] = list(data.get("class_names") or [])
         known = {f.name for f in fields(cls)}
         card = cls(**{k: v for k, v in data.items() if k in known and v is not None})
-        if card.task == "segmentation" and "crop_size" not in data:
+        if card.task == "segmentation":  # whole images: the classification sizes do not apply
             card.crop_size = card.resize_size = None
         return card
 
