@@ -214,3 +214,54 @@ def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     # 6 iterations per epoch: epoch 3 starts at iteration 12 of 24
     assert float(rows[2]["lr"]) == pytest.approx(0.05 * 0.5**0.9, rel=1e-5)
+
+
+class ImageTask(ToyTask):
+    """4x4 images through a conv net; ``narrow`` puts a 1x1 stride-2 conv on 8 channels."""
+
+    def __init__(self, narrow: bool) -> None:
+        super().__init__()
+        self.narrow = narrow
+
+    def build_model(self) -> nn.Module:
+        width = 8 if self.narrow else 16
+        return nn.Sequential(
+            nn.Conv2d(2, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 4, 1, stride=2),
+            nn.Flatten(), nn.Linear(16, 2),
+        )  # fmt: skip
+
+    def loss(self, output, target):
+        return nn.functional.cross_entropy(output, target)
+
+    def train_dataset(self) -> Dataset:
+        return _Images()
+
+    def val_dataset(self) -> Dataset | None:
+        return None
+
+
+class _Images(Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(i)
+        return torch.randn(2, 4, 4, generator=g), i % 2
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+def test_channels_last_is_refused_where_torch_cpu_backward_corrupts_memory(
+    tmp_path, caplog, narrow
+):
+    """The guard the demo used to apply by itself is the engine's: a 1x1 stride-2 conv on fewer
+    than 16 channels trains in NCHW (with a note) instead of crashing the process."""
+    import json
+
+    from drnet.engine.trainer import channels_last_is_safe
+
+    assert channels_last_is_safe(ImageTask(narrow).build_model()) is not narrow
+    with caplog.at_level("WARNING", logger="drnet"):
+        train(ImageTask(narrow), config(tmp_path, epochs=1, channels_last=True))
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert resolved["channels_last"] is (not narrow)
+    assert ("--channels-last ignored" in caplog.text) is narrow

@@ -396,26 +396,18 @@ def choose_threads(rates: dict[str, Rates], gain: float = 1.25) -> int:
 
 
 def use_channels_last(recipe: Recipe, model_name: str) -> bool:
-    """Whether ``model_name`` trains in channels-last layout.
-
-    Not when the network has a 1x1 stride-2 convolution on fewer than 16 channels (DRN-B/C at a
-    quarter width): its channels-last backward corrupts the heap on torch 2.14's CPU kernels
-    (``double free or corruption``). The layout changes speed only, never the numbers.
-    """
+    """Whether ``model_name`` trains in channels-last layout: where the recipe asks for it and
+    the engine allows it (:func:`drnet.engine.trainer.channels_last_is_safe`; the probe times the
+    same layout the engine will use). The layout changes speed only, never the numbers."""
     if not recipe.channels_last:
         return False
     import drnet
+    from drnet.engine.trainer import channels_last_is_safe
 
     model = drnet.create_model(
         model_name, num_classes=0, channels=recipe.model_channels(model_name)
     )
-    return not any(
-        isinstance(m, nn.Conv2d)
-        and m.kernel_size == (1, 1)
-        and m.stride != (1, 1)
-        and m.in_channels < 16
-        for m in model.modules()
-    )
+    return channels_last_is_safe(model)
 
 
 def _sync(device: torch.device) -> None:

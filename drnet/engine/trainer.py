@@ -315,7 +315,15 @@ def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
         len(train_set), shuffle=True, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
     )
     iters_per_epoch = _iters_per_epoch(len(train_set), len(sampler), batch_per_rank, config)
-    model = _build_model(task, config, ctx)
+    model = task.build_model()
+    if config.channels_last and device.type == "cpu" and not channels_last_is_safe(model):
+        _warn(
+            ctx,
+            "note: --channels-last ignored: this model has a 1x1 stride-2 convolution on fewer "
+            "than 16 channels, whose channels-last backward corrupts memory on torch's CPU kernels",
+        )
+        config = dataclasses.replace(config, channels_last=False)  # inputs stay NCHW too
+    model = _prepare_model(model, config, ctx)
     optimizer = torch.optim.SGD(
         task.optim_parameters(model),
         lr=config.lr,
@@ -355,9 +363,23 @@ def _iters_per_epoch(
     return min(iters, config.max_iters) if config.max_iters else iters
 
 
-def _build_model(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> nn.Module:
+def channels_last_is_safe(model: nn.Module) -> bool:
+    """False when ``model`` has a 1x1 stride-2 convolution on fewer than 16 input channels: the
+    channels-last backward of that convolution corrupts the heap on torch 2.14's CPU kernels
+    ("double free or corruption"; DRN-B/C at a quarter width have one). Layout changes speed
+    only, never the numbers, so the engine then trains in NCHW."""
+    return not any(
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride != (1, 1)
+        and m.in_channels < 16
+        for m in model.modules()
+    )
+
+
+def _prepare_model(model: nn.Module, config: TrainConfig, ctx: D.DistributedContext) -> nn.Module:
     """The task's model on the device, with the requested memory format and options."""
-    model = task.build_model().to(ctx.device)
+    model = model.to(ctx.device)
     if config.grad_checkpoint:
         if hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
