@@ -95,3 +95,23 @@ def test_benchmark_training_amp_on_gpu(tmp_path) -> None:
     )  # fmt: skip
     rows = run_benchmark(config)["rows"]
     assert [r["variant"] for r in rows] == ["eager", "amp"]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_training_amp_variant_on_cpu_needs_native_bf16(monkeypatch, caplog, native) -> None:
+    """`--train-variants eager,amp` times bf16 autocast on a CPU with native bf16, and skips it
+    with a note elsewhere (capability mocked)."""
+    import drnet.engine.precision as precision
+
+    flags = frozenset({"avx512_bf16"} if native else {"avx2"})
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    config = BenchmarkConfig(
+        model="drn_d_22", task="classification", height=32, width=32, batch=2, num_classes=4,
+        channels=TINY_CHANNELS, repeats=1, mode="training", training_variants=("eager", "amp"),
+        measure_peak=False, measure_memory=False,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="drnet"):
+        result = run_benchmark(config)
+    variants = [r["variant"] for r in result["rows"]]
+    assert variants == (["eager", "amp"] if native else ["eager"])
+    assert ("amp skipped: this CPU has no native bfloat16" in caplog.text) is not native

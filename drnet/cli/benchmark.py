@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--train-variants",
         type=_names(TRAINING_VARIANTS),
         default=("eager", "channels_last", "grad_checkpoint"),
-        help=f"training variants ({', '.join(TRAINING_VARIANTS)}; amp only on CUDA)",
+        help=f"training variants ({', '.join(TRAINING_VARIANTS)}; amp: GPU, or bf16 on CPUs "
+        "with native bf16)",
     )
     parser.add_argument(
         "--repeats", type=positive_int, default=5, help="timed runs per variant"

@@ -53,7 +53,11 @@ def add_engine_arguments(
     hidden(group, "--wd", dest="weight_decay", type=float)
     add_workers(group, workers)
     add_device(group)
-    group.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16) on GPU")
+    group.add_argument(
+        "--amp", action="store_true",
+        help="mixed precision: bf16 (else fp16) on GPU, bf16 on CPUs with native bf16 "
+        "(avx512_bf16/AMX); elsewhere float32 with a note",
+    )  # fmt: skip
     group.add_argument("--seed", type=int, default=0, help="seed: same seed, same weights")
     group.add_argument(
         "--resume", help="training checkpoint to continue from, or 'auto' (the run's last one)"

@@ -20,7 +20,6 @@ ignored options and skipped samples); the CLI installs the handler that prints t
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -48,6 +47,7 @@ from drnet.engine.checkpoint import (
     save_checkpoint,
 )
 from drnet.engine.data import SeededDataset, ShardedSampler
+from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
 from drnet.engine.schedule import IterationLR, build_scheduler
 from drnet.engine.stop import SIGNAL, SignalFlag, StopCheck
 from drnet.errors import CheckpointError, DataError, DrnetError
@@ -72,7 +72,7 @@ class TrainConfig:
     poly_power: float = 0.9
     workers: int = 2
     device: str = "auto"  # auto -> cuda if available else cpu
-    amp: bool = False  # autocast on GPU (bf16 when supported, else fp16 + GradScaler)
+    amp: bool = False  # autocast: GPU bf16 (else fp16 + GradScaler), CPU bf16 where native
     seed: int = 0
     resume: str | None = None  # training checkpoint, or "auto" = output_dir/checkpoint_last.pth
     bn_sync: bool = False
@@ -152,14 +152,6 @@ class Task:
 
 class TrainingInterrupted(DrnetError):
     """Training stopped on SIGTERM/SIGINT after writing a resumable checkpoint."""
-
-
-def autocast_context(device: torch.device, amp: bool):
-    """``torch.autocast`` on CUDA when ``amp`` (bf16 if supported, else fp16), else a no-op."""
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -300,9 +292,9 @@ def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
     out_dir = Path(config.output_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = config.amp and amp_dtype(device) is not None
     if config.amp and not use_amp:
-        _warn(ctx, f"note: --amp ignored on {device.type}; training in float32")
+        _warn(ctx, f"note: --amp ignored: {amp_unavailable_reason(device)}; training in float32")
     if config.batch_size % ctx.world_size:
         raise DrnetError(
             f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes"
@@ -335,7 +327,7 @@ def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
         config.lr_step, config.lr_gamma, config.poly_power,
     )  # fmt: skip
     scaler = torch.amp.GradScaler(
-        device.type, enabled=use_amp and not torch.cuda.is_bf16_supported()
+        device.type, enabled=use_amp and amp_dtype(device) == torch.float16
     )
     paths = {
         "output_dir": str(out_dir),
@@ -404,7 +396,7 @@ def _resolved_config(
     iters_per_epoch: int,
 ) -> dict[str, Any]:
     """What ``config.json`` and the checkpoints' ``"config"`` hold: the config as run."""
-    amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    dtype = amp_dtype(ctx.device) if use_amp else None
     return _plain(
         {
             **config.to_dict(),
@@ -412,7 +404,7 @@ def _resolved_config(
             "world_size": ctx.world_size,
             "batch_per_process": batch_per_rank,
             "iters_per_epoch": iters_per_epoch,
-            "amp_dtype": amp_dtype if use_amp else None,
+            "amp_dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
             "task": _plain(task.describe()),
         }
     )

@@ -32,6 +32,7 @@ from torch import nn
 
 import drnet
 from drnet.constants import IGNORE_INDEX
+from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
 from drnet.errors import DrnetError
 from drnet.models.summary import count_flops
 from drnet.speed.inference import InferenceModel, optimize_for_inference
@@ -416,15 +417,6 @@ def _loss(task: str, output: Any, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target)
 
 
-def _amp_context(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def training_setup(
     model: nn.Module, variant: str, device: torch.device
 ) -> tuple[nn.Module, nn.Module, bool, bool]:
@@ -455,8 +447,9 @@ def benchmark_training(
     log: Callable[[str], None] = _LOG.info,
 ) -> list[Row]:
     variants = tuple(dict.fromkeys(("eager", *config.training_variants)))
-    if device.type != "cuda":
-        variants = tuple(v for v in variants if v != "amp")  # bf16 autocast on CPU: see docs
+    if "amp" in variants and amp_dtype(device) is None:  # e.g. a CPU without native bf16
+        log(f"amp skipped: {amp_unavailable_reason(device)}")
+        variants = tuple(v for v in variants if v != "amp")
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, config.height, config.width, generator=generator).to(device)
     classes = config.num_classes or (19 if config.task == "segmentation" else 1000)
@@ -477,7 +470,7 @@ def benchmark_training(
         )
 
         def step(runner=runner, optimizer=optimizer, xx=xx, amp=amp, apply=True):
-            with _amp_context(device, amp):
+            with autocast_context(device, amp):
                 output = runner(xx)
             loss = _loss(config.task, output, target)
             optimizer.zero_grad(set_to_none=True)

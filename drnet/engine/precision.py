@@ -1,0 +1,69 @@
+"""Mixed precision: which low-precision dtype a device runs natively, and the autocast for it.
+
+- CUDA: bfloat16 where the GPU supports it, else float16 (with a gradient scaler).
+- CPU: bfloat16 only where the CPU has native bf16 instructions (``avx512_bf16`` or AMX); on
+  other CPUs bf16 is emulated and slower than float32, so mixed precision is refused with a
+  one-line reason and the work stays in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+NATIVE_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (fast), not by emulation."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(flag in _cpu_flags() for flag in NATIVE_CPU_BF16_FLAGS)
+    return False
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of mixed precision on ``device``; None where it would not pay."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bf16(device) else None
+
+
+def amp_unavailable_reason(device: torch.device | str) -> str | None:
+    """One line saying why mixed precision is off on ``device`` (None when it is available)."""
+    device = torch.device(device)
+    if amp_dtype(device) is not None:
+        return None
+    if device.type == "cpu":
+        return (
+            "this CPU has no native bfloat16 (no avx512_bf16 or AMX), where bf16 is slower than "
+            "float32"
+        )
+    return f"no mixed precision on {device.type}"
+
+
+def autocast_context(device: torch.device, amp: bool):
+    """``torch.autocast`` in :func:`amp_dtype` when ``amp`` and the device has one, else a
+    no-op."""
+    dtype = amp_dtype(device) if amp else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
