@@ -262,7 +262,7 @@ def fast_inference(
     DRN or DRNSeg, else ``model`` in eval mode. Without ``example_input`` the choice is made on
     the first input the result is called with (:class:`FastOnFirstCall`): the candidates, plain
     eager included, are timed on it, because which one wins depends on the CPU and the input size
-    (on an AVX2 CPU the fused path measured 6x slower than eager on 64 px images). The result
+    (on an AVX2 CPU the fused path measured 4-6x slower than eager on 64 px images). The result
     has the model's output convention, so it can replace the model anywhere it is only called
     (``{"out": ...}``, softmax, multi-scale fusion, sliding windows, ``forward_map``); for
     single-scale label maps use :func:`predict_labels`.
