@@ -20,14 +20,16 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from drnet.constants import IMAGENET_MEAN, IMAGENET_STD
+from drnet.data.images import as_rgb
 from drnet.errors import DataError
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB, raising :class:`DataError` that names the file if it is unreadable."""
+    """Open an image as RGB (upright, high bit depths scaled: :func:`drnet.data.images.as_rgb`),
+    raising :class:`DataError` that names the file if it is unreadable."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return as_rgb(image)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the image ({exc})") from exc
 

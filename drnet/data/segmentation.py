@@ -37,6 +37,7 @@ from drnet.constants import (
     IMAGENET_STD,
 )
 from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
+from drnet.data.images import as_rgb
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.errors import DataError
 
@@ -46,10 +47,11 @@ MASK_DIR_NAMES = ("masks", "labels", "annotations")
 
 
 def read_image(path: str | os.PathLike) -> tv_tensors.Image:
-    """An RGB image as a uint8 ``tv_tensors.Image`` ``[3, H, W]``; DataError names a bad file."""
+    """An RGB image as a uint8 ``tv_tensors.Image`` ``[3, H, W]`` (upright, high bit depths
+    scaled: :func:`drnet.data.images.as_rgb`); DataError names a bad file."""
     try:
         with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+            array = np.asarray(as_rgb(im))
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
