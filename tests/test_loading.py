@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 import drnet
 from drnet.errors import CheckpointError, DrnetError
@@ -72,3 +73,29 @@ def test_logits_of_every_output_convention():
     assert logits_of({"out": logits}) is logits
     assert logits_of((logits.log_softmax(1), None)).argmax(1).equal(logits.argmax(1))
     assert logits_of(logits) is logits
+
+
+def test_commands_refuse_a_checkpoint_of_the_other_task(tmp_path, capsys):
+    """`segment predict`/`segment eval` with a classifier (once predicted with an untrained head,
+    or blamed the labels) and `classify eval` with a segmenter: one line naming the file."""
+    from conftest import TINY_ARG, make_list_dataset, run_cli, save_tiny_model
+
+    data = make_list_dataset(tmp_path / "data")
+    classifier, segmenter = tmp_path / "cls.pth", tmp_path / "seg.pth"
+    save_tiny_model(classifier, 3)
+    save_tiny_model(segmenter, 3, segmentation=True)
+    common = ["--model", "drn_d_22", "--channels", TINY_ARG, "--no-progress"]
+    for argv in (
+        ["segment", "predict", data / "images", "--weights", classifier, *common],
+        ["segment", "eval", data, "--weights", classifier, *common],
+    ):
+        rc, _, err = run_cli(capsys, *argv, "-o", tmp_path / "out")
+        assert rc == 2 and "Traceback" not in err
+        assert f"{classifier} is a classification model, not a segmentation one" in err
+    assert not (tmp_path / "out").exists()  # nothing written
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / "a" / "0.png")
+    rc, _, err = run_cli(
+        capsys, "classify", "eval", tmp_path / "imgs", "--weights", segmenter, *common
+    )
+    assert rc == 2 and "is a segmentation model, not a classification one" in err
