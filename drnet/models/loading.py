@@ -171,9 +171,11 @@ class ModelCard:
         the resize to the usual 256/224 ratio."""
         from dataclasses import replace
 
+        from drnet.data.classification import default_resize_size
+
         card = replace(self, class_names=list(self.class_names))
         if crop_size:
-            card.crop_size, card.resize_size = crop_size, round(crop_size * 256 / 224)
+            card.crop_size, card.resize_size = crop_size, default_resize_size(crop_size)
         if resize_size:
             card.resize_size = resize_size
         return card
