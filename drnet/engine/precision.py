@@ -67,3 +67,35 @@ def autocast_context(device: torch.device, amp: bool):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+#: the ``--dtype`` choices of evaluation and prediction (and the demo)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def inference_dtype(
+    requested: str | torch.dtype | None, device: torch.device | str
+) -> tuple[torch.dtype, str | None]:
+    """The dtype inference runs in for ``requested`` on ``device``, and a one-line note when the
+    request cannot be honoured.
+
+    ``"float32"`` (or None) is float32. ``"bfloat16"`` is bfloat16 where the device computes it
+    natively, else float32 with a note (emulated bf16 is several times slower than float32, so
+    it is never worth it). ``"auto"`` is bfloat16 where native, else float32, silently.
+    """
+    if isinstance(requested, torch.dtype):
+        requested = {v: k for k, v in _DTYPES.items()}.get(requested, str(requested))
+    requested = requested or "float32"
+    if requested not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, not {requested!r}")
+    if requested == "float32":
+        return torch.float32, None
+    if native_bf16(device):
+        return torch.bfloat16, None
+    if requested == "auto":
+        return torch.float32, None
+    reason = amp_unavailable_reason(device) or f"no native bfloat16 on {torch.device(device)}"
+    if torch.device(device).type == "cuda":
+        reason = "this GPU has no native bfloat16"
+    return torch.float32, f"--dtype bfloat16 ignored: {reason}; running in float32"

@@ -2,9 +2,10 @@
 
 On CPU with oneDNN (``torch.backends.mkldnn``) a conv, its bias, the residual add and the ReLU
 run as one kernel (``torch.ops.mkldnn._convolution_pointwise``, the op torch.compile's CPU
-backend emits), which saves full passes over memory that the separate eager ops make; this
-matters most for the 16-channel full-resolution layers, whose convs are memory-bound. Elsewhere
-(CUDA, other dtypes, autograd) the same modules run the plain ops, so the math is the same.
+backend emits), in float32 or, on CPUs with oneDNN's bf16 kernels, bfloat16. That saves full
+passes over memory that the separate eager ops make; this matters most for the 16-channel
+full-resolution layers, whose convs are memory-bound. Elsewhere (CUDA, bf16 on CPUs without
+oneDNN's bf16 kernels, autograd) the same modules run the plain ops, so the math is the same.
 
 Apply :func:`fuse_model` to a model whose BatchNorms are already folded
 (:func:`drnet.speed.fold.fold_batchnorm`).
@@ -31,16 +32,28 @@ def _onednn_pointwise_available() -> bool:
         return False
 
 
+def _onednn_bf16_available() -> bool:
+    try:  # oneDNN's bf16 kernels need avx512bw/vl/dq or avx_ne_convert; elsewhere they refuse
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
 ONEDNN_POINTWISE = _onednn_pointwise_available()
 PACKED_WEIGHTS = ONEDNN_POINTWISE and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+#: the dtypes the fused oneDNN kernels run in on this CPU (others take the plain ops)
+ONEDNN_DTYPES = frozenset(
+    {torch.float32} | ({torch.bfloat16} if ONEDNN_POINTWISE and _onednn_bf16_available() else set())
+)
 
 
-def _use_onednn(x: torch.Tensor, use_onednn: bool) -> bool:
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> bool:
     return (
         use_onednn
         and ONEDNN_POINTWISE
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in ONEDNN_DTYPES
+        and x.dtype == weight.dtype
         and not (torch.is_grad_enabled() and x.requires_grad)
     )
 
@@ -103,7 +116,7 @@ class ConvAct(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if _use_onednn(x, self.use_onednn):
+        if _use_onednn(x, self.weight, self.use_onednn):
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x,
