@@ -186,6 +186,12 @@ def test_overwrite_removes_the_old_best_checkpoint(cls_data, run, capsys):
     assert not (run / "checkpoint_best.pth").exists()
 
 
+def test_output_dir_that_is_a_file(cls_data, tmp_path, capsys):
+    (tmp_path / "run").write_text("a file\n")
+    rc, _, err = cli(capsys, *cls_train(cls_data, tmp_path / "run"))
+    one_error_line(rc, err, tmp_path / "run", "not a folder")
+
+
 # -- two trainings at once -----------------------------------------------------------------------
 
 

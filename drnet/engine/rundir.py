@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover - exercised on Windows only
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".drnet.lock"
+# a folder holding one of these holds a run (model.json alone is left by a start that failed)
+RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "log.csv")
 
 
 def _file_mode() -> int:
@@ -43,8 +45,6 @@ def _file_mode() -> int:
 
 
 _FILE_MODE = _file_mode()
-# a folder holding one of these holds a run (model.json alone is left by a start that failed)
-RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "log.csv")
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -91,7 +91,10 @@ def run_files(directory: str | os.PathLike) -> list[str]:
 def check_run_folder(directory: str | os.PathLike, *, resume: str | None, overwrite: bool) -> None:
     """Refuse a folder that already holds a run, unless ``resume`` (any value) or ``overwrite``.
 
-    Raises :class:`DrnetError` with one line naming the folder and the two ways out."""
+    Raises :class:`DrnetError` with one line naming the folder and the two ways out (or saying
+    that ``directory`` is a file)."""
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise DrnetError(f"--output-dir {directory} exists and is not a folder")
     found = run_files(directory)
     if found and not resume and not overwrite:
         raise DrnetError(
