@@ -144,6 +144,7 @@ def test_training_stops_at_its_time_limit(tmp_path: Path) -> None:
     assert result["images_seen"] == 4  # one iteration, then the stop
     assert result["checkpoint"].is_file()
     config.time_limit = 600.0
+    config.overwrite = True  # a fresh run into the same folder
     done = _train_run(train_classifier, task, config)
     assert not done["stopped_early"] and len(done["history"]) == 3
     assert done["images_seen"] == 3 * 40

@@ -62,6 +62,12 @@ def add_engine_arguments(
     group.add_argument(
         "--resume", help="training checkpoint to continue from, or 'auto' (the run's last one)"
     )
+    group.add_argument(
+        "--overwrite", action="store_true",
+        help="train into an --output-dir that already holds a run (a checkpoint or log.csv), "
+        "deleting that run's checkpoints and log.csv; without it such a folder is refused "
+        "(continue the run with --resume auto instead)",
+    )  # fmt: skip
     group.add_argument("--bn-sync", action="store_true", help="SyncBatchNorm under torchrun")
     group.add_argument("--max-iters", type=positive_int, help="cap iterations per epoch")
     group.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
@@ -98,6 +104,7 @@ def train_config(args: argparse.Namespace):
         amp=args.amp,
         seed=args.seed,
         resume=args.resume,
+        overwrite=args.overwrite,
         bn_sync=args.bn_sync,
         max_iters=args.max_iters,
         eval_every=args.eval_every,

@@ -705,6 +705,7 @@ def _train_config(
         handle_signals=True,
         channels_last=use_channels_last(recipe, model_name),
         time_limit=time_limit,
+        overwrite=True,  # each demo replaces the previous demo's models
     )
 
 

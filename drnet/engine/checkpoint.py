@@ -7,20 +7,21 @@ A training checkpoint is a dict with the keys ``model`` (state dict of the bare 
 needs to rebuild its model: architecture, classes...), ``rng`` and ``best_metric``.
 
 A file is written to a temporary name in the same directory, flushed to disk, then renamed over
-the target with :func:`os.replace`, so a reader never sees a half-written checkpoint.
+the target with :func:`os.replace` (:func:`drnet.engine.rundir.atomic_write`), so a reader never
+sees a half-written checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from drnet.engine.rundir import atomic_write
 from drnet.errors import CheckpointError
 
 CHECKPOINT_LAST = "checkpoint_last.pth"
@@ -31,19 +32,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
     return path
 
 

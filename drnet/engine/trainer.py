@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from drnet.engine.checkpoint import (
 )
 from drnet.engine.data import SeededDataset, ShardedSampler
 from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
+from drnet.engine.rundir import RunFolderLock, atomic_write, check_run_folder, claim_run_folder
 from drnet.engine.schedule import IterationLR, build_scheduler
 from drnet.engine.stop import SIGNAL, SignalFlag, StopCheck
 from drnet.errors import CheckpointError, DataError, DrnetError
@@ -75,6 +75,7 @@ class TrainConfig:
     amp: bool = False  # autocast: GPU bf16 (else fp16 + GradScaler), CPU bf16 where native
     seed: int = 0
     resume: str | None = None  # training checkpoint, or "auto" = output_dir/checkpoint_last.pth
+    overwrite: bool = False  # replace a run already in output_dir (refused otherwise)
     bn_sync: bool = False
     max_iters: int | None = None  # cap on iterations per epoch (tests, quick runs)
     eval_every: int = 1
@@ -158,7 +159,11 @@ class TrainingInterrupted(DrnetError):
 
 
 def train(
-    task: Task, config: TrainConfig, *, should_stop: Callable[[], bool] | None = None
+    task: Task,
+    config: TrainConfig,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    write_files: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` as ``config`` says; returns a summary.
 
@@ -179,16 +184,40 @@ def train(
     call's part of the unfinished epoch). A stop on an epoch's last iteration lets that epoch be
     evaluated and logged, then ends the run (``partial_epoch`` None).
 
+    The run folder: nothing is written into ``config.output_dir`` until the arguments, the model
+    (and the checkpoint it resumes from) and the datasets are checked. A folder that already
+    holds a run (:data:`drnet.engine.rundir.RUN_FILES`) is refused unless ``config.resume``
+    continues it or ``config.overwrite`` replaces it (its checkpoints and ``log.csv`` are then
+    removed). Rank 0 locks the folder for the whole call (a second training into it fails with
+    one line naming the folder) and writes every file atomically. ``write_files(folder)`` is
+    called on rank 0 once the folder is claimed, before the engine writes its own files: a task
+    writes its own files there (``model.json``).
+
     Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a resumable checkpoint was written)
     and :class:`DrnetError` on a non-finite loss (the last good checkpoint is kept).
     """
+    lock = RunFolderLock(config.output_dir)
+    try:
+        return _train(task, config, should_stop, write_files, lock)
+    finally:
+        lock.release()
+
+
+def _train(
+    task: Task,
+    config: TrainConfig,
+    should_stop: Callable[[], bool] | None,
+    write_files: Callable[[Path], None] | None,
+    lock: RunFolderLock,
+) -> dict[str, Any]:
+    """The body of :func:`train`, which releases ``lock`` (the run folder's) however it ends."""
     started = time.perf_counter()
     ctx = D.init_distributed(config.device)
     _check_config(config)
     run = _set_up(task, config, ctx)
     _restore(run)
     _wrap(run)
-    _open_logs(run)
+    _open_logs(run, lock, write_files)
     with SignalFlag(config.handle_signals) as signals:
         stops = StopCheck(signals, config.time_limit, should_stop, started)
         for epoch in range(run.start_epoch, config.epochs):
@@ -290,8 +319,8 @@ def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
     """Seed, data, model, optimizer and schedule, output paths and the resolved config."""
     device = ctx.device
     out_dir = Path(config.output_dir)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # fail fast, before the data is read; _open_logs checks again under the folder's lock
+    check_run_folder(out_dir, resume=config.resume, overwrite=config.overwrite)
     use_amp = config.amp and amp_dtype(device) is not None
     if config.amp and not use_amp:
         _warn(ctx, f"note: --amp ignored: {amp_unavailable_reason(device)}; training in float32")
@@ -459,11 +488,20 @@ def _wrap(run: _Run) -> None:
     run.model_for_train = model
 
 
-def _open_logs(run: _Run) -> None:
-    """Rank 0 writes ``config.json`` and reopens ``log.csv`` up to the restored epoch."""
+def _open_logs(
+    run: _Run, lock: RunFolderLock, write_files: Callable[[Path], None] | None = None
+) -> None:
+    """Everything is checked: rank 0 claims the run folder (creates and locks it, refuses another
+    run in it), lets the task write its files, writes ``config.json`` and reopens ``log.csv`` up
+    to the restored epoch. Nothing is written into the folder before this."""
     if not run.ctx.is_main:
         return
-    with open(run.paths["config_json"], "w") as f:
+    config = run.config
+    claim_run_folder(
+        run.out_dir, resume=config.resume, overwrite=config.overwrite, lock=lock,
+        write_files=write_files,
+    )  # fmt: skip
+    with atomic_write(run.paths["config_json"]) as f:
         json.dump(run.resolved, f, indent=2, default=str)
     run.csv_log = _CsvLog(Path(run.paths["log_csv"]), run.start_epoch)
     run.history = list(run.csv_log.rows)
@@ -726,12 +764,10 @@ class _CsvLog:
         fields: list[str] = []
         for r in self.rows:
             fields += [k for k in r if k not in fields]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
 
 def _plain(obj: Any) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -558,7 +557,6 @@ def train_classifier(
 ) -> dict:
     """Train with the shared engine; also writes ``model.json`` (the :class:`ModelCard`) into
     ``config.output_dir`` so eval/predict/localize rebuild the model from the run directory
-    alone. ``should_stop``: see :func:`drnet.engine.train`. Returns the engine's summary."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        task.card.save(config.output_dir)
-    return train(task, config, should_stop=should_stop)
+    alone (only once the engine has checked everything: a failed start leaves an earlier run
+    intact). ``should_stop``: see :func:`drnet.engine.train`. Returns the engine's summary."""
+    return train(task, config, should_stop=should_stop, write_files=task.card.save)

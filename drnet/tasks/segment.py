@@ -272,12 +272,11 @@ def train_segmentation(
     task: SegmentationTask | SegmentOptions, config: TrainConfig, *, should_stop=None
 ) -> dict[str, Any]:
     """Train DRNSeg with the shared engine (a task, or options naming a dataset folder); writes
-    ``model.json`` into the run folder and returns the engine's summary."""
+    ``model.json`` into the run folder (once the engine has checked everything, so a failed start
+    leaves an earlier run intact) and returns the engine's summary."""
     if isinstance(task, SegmentOptions):
         task = SegmentationTask.from_options(task)
-    if int(os.environ.get("RANK", "0")) == 0:
-        task.card.save(config.output_dir)
-    return train(task, config, should_stop=should_stop)
+    return train(task, config, should_stop=should_stop, write_files=task.card.save)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
