@@ -1,20 +1,28 @@
 """The cell-to-pixel alignment of the box rule, pinned on a trained model.
 
-A tiny DRN classifier is trained for a few hundred SGD steps on synthetic images with one
-coloured, textured rectangle each (known boxes). On held-out images the mean offset of the
-predicted box centres from the true ones must stay small for cell and pixel boxes, and moving the
-rule by half a cell must show up in that mean: the test fails when the alignment is wrong.
+A tiny DRN classifier is trained for a few hundred SGD steps, with random horizontal and vertical
+flips, on synthetic images with one coloured, textured rectangle each (known boxes). On held-out
+images the mean offset of the predicted box centres from the true ones must stay small for cell
+and pixel boxes, and moving the rule by half a cell must show up in that mean: the test fails when
+the alignment is wrong.
 
-The held-out set is closed under horizontal and vertical flips (each image with its mirrors): a
-tiny model's maps are wide, and boxes of objects near a border are pulled toward the image
-centre; over a mirror-closed set that pull cancels, while a misalignment (the same shift for an
-image and its mirror) does not.
+Why the cell's middle (pixel ``s*j + s/2``) and not its receptive-field centre (``s*j``): a
+network trained with flips computes, approximately, a flip-equivariant function, and the only
+cell-to-pixel rule consistent with flip equivariance maps cell ``j`` of ``n`` to the mirror of
+cell ``n-1-j``, i.e. centres cell ``j`` on ``s*j + s/2``. The geometric centre ``s*j`` would put
+the mirror of cell ``j`` at ``W - s*j``, half a cell away from cell ``n-1-j``'s centre.
 
-Measured (150 steps, seed 0): offsets cell (-0.7, -1.3) px, pixel (-0.1, -1.2) px; the rule moved
-by +/-4 px gives offsets of 2.3 px or more. The alignment of so small a model varies with its seed:
-seeds 1-3 gave per-axis offsets from -1.5 to +2.1 px (and -3.2 to +2.3 after 300 steps), scattered
-around 0 rather than around the +3.5 px that the geometric alignment (cell j on pixel 8j) would
-give. The 1.5 px bound is therefore met by this seeded model, with a margin of 0.2 px in y.
+A small, briefly trained model is only roughly equivariant, and which way it leans depends on its
+seed: without symmetrisation, seeds 0-3 gave mean offsets (x, y) of (-1.1, -1.1), (-1.4, -1.1),
+(0.3, -1.4) and (0.5, 2.4) px (cell boxes, the 384 held-out images below): scattered around 0, not
+around the -3.5 px of the geometric rule, but too widely for a 1.5 px bound to hold for any seed or
+on another CPU's rounding. So the test measures the model's flip-averaged class map (the map of the
+image and of its three mirrors, each flipped back: the equivariant part of what it learned); then
+the offset holds the alignment of the rule plus sampling noise: seeds 0-3 gave at most 0.5 px per
+axis (seed 0, the one used: (-0.4, -0.1) cell, (-0.3, -0.1) pixel), and the rule moved by half a
+cell gives about 4 px.
+The held-out set is NOT mirror-closed: over a mirror-closed set a flip-averaged map would give
+offsets that cancel exactly whatever the rule, and test nothing.
 """
 
 from __future__ import annotations
@@ -52,18 +60,6 @@ def draw_images(rng: np.random.Generator, count: int, size: int) -> tuple:
     return images - 0.3, labels, boxes
 
 
-def with_mirrors(images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor) -> tuple:
-    """The images with their horizontal, vertical and double mirrors (boxes mirrored too)."""
-    size = images.shape[-1]
-    x1, y1, x2, y2 = boxes.unbind(1)
-    mirrored_x = torch.stack([size - x2, y1, size - x1, y2], dim=1)
-    images, boxes = torch.cat([images, images.flip(-1)]), torch.cat([boxes, mirrored_x])
-    x1, y1, x2, y2 = boxes.unbind(1)
-    mirrored_y = torch.stack([x1, size - y2, x2, size - y1], dim=1)
-    images, boxes = torch.cat([images, images.flip(-2)]), torch.cat([boxes, mirrored_y])
-    return images, labels.repeat(4), boxes
-
-
 @pytest.fixture(scope="module")
 def trained() -> torch.nn.Module:
     """A tiny DRN-D-22 trained with random flips (seeded: the same model every run)."""
@@ -84,20 +80,27 @@ def trained() -> torch.nn.Module:
     return model.eval()
 
 
+def flip_averaged_maps(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The class maps of ``images`` and of their three mirrors (each map flipped back), averaged:
+    exact cell correspondence, as the image sizes are multiples of the stride."""
+    maps = [model.forward_map(images.flip(dims)).flip(dims) for dims in ((-1,), (-2,), (-2, -1))]
+    return (model.forward_map(images) + sum(maps)) / 4
+
+
 @pytest.fixture(scope="module")
 def held_out(trained: torch.nn.Module) -> list[tuple]:
     """(class map, true class, true box, image size) of held-out images the model classifies
-    right, mirror-closed, at sizes that are multiples of the stride."""
+    right, at sizes that are multiples of the stride."""
     rng = np.random.default_rng(123)
     kept = []
     with torch.no_grad():
         for size in (48, 56, 64):
-            images, labels, boxes = with_mirrors(*draw_images(rng, 16, size))
-            maps = trained.forward_map(images)
+            images, labels, boxes = draw_images(rng, 128, size)
+            maps = flip_averaged_maps(trained, images)
             right = maps.mean(dim=(2, 3)).argmax(dim=1) == labels
             for n in right.nonzero()[:, 0]:
                 kept.append((maps[n], int(labels[n]), boxes[n], (size, size)))
-    assert len(kept) >= 150  # the model learned the classes
+    assert len(kept) >= 300  # the model learned the classes
     return kept
 
 

@@ -201,12 +201,11 @@ class ModelCard:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``model.json`` into ``directory`` (atomically)."""
+        from drnet.engine.rundir import atomic_write_text
+
         path = Path(directory) / MODEL_CARD
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{MODEL_CARD}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(temporary, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ModelCard:
