@@ -8,6 +8,7 @@ to ``tmp_path`` and, when ``DRNET_SCREENSHOTS=DIR`` is set, to DIR as well.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlsplit
@@ -320,12 +322,23 @@ def test_unexpected_failure_is_one_line_500(served, monkeypatch):
     assert status == 500 and body == {"error": "internal error: RuntimeError: out of cheese"}
 
 
-def test_fast_path_is_the_default(runs):
+def test_fast_path_is_the_default_and_warms_up_at_start(runs):
+    """The fast path chooses its layout on its first input: warm_up pays that at start; its
+    answers are the plain model's."""
     from drnet.speed.inference import FastOnFirstCall
 
     model, card = load_model(runs["classifier"])
-    assert isinstance(ServedModel.create(model, card, "x", id="a").runner, FastOnFirstCall)
-    assert ServedModel.create(model, card, "x", id="a", fast=False).runner is model
+    fast = ServedModel.create(model, card, "x", id="a")
+    assert isinstance(fast.runner, FastOnFirstCall) and fast.runner.fast is None
+    fast.warm_up()
+    assert fast.runner.fast is not None
+    plain = ServedModel.create(model, card, "x", id="a", fast=False)
+    assert plain.runner is model
+    image = Image.fromarray(scene_image())
+    got, expected = api.predict(fast, image), api.predict(plain, image)
+    assert [t["index"] for t in got["top5"]] == [t["index"] for t in expected["top5"]]
+    scores = [t["score"] for t in expected["top5"]]
+    assert [t["score"] for t in got["top5"]] == pytest.approx(scores, abs=1e-4)
 
 
 def test_loopback_hosts():
@@ -344,7 +357,8 @@ def test_cli_serves_runs_side_by_side(runs, tmp_path):
     """``drnet serve --weights A --weights B --port 0`` prints its URL and lists both models."""
     log = tmp_path / "serve.log"
     argv = [sys.executable, "-m", "drnet", "serve", "--weights", runs["classifier"],
-            "--weights", runs["segmenter"], "--port", "0", "--device", "cpu"]  # fmt: skip
+            "--weights", runs["segmenter"], "--port", "0", "--device", "cpu",
+            "--no-fast"]  # fmt: skip
     with open(log, "w") as out:
         process = subprocess.Popen(
             [str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=_child_env(),
@@ -497,10 +511,9 @@ class DevTools:
         ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium and a DevTools session on its page."""
-    profile = tmp_path_factory.mktemp("chromium")
+@contextlib.contextmanager
+def open_browser(profile: Path, width: int = 1200, height: int = 1000) -> Iterator[DevTools]:
+    """Headless Chromium (its profile in ``profile``) and a DevTools session on its page."""
     log = open(profile / "chromium.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -522,13 +535,19 @@ def browser(tmp_path_factory):
             tools.call(f"{domain}.enable")
         tools.call(
             "Emulation.setDeviceMetricsOverride",
-            width=1200, height=1000, deviceScaleFactor=1, mobile=False,
+            width=width, height=height, deviceScaleFactor=1, mobile=False,
         )  # fmt: skip
         yield tools
     finally:
         process.terminate()
         process.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with open_browser(tmp_path_factory.mktemp("chromium")) as tools:
+        yield tools
 
 
 def _screenshot_dirs(tmp_path: Path) -> list[Path]:

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     for served in models:
         print(f"{served.id}: {served.name}")
+        served.warm_up()
     print(f"drnet serve: open {server.url} (Ctrl-C to stop)", flush=True)
     serve_forever(server)
     return 0

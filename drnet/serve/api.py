@@ -99,6 +99,14 @@ class ServedModel:
     def task(self) -> str:
         return self.card.task
 
+    def warm_up(self) -> None:
+        """Run once on a grey image of a typical size, so that the fast path's one-time choice
+        of layout (timed on its first input) is not paid by the first person's request."""
+        if self.runner is self.model:
+            return
+        side = self.card.resize_size or 256
+        predict(self, Image.new("RGB", (side, side), (128, 128, 128)))
+
     def describe(self) -> dict[str, Any]:
         """``GET /api/models`` entry: id, name, task, architecture, classes, source."""
         return {
