@@ -78,6 +78,10 @@ class DrnetServer(ThreadingHTTPServer):
         host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host}:{port}/"
 
+    def handle_error(self, request, client_address) -> None:
+        """A request that failed outside the handler's own guard: logged, not printed."""
+        logger.debug("drnet serve: error with %s", client_address, exc_info=True)
+
     def server_close(self) -> None:
         super().server_close()
         self.worker.shutdown(wait=False, cancel_futures=True)
@@ -133,6 +137,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             route()
         except UploadError as exc:
             self._error(exc.status, str(exc))
+        except (BrokenPipeError, ConnectionResetError):  # the client left: nobody to answer
+            self.close_connection = True
         except Exception as exc:  # the last resort: one line to the client, details in the log
             logger.error("drnet serve: %s %s failed: %s", self.command, self.path, exc)
             logger.debug("traceback", exc_info=True)
