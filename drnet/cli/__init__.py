@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "benchmark",
     "export",
     "quantize",
+    "serve",
 )
 
 

@@ -1,0 +1,134 @@
+"""``drnet serve``: a local web page and JSON API for classifiers and segmenters, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from drnet.cli import non_negative_int, positive_int
+from drnet.cli.vocab import (
+    add_device,
+    add_model,
+    add_no_fast,
+    add_num_classes,
+    add_pretrained,
+    hidden,
+    load_from_args,
+)
+from drnet.errors import DrnetError
+
+logger = logging.getLogger("drnet")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from drnet.serve.api import SEGMENT_MAX_SIDE
+    from drnet.serve.app import (
+        DEFAULT_HOST,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_MB,
+        DEFAULT_PORT,
+    )
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="a local web page: class maps, boxes, label maps and activations of your images",
+        description="Serve a page (and its JSON API) where you drop images and see, for each "
+        "model side by side: a classifier's top-5 classes, the class map of any class and the "
+        "paper's box with a live threshold slider; a segmenter's label map, overlay and class "
+        "shares; and for both the activation map of every level with its gridding score and "
+        "the time each step took. Binds 127.0.0.1 unless --host says otherwise; nothing is "
+        "written to disk. API: GET /api/models, POST /api/predict (the image as the request "
+        "body or multipart 'image'; ?model=ID&threshold=T).",
+    )
+    parser.add_argument(
+        "--weights",
+        action="append",
+        metavar="PATH",
+        help="a run directory, a drnet checkpoint, an official .pth or published weights' "
+        "name; repeat for several models side by side (one per --weights)",
+    )
+    hidden(parser, "--checkpoint", dest="weights", metavar="PATH", action="append")
+    add_model(parser, help="architecture of checkpoints that do not record it (official .pth)")
+    add_pretrained(parser, "the published weights of --model (no --weights)")
+    add_num_classes(parser, "classes of checkpoints that do not record them")
+    add_device(parser)
+    add_no_fast(parser)
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    parser.add_argument(
+        "--port", type=non_negative_int, default=DEFAULT_PORT, help="port; 0 picks a free one"
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest upload accepted, in MiB",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="largest image accepted, in pixels (width x height)",
+    )
+    parser.add_argument(
+        "--max-side",
+        type=non_negative_int,
+        default=SEGMENT_MAX_SIDE,
+        help="segmenters see images reduced to this longer side when larger; 0: never",
+    )
+    parser.set_defaults(func=run)
+
+
+def load_models(args: argparse.Namespace) -> list:
+    """One :class:`drnet.serve.api.ServedModel` per ``--weights`` (or the ``--pretrained``
+    model), loaded through the same helper as every command."""
+    from drnet.engine.distributed import resolve_device
+    from drnet.serve.api import ServedModel
+
+    device = resolve_device(args.device)
+    sources = args.weights or [None]
+    if sources == [None] and not args.pretrained:
+        raise DrnetError(
+            "pass --weights RUN_DIR_OR_CHECKPOINT (repeatable) or --model --pretrained"
+        )
+    served = []
+    for number, weights in enumerate(sources, start=1):
+        one = argparse.Namespace(**{**vars(args), "weights": weights})
+        model, card = load_from_args(one, None)
+        source = weights or f"{args.model} (published weights)"
+        served.append(
+            ServedModel.create(
+                model, card, source, id=f"m{number}", device=device, fast=not args.no_fast
+            )
+        )
+    return served
+
+
+def run(args: argparse.Namespace) -> int:
+    from drnet.serve.app import ServeSettings, is_loopback, make_server, serve_forever
+
+    if args.max_upload_mb <= 0:
+        raise DrnetError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    models = load_models(args)
+    settings = ServeSettings(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_side=args.max_side or None,
+    )
+    if not is_loopback(args.host):
+        logger.warning(
+            "warning: --host %s makes the page reachable from other machines; drnet serve has "
+            "no authentication",
+            args.host,
+        )
+    try:
+        server = make_server(models, args.host, args.port, settings)
+    except OSError as exc:
+        raise DrnetError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from exc
+    for served in models:
+        print(f"{served.id}: {served.name}")
+        served.warm_up()
+    print(f"drnet serve: open {server.url} (Ctrl-C to stop)", flush=True)
+    serve_forever(server)
+    return 0

@@ -1,0 +1,693 @@
+"""``drnet serve``: the JSON API directly, the page in headless Chromium, the box rule's JS port.
+
+The browser is driven over the Chrome DevTools Protocol with a minimal websocket client written
+here (``socket`` + ``base64`` + ``hashlib``): no dependency. Screenshots of the page's states go
+to ``tmp_path`` and, when ``DRNET_SCREENSHOTS=DIR`` is set, to DIR as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY_CHANNELS, _child_env, save_tiny_model
+from PIL import Image
+
+from drnet.models.loading import ModelCard, load_model
+from drnet.serve import api, app
+from drnet.serve.api import ServedModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CLASS_NAMES = ["circle", "square", "stripe", "dots", "ring", "cross"]
+SEG_CLASSES = 4
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _image_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def scene_image(height: int = 90, width: int = 120) -> np.ndarray:
+    """A bright square and a bar on a dark ground: structure for the class maps to follow."""
+    image = np.full((height, width, 3), 30, np.uint8)
+    image[20:60, 25:65] = (230, 200, 40)
+    image[65:80, 70:115] = (40, 120, 230)
+    return image
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny classifier run and a tiny segmenter run (random weights, model.json cards)."""
+    root = tmp_path_factory.mktemp("serve-runs")
+    torch.manual_seed(0)
+    folders = {"classifier": root / "cls", "segmenter": root / "seg"}
+    save_tiny_model(folders["classifier"] / "checkpoint_best.pth", len(CLASS_NAMES))
+    ModelCard(
+        model="drn_d_22", num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES,
+        channels=list(TINY_CHANNELS), crop_size=64, resize_size=64,
+    ).save(folders["classifier"])  # fmt: skip
+    save_tiny_model(folders["segmenter"] / "checkpoint_best.pth", SEG_CLASSES, segmentation=True)
+    ModelCard(
+        model="drn_d_22", num_classes=SEG_CLASSES, task="segmentation",
+        channels=list(TINY_CHANNELS), class_names=["ground", "sun", "sea", "sky"],
+    ).save(folders["segmenter"])  # fmt: skip
+    return folders
+
+
+@pytest.fixture(scope="module")
+def served(runs) -> list[ServedModel]:
+    # fast=False: the fast path's first call times three layouts, seconds the tests need not pay
+    served = []
+    for number, kind in enumerate(("classifier", "segmenter"), start=1):
+        model, card = load_model(runs[kind])
+        served.append(ServedModel.create(model, card, str(runs[kind]), id=f"m{number}", fast=False))
+    return served
+
+
+def start(models, **settings) -> app.DrnetServer:
+    server = app.make_server(models, port=0, settings=app.ServeSettings(**settings))
+    app.serve_in_thread(server)
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    server = start(served)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def call(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of a GET (``data`` None) or POST."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        assert b"Traceback" not in body
+        return error.code, json.loads(body)
+
+
+def post_image(server, data: bytes, query: str = "", content_type: str = "image/png"):
+    return call(f"{server.url}api/predict{query}", data, {"Content-Type": content_type})
+
+
+@pytest.fixture(scope="module")
+def answer(server) -> dict:
+    status, body = post_image(server, _image_bytes(scene_image()))
+    assert status == 200, body
+    return body
+
+
+# ----------------------------------------------------------------------------- the JSON API
+
+
+def test_models_lists_every_loaded_model(server):
+    status, body = call(f"{server.url}api/models")
+    assert status == 200
+    assert [(m["id"], m["task"]) for m in body["models"]] == [
+        ("m1", "classification"),
+        ("m2", "segmentation"),
+    ]
+    assert body["models"][0]["classes"] == CLASS_NAMES
+    assert body["models"][1]["num_classes"] == SEG_CLASSES
+
+
+def _decode_png(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def _check_activations(levels: list[dict], input_size) -> None:
+    assert [lv["level"] for lv in levels] == ["stem", *[f"layer{i}" for i in range(1, 9)]]
+    assert levels[0]["size"] == list(input_size)  # DRN-D's stem keeps the resolution
+    for level in levels:
+        assert _decode_png(level["png"]).shape == (*level["size"], 3)
+        assert _decode_png(level["png_max_channel"]).shape == (*level["size"], 3)
+        assert 0 <= level["max_channel"] < level["channels"]
+        big = min(level["size"]) >= 8
+        assert (level["gridding_score"] is not None) == big
+
+
+def test_classifier_answer_matches_the_model(answer, served):
+    """Top-5 = the softmax of the classifier's logits on the eval input; boxes lie in the image;
+    the class map decodes to [C, h, w]; activations of every level."""
+    from drnet.data.classification import full_image_transform
+
+    result = answer["results"][0]
+    assert answer["image"] == {"name": "upload", "width": 120, "height": 90}
+    assert result["task"] == "classification" and result["image_size"] == [90, 120]
+    card = served[0].card
+    x = full_image_transform(card.resize_size, card.mean, card.std)(Image.fromarray(scene_image()))
+    with torch.no_grad():
+        probs = served[0].model(x[None])[0].softmax(0)
+    top = probs.topk(5)
+    assert [t["index"] for t in result["top5"]] == top.indices.tolist()
+    assert [t["class"] for t in result["top5"]] == [CLASS_NAMES[i] for i in top.indices]
+    assert [t["score"] for t in result["top5"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+    for entry in result["top5"]:
+        for box in entry["boxes"].values():
+            x1, y1, x2, y2 = box
+            assert 0 <= x1 < x2 <= 120 and 0 <= y1 < y2 <= 90
+    class_map = result["class_map"]
+    count, h, w = class_map["shape"]
+    assert count == len(CLASS_NAMES) and class_map["classes"] == list(range(count))
+    assert class_map["input_size"] == list(x.shape[-2:]) and (h, w) == (8, 11)
+    assert len(base64.b64decode(class_map["data"])) == 4 * count * h * w
+    assert len(base64.b64decode(class_map["pixel_max"])) == 4 * x.shape[-2] * x.shape[-1]
+    _check_activations(result["activations"], x.shape[-2:])
+    assert {"preprocess", "activations"} <= set(result["timings_ms"])
+
+
+def test_segmenter_answer_matches_segment_infer(answer, served):
+    """The label map equals the arg-max of drnet.tasks.segment_infer's probabilities; shares are
+    the label counts; the colour PNG uses the palette."""
+    from drnet.data.classification import full_image_transform
+    from drnet.data.palettes import get_palette
+    from drnet.tasks.segment_infer import predict_probs
+
+    result = answer["results"][1]
+    assert result["task"] == "segmentation" and result["input_size"] == [90, 120]
+    card = served[1].card
+    x = full_image_transform(None, card.mean, card.std)(Image.fromarray(scene_image()))[None]
+    with torch.no_grad():
+        expected = predict_probs(served[1].model, x).argmax(1)[0].numpy()
+    labels = _decode_png(result["label_png"])
+    assert (labels == expected).mean() > 0.999  # arg-max ties may break either way
+    colours = _decode_png(result["color_png"])
+    assert (colours == get_palette(SEG_CLASSES)[labels]).all()
+    shares = {c["index"]: c["share"] for c in result["classes"]}
+    counts = np.bincount(labels.ravel(), minlength=SEG_CLASSES) / labels.size
+    assert [shares[c] for c in range(SEG_CLASSES)] == pytest.approx(counts.tolist(), abs=1e-6)
+    assert result["classes"][1]["name"] == "sun" and result["classes"][1]["color"].startswith("#")
+    _check_activations(result["activations"], (90, 120))
+
+
+def test_multipart_upload_and_one_model(server, answer):
+    boundary = "drnetboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + _image_bytes(scene_image())
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, result = post_image(
+        server, body, "?model=m1", f"multipart/form-data; boundary={boundary}"
+    )
+    assert status == 200, result
+    assert result["image"]["name"] == "a.png" and [r["id"] for r in result["results"]] == ["m1"]
+    assert result["results"][0]["top5"] == answer["results"][0]["top5"]
+
+
+@pytest.mark.parametrize(
+    ("data", "query", "status", "words"),
+    [
+        (b"just some text\n", "?filename=notes.txt", 400, "notes.txt is not an image"),
+        (b"", "", 400, "empty upload"),
+        (_image_bytes(np.zeros((4, 40, 3), np.uint8)), "", 400, "at least 8 px"),
+        (_image_bytes(scene_image())[:60], "", 400, "upload"),  # truncated PNG
+        (_image_bytes(scene_image()), "?model=m7", 404, "unknown model m7"),
+        (_image_bytes(scene_image()), "?threshold=high", 400, "threshold"),
+    ],
+)
+def test_bad_requests_get_a_json_error(server, data, query, status, words):
+    got, body = post_image(server, data, query, "text/plain" if b"text" in data else "image/png")
+    assert got == status and words in body["error"], body
+    assert "\n" not in body["error"]
+
+
+def test_too_large_uploads_get_413(served):
+    server = start(served, max_upload_bytes=2000, max_pixels=5000)
+    try:
+        got, body = post_image(
+            server, _image_bytes(np.random.randint(0, 255, (60, 60, 3), np.uint8))
+        )
+        assert got == 413 and "--max-upload-mb" in body["error"]
+        got, body = post_image(server, _image_bytes(np.zeros((100, 100, 3), np.uint8)))
+        assert got == 413 and "100x100" in body["error"] and "--max-pixels" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_unknown_route_and_page(server):
+    status, body = call(f"{server.url}nowhere")
+    assert status == 404 and "no such page" in body["error"]
+    with urllib.request.urlopen(server.url, timeout=30) as page:
+        html = page.read().decode()
+    assert "drnetBoxRule" in html and "/api/predict" in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched from elsewhere
+
+
+def test_concurrent_requests_are_queued_and_both_answered(served, monkeypatch, tmp_path):
+    """Two requests at once: both answered, inference never runs twice at the same time, and
+    nothing is written to disk."""
+    running, most, lock = [0], [0], threading.Lock()
+    real = app.predict
+
+    def counting(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(app, "predict", counting)
+    monkeypatch.chdir(tmp_path)
+    server = start(served)
+    try:
+        answers: list = [None, None]
+
+        def ask(n: int) -> None:
+            answers[n] = post_image(server, _image_bytes(scene_image()), "?model=m1")
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [a[0] for a in answers] == [200, 200]
+    assert answers[0][1]["results"][0]["top5"] == answers[1][1]["results"][0]["top5"]
+    assert most[0] == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unexpected_failure_is_one_line_500(served, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of cheese\nsecond line")
+
+    monkeypatch.setattr(app, "predict", broken)
+    server = start(served)
+    try:
+        status, body = post_image(server, _image_bytes(scene_image()))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 500 and body == {"error": "internal error: RuntimeError: out of cheese"}
+
+
+def test_fast_path_is_the_default_and_warms_up_at_start(runs):
+    """The fast path chooses its layout on its first input: warm_up pays that at start; its
+    answers are the plain model's."""
+    from drnet.speed.inference import FastOnFirstCall
+
+    model, card = load_model(runs["classifier"])
+    fast = ServedModel.create(model, card, "x", id="a")
+    assert isinstance(fast.runner, FastOnFirstCall) and fast.runner.fast is None
+    fast.warm_up()
+    assert fast.runner.fast is not None
+    plain = ServedModel.create(model, card, "x", id="a", fast=False)
+    assert plain.runner is model
+    image = Image.fromarray(scene_image())
+    got, expected = api.predict(fast, image), api.predict(plain, image)
+    assert [t["index"] for t in got["top5"]] == [t["index"] for t in expected["top5"]]
+    scores = [t["score"] for t in expected["top5"]]
+    assert [t["score"] for t in got["top5"]] == pytest.approx(scores, abs=1e-4)
+
+
+def test_loopback_hosts():
+    assert app.is_loopback("127.0.0.1") and app.is_loopback("::1")
+    assert app.is_loopback("localhost") and not app.is_loopback("0.0.0.0")
+
+
+def test_page_ships_as_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "serve/static/*" in config["tool"]["setuptools"]["package-data"]["drnet"]
+    assert b"<html" in app.page_html()
+
+
+def test_cli_serves_runs_side_by_side(runs, tmp_path):
+    """``drnet serve --weights A --weights B --port 0`` prints its URL and lists both models."""
+    log = tmp_path / "serve.log"
+    argv = [sys.executable, "-m", "drnet", "serve", "--weights", runs["classifier"],
+            "--weights", runs["segmenter"], "--port", "0", "--device", "cpu",
+            "--no-fast"]  # fmt: skip
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=_child_env(),
+            cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and process.poll() is None:
+            for line in log.read_text().splitlines():
+                if line.startswith("drnet serve: open "):
+                    url = line.split()[3]
+            time.sleep(0.2)
+        assert url and url.startswith("http://127.0.0.1:"), log.read_text()
+        status, body = call(f"{url}api/models")
+        assert status == 200 and [m["task"] for m in body["models"]] == [
+            "classification",
+            "segmentation",
+        ]
+        assert "m1: drn_d_22 classification" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_cli_needs_weights(capsys):
+    from conftest import run_cli
+
+    rc, _, err = run_cli(capsys, "serve", "--port", "0")
+    assert rc == 2 and "--weights" in err
+
+
+# ----------------------------------------------------------------------------- the browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
+)
+
+
+class DevTools:
+    """The Chrome DevTools Protocol over one websocket (RFC 6455 client: text frames, masked)."""
+
+    GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, ws_url: str, timeout: float = 120) -> None:
+        parts = urlsplit(ws_url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {parts.path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:  # byte by byte: frames may follow the handshake
+            head += self._read(1)
+        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest())
+        assert b" 101 " in head.split(b"\r\n")[0] and accept in head, head
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _read(self, count: int) -> bytes:
+        data = bytearray()
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("devtools websocket closed")
+            data += chunk
+        return bytes(data)
+
+    def _send(self, payload: bytes, opcode: int = 0x1) -> None:
+        size = len(payload)
+        if size < 126:
+            header = bytes([0x80 | opcode, 0x80 | size])
+        elif size < 1 << 16:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+        mask = os.urandom(4)
+        repeated = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")) if size else 0
+        self.sock.sendall(header + mask + masked.to_bytes(size, "big"))
+
+    def _message(self) -> dict:
+        data = bytearray()
+        while True:
+            first, second = self._read(2)
+            size = second & 0x7F
+            if size == 126:
+                size = int.from_bytes(self._read(2), "big")
+            elif size == 127:
+                size = int.from_bytes(self._read(8), "big")
+            payload = self._read(size)
+            opcode = first & 0x0F
+            if opcode == 0x9:  # ping
+                self._send(payload, 0xA)
+                continue
+            if opcode == 0x8:
+                raise ConnectionError("devtools websocket closed by the browser")
+            data += payload
+            if first & 0x80:
+                return json.loads(data.decode())
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self._send(json.dumps({"id": self.next_id, "method": method, "params": params}).encode())
+        while True:
+            message = self._message()
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def js(self, expression: str):
+        result = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    def upload(self, selector: str, path: Path) -> None:
+        root = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(data["data"]))
+        return path
+
+    def errors(self) -> list[dict]:
+        return [
+            e for e in self.events
+            if e.get("method") == "Runtime.exceptionThrown"
+            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
+        ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def open_browser(profile: Path, width: int = 1200, height: int = 1000) -> Iterator[DevTools]:
+    """Headless Chromium (its profile in ``profile``) and a DevTools session on its page."""
+    log = open(profile / "chromium.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--remote-debugging-port=0", f"--user-data-dir={profile / 'data'}", "about:blank"],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        port_file = profile / "data" / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None, "chromium did not start"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
+        page = next(t for t in targets if t["type"] == "page")
+        tools = DevTools(page["webSocketDebuggerUrl"])
+        for domain in ("Page", "Runtime", "DOM"):
+            tools.call(f"{domain}.enable")
+        tools.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width, height=height, deviceScaleFactor=1, mobile=False,
+        )  # fmt: skip
+        yield tools
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with open_browser(tmp_path_factory.mktemp("chromium")) as tools:
+        yield tools
+
+
+def _screenshot_dirs(tmp_path: Path) -> list[Path]:
+    dirs = [tmp_path]
+    if os.environ.get("DRNET_SCREENSHOTS"):
+        dirs.append(Path(os.environ["DRNET_SCREENSHOTS"]))
+        dirs[-1].mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def shoot(browser: DevTools, tmp_path: Path, name: str) -> Path:
+    first = browser.screenshot(tmp_path / name)
+    for folder in _screenshot_dirs(tmp_path)[1:]:
+        shutil.copy(first, folder / name)
+    assert first.stat().st_size > 10_000
+    return first
+
+
+def open_page(browser: DevTools, url: str) -> None:
+    browser.call("Page.navigate", url=url)
+    browser.wait_for("document.querySelector('#status')?.dataset.state === 'ready'")
+
+
+def choose_models(browser: DevTools, *ids: str) -> None:
+    browser.js(
+        "document.querySelectorAll('#model-choice input').forEach(box => {"
+        f" box.checked = {json.dumps(list(ids))}.includes(box.value); }})"
+    )
+
+
+def upload_and_wait(browser: DevTools, path: Path, count: int) -> str:
+    browser.upload("#file", path)
+    browser.wait_for(
+        f"document.querySelectorAll('section.image').length === {count} || "
+        "document.querySelector('#status').dataset.state === 'error'"
+    )
+    return browser.wait_for(
+        "['done', 'error'].includes(document.querySelector('#status').dataset.state) && "
+        "document.querySelector('#status').dataset.state"
+    )
+
+
+@needs_chromium
+def test_page_in_headless_chromium(browser, server, answer, tmp_path):
+    """Upload an image, read the top-5, move the threshold and see the box change, switch to
+    the segmenter and see the overlay, upload a text file and see the error."""
+    open_page(browser, server.url)
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene_image()).save(image)
+    choose_models(browser, "m1")
+    assert upload_and_wait(browser, image, 1) == "done"
+    names = browser.js(
+        "[...document.querySelectorAll('.classifier .top5 .name')].map(e => e.textContent)"
+    )
+    assert names == [t["class"] for t in answer["results"][0]["top5"]]
+    shoot(browser, tmp_path, "serve-classifier.png")
+
+    # the JS rule draws the API's own box at the default threshold
+    box_at_default = [
+        float(v) for v in browser.js("document.querySelector('.box-text').dataset.box").split(",")
+    ]
+    assert box_at_default == pytest.approx(
+        answer["results"][0]["top5"][0]["boxes"]["pixel"], abs=0.06
+    )
+    boxes = {}
+    for t in ("0", "0.95"):
+        browser.js(
+            "(() => { const s = document.querySelector('.classifier .threshold');"
+            f" s.value = '{t}'; s.dispatchEvent(new Event('input')); }})()"
+        )
+        boxes[t] = browser.js("document.querySelector('.box-text').dataset.box")
+    assert boxes["0"] != boxes["0.95"]
+    shoot(browser, tmp_path, "serve-threshold.png")
+
+    choose_models(browser, "m2")
+    assert upload_and_wait(browser, image, 2) == "done"
+    browser.wait_for("document.querySelector('.segmenter')?.dataset.drawn === '1'")
+    centre = (
+        "(() => { const s = document.querySelector('.segmenter .overlay-opacity');"
+        " s.value = '{v}'; s.dispatchEvent(new Event('input'));"
+        " const c = document.querySelector('.segmenter canvas');"
+        " return [...c.getContext('2d').getImageData(c.width / 2, c.height / 3, 1, 1).data]; })()"
+    )
+    plain, overlaid = (browser.js(centre.replace("{v}", v)) for v in ("0", "1"))
+    assert plain != overlaid
+    legend = browser.js("[...document.querySelectorAll('.segmenter .legend li')].length")
+    assert legend == SEG_CLASSES
+    browser.js(centre.replace("{v}", "0.6"))
+    shoot(browser, tmp_path, "serve-segmenter.png")
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture\n")
+    assert upload_and_wait(browser, text, 2) == "error"
+    message = browser.js("document.querySelector('#error').textContent")
+    assert "notes.txt is not an image" in message
+    assert browser.js("!document.querySelector('#error').hidden")
+    shoot(browser, tmp_path, "serve-error.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_box_rule_port_agrees_with_python(browser, server):
+    """The page's boxRule gives drnet.tasks.boxes' boxes, cell and pixel, on random maps with
+    ties, sizes that are not multiples of 8, a constant class and thresholds that empty the
+    region (the peak fallback)."""
+    from drnet.tasks.boxes import boxes_from_class_map, scale_boxes
+
+    open_page(browser, server.url)
+    generator = torch.Generator().manual_seed(3)
+    cases = [
+        ((61, 83), (100, 130), 5, False),
+        ((40, 40), (40, 40), 3, True),
+        ((30, 57), (45, 90), 4, False),
+    ]
+    thresholds = [0.0, 0.2, 0.5, 0.9, 1.0]
+    for input_size, image_size, count, quantised in cases:
+        h, w = -(-input_size[0] // 8), -(-input_size[1] // 8)
+        class_map = torch.randn(count, h, w, generator=generator)
+        if quantised:  # exact ties between classes, at cells and between them
+            class_map = (class_map * 2).round() / 2
+        class_map[-1] = 0.7  # a constant map: minmax makes it all ones
+        result = SimpleNamespace(
+            class_map=class_map, classes=torch.arange(count), input_size=input_size,
+            image_size=image_size, stride=8,
+        )  # fmt: skip
+        payload = api.class_map_payload(result, [str(c) for c in range(count)])
+        for resolution in ("cell", "pixel"):
+            expected, empty = boxes_from_class_map(
+                class_map, list(range(count)), thresholds, input_size, resolution=resolution
+            )
+            expected = scale_boxes(expected, input_size, image_size)
+            got = browser.js(
+                f"(() => {{ const m = drnetBoxRule.decodeMap({json.dumps(payload)});"
+                f" return {json.dumps(thresholds)}.map(t => [...Array(m.count).keys()]"
+                f".map(k => drnetBoxRule.boxRule(m, k, t, '{resolution}'))); }})()"
+            )
+            for ti in range(len(thresholds)):
+                for k in range(count):
+                    case = (input_size, resolution, thresholds[ti], k)
+                    assert got[ti][k]["box"] == pytest.approx(expected[k, ti].tolist(), abs=1e-3), (
+                        case
+                    )
+                    assert got[ti][k]["empty"] == bool(empty[k, ti]), case
