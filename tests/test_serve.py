@@ -80,11 +80,16 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def served(runs) -> list[ServedModel]:
-    # fast=False: the fast path's first call times three layouts, seconds the tests need not pay
+    # fast=False: the fast path's first call times three layouts, seconds the tests need not pay;
+    # float32: the answers are compared with the plain model's (auto is bf16 on CPUs that have it)
     served = []
     for number, kind in enumerate(("classifier", "segmenter"), start=1):
         model, card = load_model(runs[kind])
-        served.append(ServedModel.create(model, card, str(runs[kind]), id=f"m{number}", fast=False))
+        served.append(
+            ServedModel.create(
+                model, card, str(runs[kind]), id=f"m{number}", fast=False, dtype="float32"
+            )
+        )
     return served
 
 
@@ -137,6 +142,7 @@ def test_models_lists_every_loaded_model(server):
     ]
     assert body["models"][0]["classes"] == CLASS_NAMES
     assert body["models"][1]["num_classes"] == SEG_CLASSES
+    assert {m["dtype"] for m in body["models"]} == {"float32"}
 
 
 def _decode_png(uri: str) -> np.ndarray:
@@ -322,17 +328,28 @@ def test_unexpected_failure_is_one_line_500(served, monkeypatch):
     assert status == 500 and body == {"error": "internal error: RuntimeError: out of cheese"}
 
 
+def test_bf16_where_native(runs, monkeypatch):
+    """``--dtype auto`` (serve's default) computes in bf16 where the CPU has it (mocked here)."""
+    import drnet.engine.precision as precision
+
+    model, card = load_model(runs["classifier"])
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert ServedModel.create(model, card, "x", id="a").describe()["dtype"] == "bfloat16"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert ServedModel.create(model, card, "x", id="a").describe()["dtype"] == "float32"
+
+
 def test_fast_path_is_the_default_and_warms_up_at_start(runs):
     """The fast path chooses its layout on its first input: warm_up pays that at start; its
     answers are the plain model's."""
     from drnet.speed.inference import FastOnFirstCall
 
     model, card = load_model(runs["classifier"])
-    fast = ServedModel.create(model, card, "x", id="a")
+    fast = ServedModel.create(model, card, "x", id="a", dtype="float32")
     assert isinstance(fast.runner, FastOnFirstCall) and fast.runner.fast is None
     fast.warm_up()
     assert fast.runner.fast is not None
-    plain = ServedModel.create(model, card, "x", id="a", fast=False)
+    plain = ServedModel.create(model, card, "x", id="a", fast=False, dtype="float32")
     assert plain.runner is model
     image = Image.fromarray(scene_image())
     got, expected = api.predict(fast, image), api.predict(plain, image)

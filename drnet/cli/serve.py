@@ -8,6 +8,7 @@ import logging
 from drnet.cli import non_negative_int, positive_int
 from drnet.cli.vocab import (
     add_device,
+    add_dtype,
     add_model,
     add_no_fast,
     add_num_classes,
@@ -53,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_num_classes(parser, "classes of checkpoints that do not record them")
     add_device(parser)
     add_no_fast(parser)
+    add_dtype(parser, default="auto")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument(
         "--port", type=non_negative_int, default=DEFAULT_PORT, help="port; 0 picks a free one"
@@ -97,7 +99,13 @@ def load_models(args: argparse.Namespace) -> list:
         source = weights or f"{args.model} (published weights)"
         served.append(
             ServedModel.create(
-                model, card, source, id=f"m{number}", device=device, fast=not args.no_fast
+                model,
+                card,
+                source,
+                id=f"m{number}",
+                device=device,
+                fast=not args.no_fast,
+                dtype=args.dtype,
             )
         )
     return served

@@ -84,13 +84,15 @@ class ServedModel:
         id: str,  # noqa: A002 - the API's word
         device: str | torch.device = "cpu",
         fast: bool = True,
+        dtype: str = "auto",
     ) -> ServedModel:
-        """Wrap a model from :func:`drnet.models.loading.load_model` (moved to ``device``)."""
+        """Wrap a model from :func:`drnet.models.loading.load_model` (moved to ``device``);
+        ``dtype`` as ``--dtype`` (``auto``: bfloat16 where the device has it natively)."""
         from drnet.speed.inference import fast_inference
 
         device = torch.device(device)
         model = model.eval().to(device)
-        runner = fast_inference(model, enabled=fast)
+        runner = fast_inference(model, enabled=fast, dtype=dtype)
         short = "/".join(str(source).replace("\\", "/").rstrip("/").split("/")[-2:])
         name = f"{card.model} {card.task} ({short})"
         return cls(id, name, str(source), model, runner, card, device)
@@ -108,8 +110,11 @@ class ServedModel:
         predict(self, Image.new("RGB", (side, side), (128, 128, 128)))
 
     def describe(self) -> dict[str, Any]:
-        """``GET /api/models`` entry: id, name, task, architecture, classes, source."""
+        """``GET /api/models`` entry: id, name, task, architecture, classes, source, and the
+        dtype inference computes in."""
+        dtype = getattr(self.runner, "dtype", torch.float32)
         return {
+            "dtype": str(dtype).removeprefix("torch."),
             "id": self.id,
             "name": self.name,
             "task": self.task,
