@@ -222,7 +222,8 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
     metrics = json.loads((quick_run / "metrics.json").read_text())
     data, models = quick_run / "data", quick_run / "models" / "drn_d_22"
     classifier = models / "classification" / "checkpoint_last.pth"
-    common = ["--weights", str(classifier), "--no-progress"]
+    dtype = ["--dtype", metrics["precision"]["evaluation"]]  # bf16 on CPUs that have it
+    common = ["--weights", str(classifier), "--no-progress", *dtype]
     assert main(["classify", "eval", str(data / "val"), *common, "-o", str(tmp_path / "c")]) == 0
     cls = json.loads((tmp_path / "c" / "classification_metrics.json").read_text())
     assert cls["top1"] == metrics["classification"]["top1"]
@@ -240,13 +241,38 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
     segmenter = models / "segmentation" / "checkpoint_last.pth"
     rc = main(
         ["segment", "eval", str(data / "segmentation"), "--split", "val", "--weights",
-         str(segmenter), "--no-progress", "-o", str(tmp_path / "s")]
+         str(segmenter), "--no-progress", *dtype, "-o", str(tmp_path / "s")]
     )  # fmt: skip
     assert rc == 0
     seg = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert seg["miou"] == metrics["segmentation"]["miou"]
     assert seg["confusion_matrix"] == metrics["segmentation"]["confusion_matrix"]
     capsys.readouterr()
+
+
+def test_demo_precision_follows_the_hardware(monkeypatch) -> None:
+    """``--dtype auto`` (the default) trains under bf16 autocast and evaluates in bf16 where the
+    CPU has native bf16 (mocked), float32 elsewhere; ``--dtype float32`` turns it off."""
+    import drnet.engine.precision as precision
+    from drnet.demo.run import DemoConfig, _DemoRun, use_amp
+
+    cpu = torch.device("cpu")
+
+    def demo_run(dtype: str) -> _DemoRun:
+        return _DemoRun(DemoConfig(dtype=dtype), None, None, cpu, Path("."), None)
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert use_amp(DemoConfig(), cpu)
+    assert demo_run("auto").precision() == {
+        "requested": "auto", "training": "bfloat16", "evaluation": "bfloat16"
+    }  # fmt: skip
+    assert not use_amp(DemoConfig(dtype="float32"), cpu)
+    assert demo_run("float32").precision()["evaluation"] == "float32"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert not use_amp(DemoConfig(), cpu)
+    assert demo_run("auto").precision() == {
+        "requested": "auto", "training": "float32", "evaluation": "float32"
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -258,6 +284,8 @@ def test_quick_demo_report_is_self_contained(quick_run: Path) -> None:
     text = report.read_text()
     for heading in ("Summary", "Training curves", "Weakly-supervised localization", "Segmentation"):
         assert heading in text
+    evaluation = json.loads((quick_run / "metrics.json").read_text())["precision"]["evaluation"]
+    assert f"evaluation in {evaluation}" in text
     assert "<svg" in text and "centred-box prior" in text
 
 

@@ -14,6 +14,7 @@ from drnet.cli.vocab import (
     add_class_names,
     add_data,
     add_device,
+    add_dtype,
     add_model,
     add_no_fast,
     add_no_progress,
@@ -93,6 +94,7 @@ def add_inference_arguments(
         g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     add_no_progress(g)
     add_no_fast(g)
+    add_dtype(g)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -207,6 +209,7 @@ def run_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         amp=args.amp,
         fast=not args.no_fast,
+        dtype=args.dtype,
         progress=not args.no_progress,
         ten_crop=args.ten_crop,
     )
@@ -239,6 +242,7 @@ def run_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         fast=not args.no_fast,
+        dtype=args.dtype,
         progress=not args.no_progress,
     )
     files = write_predictions(predictions, args.output_dir)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from drnet.cli import positive_int
-from drnet.cli.vocab import add_device, add_no_progress, add_output_dir, add_workers
+from drnet.cli.vocab import add_device, add_dtype, add_no_progress, add_output_dir, add_workers
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="training scenes per segmenter instead of the planned number",
     )
+    add_dtype(
+        parser,
+        default="auto",
+        help="what training and evaluation compute in: auto trains under bf16 autocast and "
+        "evaluates in bf16 where the CPU (avx512_bf16/AMX) or GPU has native bf16, and plans the "
+        "scene counts from that faster speed; float32 turns it off",
+    )
     add_no_progress(parser)
     parser.set_defaults(func=run)
 
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cls_images=args.cls_images,
         seg_images=args.seg_images,
+        dtype=args.dtype,
         started=time.monotonic() - process_age(),
     )
     metrics = run_demo(config)

@@ -186,6 +186,7 @@ def run_eval(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         fast=not args.no_fast,
+        dtype=args.dtype,
         progress=not args.no_progress,
     )
     prior = metrics["centred_box_prior"]
@@ -232,6 +233,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         fast=not args.no_fast,
+        dtype=args.dtype,
         progress=not args.no_progress,
     )
     for entry in entries[:10]:

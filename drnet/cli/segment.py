@@ -19,6 +19,7 @@ from drnet.cli.vocab import (
     add_channels,
     add_data,
     add_device,
+    add_dtype,
     add_model,
     add_no_fast,
     add_no_progress,
@@ -122,6 +123,7 @@ def _add_inference_arguments(p: Parser) -> None:
     g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     add_no_progress(g)
     add_no_fast(g)
+    add_dtype(g)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -286,6 +288,7 @@ def run_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         channels=args.channels,
         fast=not args.no_fast,
+        dtype=args.dtype,
     )
     print(f"mIoU {100 * result['miou']:.2f}  ({result['metrics_json']})")
     return 0
@@ -328,6 +331,7 @@ def run_predict(args: argparse.Namespace) -> int:
         amp=args.amp,
         progress=not args.no_progress,
         fast=not args.no_fast,
+        dtype=args.dtype,
     )
     print(f"wrote predictions of {len(results)} image(s) to {args.output_dir}")
     return 0

@@ -635,6 +635,16 @@ def _run_info(metrics: dict) -> str:
     command += " --quick" if metrics.get("quick") else ""
     command += f" --seed {metrics['seed']} --cls-images {plan['classification_images']}"
     command += f" --seg-images {plan['segmentation_images']} --threads {plan.get('threads', 1)}"
+    precision = metrics.get("precision", {})
+    if precision.get("requested", "auto") != "auto":
+        command += f" --dtype {precision['requested']}"
+    computed = (
+        f" Training in {_e(precision.get('training'))}, evaluation in "
+        f"{_e(precision.get('evaluation'))} "
+        f"(<code>--dtype {_e(precision.get('requested'))}</code>)."
+        if precision
+        else ""
+    )
     return (
         "<h2>Run</h2>"
         f"<p>Device {_e(device['name'])}{_e(gpu)} ({device['torch_threads']} threads, "
@@ -642,7 +652,7 @@ def _run_info(metrics: dict) -> str:
         f"{_e(load.get('end'))}. Budget {metrics['budget_seconds'] / 60:.0f} min; estimated "
         f"{metrics['estimate_seconds']:.0f} s up front; wall time "
         f"{metrics.get('wall_seconds', 0):.0f} s. Items: {_e(metrics['data']['item_source'])}."
-        "</p>"
+        f"{computed}</p>"
         f"<p>Plan: {plan['classification_images']:,} classification and "
         f"{plan['segmentation_images']:,} segmentation training scenes per model. Same plan and "
         f"seed, same result: <code>{_e(command)}</code></p>"

@@ -56,8 +56,10 @@ from drnet.demo.data import (
 from drnet.demo.recipes import Recipe, check_recipe, get_recipe
 from drnet.engine import TrainConfig
 from drnet.engine.distributed import resolve_device
+from drnet.engine.precision import amp_dtype, autocast_context
 from drnet.errors import DrnetError
 from drnet.models.loading import ModelCard, load_model
+from drnet.speed.inference import resolve_inference_dtype
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -89,6 +91,7 @@ class DemoConfig:
     seeds: int = 1  # run everything this many times (seed, seed + 1, ...), budget split
     cls_images: int | None = None  # fix the plan (training scenes per model)
     seg_images: int | None = None
+    dtype: str = "auto"  # auto: bf16 training and inference where the device has it natively
     recipe: Recipe | None = field(default=None, repr=False)  # overrides paper/quick
     started: float | None = None  # time.monotonic() when the command started (None: now)
 
@@ -106,6 +109,10 @@ def _say(message: str) -> None:
 def _fmt_s(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _load() -> list[float] | None:
@@ -424,6 +431,7 @@ def _time_steps(
     timed: int,
     channels_last: bool = False,
     give_up_after: float = math.inf,
+    amp: bool = False,
 ) -> float:
     """Seconds per image of an SGD step: the median over ``timed`` steps after ``warmup``.
 
@@ -441,7 +449,8 @@ def _time_steps(
     for i in range(warmup + timed):
         _sync(device)
         t0 = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        with autocast_context(device, amp):  # as the engine trains: bf16 where native
+            loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -501,6 +510,7 @@ def probe(
     device: torch.device,
     seed: int,
     choose_threads: bool = True,
+    amp: bool = False,
 ) -> Rates:
     """Time a few training steps (plus rendering the scenes) and inference of one model.
 
@@ -519,14 +529,14 @@ def probe(
     def timed_steps(model, batch, loss_fn) -> tuple[float, float]:
         """Seconds per image with the current thread count and with one thread."""
         if not choose_threads:
-            seconds = _time_steps(model, batch, loss_fn, device, warmup, timed, layout)
+            seconds = _time_steps(model, batch, loss_fn, device, warmup, timed, layout, amp=amp)
             return seconds, seconds
         with single_thread():
-            one = _time_steps(model, batch, loss_fn, device, warmup, timed, layout)
+            one = _time_steps(model, batch, loss_fn, device, warmup, timed, layout, amp=amp)
         # more threads only pay when they are clearly faster: stop timing once they are not
         # (the first step may be slower: it sets up the threads' kernels)
         limit = 3.0 * one * len(batch[0])
-        return _time_steps(model, batch, loss_fn, device, 1, timed, layout, limit), one
+        return _time_steps(model, batch, loss_fn, device, 1, timed, layout, limit, amp), one
 
     cls_set = data.cls_train(recipe, _lcm(recipe.cls_batch, 10), seed + 1)
     cls_batch, cls_data = _data_seconds(
@@ -679,6 +689,12 @@ def _slowdown(per_model: dict, rates: dict[str, Rates], plan: Plan) -> float:
     return min(3.0, max(0.5, actual / probed)) if probed else 1.0
 
 
+def use_amp(config: DemoConfig, device: torch.device) -> bool:
+    """Mixed precision for training: unless ``--dtype float32``, where the device has a fast
+    low-precision dtype (bf16 on CPUs with native bf16; bf16/fp16 on CUDA)."""
+    return config.dtype != "float32" and amp_dtype(device) is not None
+
+
 def _train_config(
     recipe: Recipe,
     model_name: str,
@@ -699,7 +715,7 @@ def _train_config(
         momentum=0.9,
         workers=config.workers,
         device=str(device),
-        amp=device.type == "cuda",
+        amp=use_amp(config, device),
         seed=config.seed,
         progress=config.progress,
         handle_signals=True,
@@ -741,7 +757,12 @@ def train_classifier(
 
 
 def evaluate_classification(
-    run: dict, data: SceneData, out: Path, device: torch.device, progress: bool
+    run: dict,
+    data: SceneData,
+    out: Path,
+    device: torch.device,
+    progress: bool,
+    dtype: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Top-1/top-5, per-class accuracy and the confusion matrix on the val scenes on disk,
     through the same functions as ``drnet classify eval`` (the inference fast path included)."""
@@ -754,7 +775,7 @@ def evaluate_classification(
     model, card = load_model(run["checkpoint"], task="classification")
     dataset = folder_dataset(data.loc_dir / "val", card)
     result = evaluate_classifier(
-        model, dataset, card.names(), device, batch_size=128, progress=progress
+        model, dataset, card.names(), device, batch_size=128, progress=progress, dtype=dtype
     )
     metrics = write_classification_report(result, out)
     metrics["samples"] = _classification_samples(model.to(device), card, data, device)
@@ -783,7 +804,13 @@ def _classification_samples(model: nn.Module, card: ModelCard, data: SceneData, 
 
 
 def evaluate_localization_stage(
-    model: nn.Module, card, data: SceneData, out: Path, device: torch.device, progress: bool
+    model: nn.Module,
+    card,
+    data: SceneData,
+    out: Path,
+    device: torch.device,
+    progress: bool,
+    dtype: str | None = None,
 ) -> dict:
     """The paper's protocol on the val scenes, threshold chosen on the holdout scenes, through
     the same function as ``drnet localize eval``."""
@@ -791,7 +818,7 @@ def evaluate_localization_stage(
     from drnet.tasks.boxes import BOX_RESOLUTIONS
 
     with single_thread():
-        metrics = _evaluate_localization(model, card, data, out, device, progress)
+        metrics = _evaluate_localization(model, card, data, out, device, progress, dtype=dtype)
         metrics["examples"] = localization_examples(
             model, card, data, out, metrics["threshold"], device
         )
@@ -800,7 +827,7 @@ def evaluate_localization_stage(
         for resolution in BOX_RESOLUTIONS:
             if resolution != metrics["box_resolution"]:
                 other = _evaluate_localization(
-                    model, card, data, out / resolution, device, progress, resolution
+                    model, card, data, out / resolution, device, progress, resolution, dtype
                 )
                 metrics["by_box_resolution"][resolution] = _resolution_summary(other)
     n = metrics["num_images_scored"]
@@ -882,7 +909,14 @@ def localization_examples(
 
 
 def _evaluate_localization(
-    model, card, data: SceneData, out: Path, device, progress, resolution: str | None = None
+    model,
+    card,
+    data: SceneData,
+    out: Path,
+    device,
+    progress,
+    resolution: str | None = None,
+    dtype: str | None = None,
 ) -> dict:
     from drnet.tasks.localize import LocalizationSettings, evaluate_localization
 
@@ -901,6 +935,7 @@ def _evaluate_localization(
         device=device,
         workers=0,
         progress=progress,
+        dtype=dtype,
     )
 
 
@@ -952,7 +987,13 @@ def background_baseline(confusion: torch.Tensor) -> dict:
 
 
 def evaluate_segmentation_stage(
-    run: dict, data: SceneData, out: Path, device: torch.device, progress: bool, examples: int = 6
+    run: dict,
+    data: SceneData,
+    out: Path,
+    device: torch.device,
+    progress: bool,
+    examples: int = 6,
+    dtype: str | None = None,
 ) -> dict:
     """mIoU, per-class IoU, pixel accuracy on the val scenes on disk through the same function as
     ``drnet segment eval`` (``out/metrics.json``), the all-background baseline, and a few
@@ -961,7 +1002,13 @@ def evaluate_segmentation_stage(
 
     with single_thread():
         metrics = run_evaluation(
-            run["checkpoint"], data.seg_dir, "val", out, device=str(device), progress=progress
+            run["checkpoint"],
+            data.seg_dir,
+            "val",
+            out,
+            device=str(device),
+            progress=progress,
+            dtype=dtype,
         )
     confusion = torch.tensor(metrics["confusion_matrix"])
     names = list(data.seg_val.class_names)
@@ -1059,6 +1106,25 @@ class _DemoRun:
         return self.out / "models"
 
     @property
+    def amp(self) -> bool:
+        return use_amp(self.config, self.device)
+
+    @property
+    def dtype(self) -> str:
+        """What evaluation computes in: ``"bfloat16"`` or ``"float32"``."""
+        return _dtype_name(resolve_inference_dtype(self.config.dtype, self.device))
+
+    def precision(self) -> dict[str, str]:
+        """``metrics.json``'s ``precision``: what was asked, and what training and evaluation
+        computed in."""
+        training = amp_dtype(self.device) if self.amp else torch.float32
+        return {
+            "requested": self.config.dtype,
+            "training": _dtype_name(training),
+            "evaluation": self.dtype,
+        }
+
+    @property
     def report_s(self) -> float:
         return REPORT_OVERHEAD_S * len(self.recipe.models)
 
@@ -1119,7 +1185,8 @@ def _plan_run(run: _DemoRun) -> None:
         _say("[2/6] measuring training speed ...")
         choose = config.threads is None and not recipe.fixed_images
         rates = {
-            m: probe(m, recipe, run.data, run.device, config.seed, choose) for m in recipe.models
+            m: probe(m, recipe, run.data, run.device, config.seed, choose, run.amp)
+            for m in recipe.models
         }
         threads = choose_threads(rates) if choose else torch.get_num_threads()
         if threads == 1:
@@ -1165,14 +1232,14 @@ def _classification_stage(run: _DemoRun, index: int, m: str) -> None:
         )
     with clock.stage("classification_evaluation"):
         model, cls = evaluate_classification(
-            trained, run.data, run_dir, run.device, config.progress
+            trained, run.data, run_dir, run.device, config.progress, run.dtype
         )
     _say(f"      {m}: top-1 {cls['top1']:.3f}, top-5 {cls['top5']:.3f}")
     _say(f"[4/6] localization {m}: threshold on the holdout scenes, scored on val scenes")
     with clock.stage("localization"):
         loc = evaluate_localization_stage(
             model, trained["card"], run.data, run.models_dir / m / "localization", run.device,
-            config.progress,
+            config.progress, run.dtype,
         )  # fmt: skip
     _say(
         f"      {m}: top-1 localization accuracy {loc['top1_accuracy']:.3f} at "
@@ -1225,7 +1292,7 @@ def _segmentation_stage(run: _DemoRun, index: int, m: str) -> None:
         )
     with run.clock.stage("segmentation_evaluation"):
         seg = evaluate_segmentation_stage(
-            trained, run.data, run_dir, run.device, run.config.progress
+            trained, run.data, run_dir, run.device, run.config.progress, dtype=run.dtype
         )
     _say(
         f"      {m}: mIoU {seg['miou']:.3f} (all-background baseline "
@@ -1254,6 +1321,7 @@ def _finish(run: _DemoRun) -> dict:
         run.config, run.recipe, run.plan, run.rates, run.per_model, run.data, run.device, clock,
         run.load_start,
     )  # fmt: skip
+    metrics["precision"] = run.precision()
     figures = out / "figures"
     with clock.stage("report"):
         write_report(out, metrics, run.per_model, activations, run.data, figures)

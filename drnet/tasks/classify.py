@@ -152,6 +152,7 @@ def evaluate_classifier(
     workers: int = 0,
     amp: bool = False,
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
     progress: bool = True,
     ten_crop: bool = False,
 ) -> ClassificationResult:
@@ -161,6 +162,8 @@ def evaluate_classifier(
     ``fast``: run an inference copy of the model (:func:`drnet.speed.inference.fast_inference`:
     BatchNorm folded, fused convolutions; the same numbers within 1e-4 relative). Pass
     ``fast=False`` for a model that is still training (the copy costs a packing pass).
+    ``dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"auto"``: bf16 only where the device
+    computes it natively (:func:`drnet.engine.precision.inference_dtype`).
 
     ``ten_crop``: ten-crop testing (the DRN paper's Table 1). Images are ``[10, 3, h, w]`` each
     (``folder_dataset(..., ten_crop=True)`` or
@@ -171,7 +174,7 @@ def evaluate_classifier(
     from drnet.speed.inference import fast_inference
 
     device = resolve_device(str(device))
-    runner = fast_inference(model.eval().to(device), enabled=fast)
+    runner = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     result = ClassificationResult.empty(class_names)
     result.ten_crop = ten_crop
     loader = _batches(data, batch_size, workers)
@@ -350,6 +353,7 @@ def predict_classes(
     workers: int = 0,
     device: str | torch.device = "auto",
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Top-``k`` classes and softmax probabilities for each image (eval preprocessing: resize +
@@ -358,7 +362,7 @@ def predict_classes(
     from drnet.speed.inference import fast_inference
 
     device = resolve_device(str(device))
-    model = fast_inference(model.eval().to(device), enabled=fast)
+    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     transform = eval_transform(crop_size, resize_size, mean, std)
     loader = DataLoader(
         ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers, shuffle=False

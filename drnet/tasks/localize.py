@@ -556,6 +556,7 @@ def evaluate_localization(
     workers: int = 0,
     progress: bool = True,
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> dict:
     """Score localization on ``split_dir`` and write the results into ``output_dir``.
 
@@ -569,7 +570,7 @@ def evaluate_localization(
     from drnet.speed.inference import fast_inference
 
     settings = settings or LocalizationSettings()
-    model = fast_inference(model.eval().to(resolve_device(str(device))), enabled=fast)
+    model = fast_inference(model.eval().to(resolve_device(str(device))), enabled=fast, dtype=dtype)
     output_dir = Path(output_dir)
     thresholds = _sweep(settings, threshold, thresholds)
     common = dict(device=device, workers=workers, progress=progress)
@@ -696,6 +697,7 @@ def predict_localization(
     workers: int = 0,
     progress: bool = True,
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> list[dict]:
     """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image.
 
@@ -710,7 +712,7 @@ def predict_localization(
 
     settings = settings or LocalizationSettings(top_k=1)
     device = resolve_device(str(device))
-    model = fast_inference(model.eval().to(device), enabled=fast)
+    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     names = card.names()

@@ -296,6 +296,7 @@ def evaluate_segmentation(
     progress: bool = False,
     save_dir: str | os.PathLike | None = None,
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
     num_classes: int | None = None,
     workers: int = 0,
 ) -> dict[str, Any]:
@@ -313,7 +314,7 @@ def evaluate_segmentation(
     from drnet.speed.inference import fast_inference
 
     device = torch.device(device)
-    model = fast_inference(model.eval().to(device), enabled=fast)
+    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     num_classes = num_classes or dataset.num_classes
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX)
     indices = list(D.shard_indices(len(dataset)) if distributed else range(len(dataset)))
@@ -376,6 +377,7 @@ def run_evaluation(
     print_table: bool = True,
     channels: Sequence[int] | None = None,
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (anything :func:`drnet.models.loading.load_model` takes) on a split
     of a dataset folder; writes ``output_dir/metrics.json`` and logs the per-class table.
@@ -383,7 +385,8 @@ def run_evaluation(
     ``pretrained`` with ``model`` and no ``weights``: the published Cityscapes weights.
     ``workers``: processes reading the images ahead of the model.
     ``fast``: run the inference fast path (BN folded, fused convs, measured layout; same numbers
-    within 1e-4 relative).
+    within 1e-4 relative). ``dtype``: ``--dtype`` (``"bfloat16"`` where the device has it natively,
+    see :func:`drnet.engine.precision.inference_dtype`).
 
     Runs under ``torchrun`` too: each process scores its shard and rank 0 writes the results.
     """
@@ -413,6 +416,7 @@ def run_evaluation(
         progress=progress,
         save_dir=out / "predictions" if save_predictions else None,
         fast=fast,
+        dtype=dtype,
         workers=workers,
     )
     names = dataset.class_names or card.class_names or None
@@ -541,6 +545,7 @@ def predict_segmentation(
     amp: bool = False,
     progress: bool = True,
     fast: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> list[dict[str, str]]:
     """Segment images and write ``labels/`` (class-index PNG), ``color/`` (palette PNG: Cityscapes
     colours for 19 classes, generated otherwise) and ``overlay/`` (colours blended over the
@@ -557,7 +562,7 @@ def predict_segmentation(
 
     items = collect_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     device = torch.device(device)
-    model = fast_inference(model.eval().to(device), enabled=fast)
+    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     palette = get_palette(num_classes)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
