@@ -197,6 +197,22 @@ def report_failures(failed: list[tuple[str, str]], done: int, output_dir: str) -
     return 1
 
 
+def print_skips(summary: dict) -> None:
+    """The ``--skip-bad-samples`` line of a training summary: the skips and, where the summary
+    has it (``skipped_files``), the distinct bad files (a bad file is skipped in every epoch)."""
+    skips = summary.get("skipped_samples")
+    if not skips:
+        return
+    files = summary.get("skipped_files")
+    if files:
+        print(f"skipped {skips} bad sample read(s) of {files} file(s) (--skip-bad-samples)")
+    else:
+        print(
+            f"skipped {skips} bad sample read(s) (--skip-bad-samples; a bad file is skipped "
+            "again in every epoch, the warnings name each one)"
+        )
+
+
 _OS_ERRORS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",

@@ -12,6 +12,7 @@ from drnet.cli import (
     float_in,
     int_in,
     positive_int,
+    print_skips,
     report_failures,
 )
 from drnet.cli.engine_args import add_engine_arguments, train_config
@@ -208,8 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
     shown = f"best top-1 {best:.4f} (epoch {summary['best_epoch']})" if best is not None else ""
     print(f"trained {args.model} for {summary['epochs']} epochs {shown}".rstrip())
     print(f"run directory: {summary['output_dir']}")
-    if summary.get("skipped_samples"):
-        print(f"skipped {summary['skipped_samples']} bad sample(s) (--skip-bad-samples)")
+    print_skips(summary)
     return 0
 
 

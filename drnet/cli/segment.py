@@ -19,6 +19,7 @@ from drnet.cli import (
     float_in,
     int_in,
     list_of,
+    print_skips,
     report_failures,
 )
 from drnet.cli.engine_args import add_engine_arguments, train_config
@@ -285,8 +286,7 @@ def run_train(args: argparse.Namespace) -> int:
             f"{summary['checkpoint_best']}"
         )
     print(f"last checkpoint: {summary['checkpoint_last']}")
-    if summary.get("skipped_samples"):
-        print(f"skipped {summary['skipped_samples']} bad sample(s) (--skip-bad-samples)")
+    print_skips(summary)
     return 0
 
 
