@@ -205,10 +205,10 @@ def print_skips(summary: dict) -> None:
         return
     files = summary.get("skipped_files")
     if files:
-        print(f"skipped {skips} bad sample read(s) of {files} file(s) (--skip-bad-samples)")
+        print(f"skipped {skips} bad sample(s) of {files} file(s) (--skip-bad-samples)")
     else:
         print(
-            f"skipped {skips} bad sample read(s) (--skip-bad-samples; a bad file is skipped "
+            f"skipped {skips} bad sample(s) (--skip-bad-samples; a bad file is skipped "
             "again in every epoch, the warnings name each one)"
         )
 

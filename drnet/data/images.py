@@ -133,6 +133,15 @@ def unique_names(names: Sequence[str]) -> list[str]:
     return result
 
 
+def failure_message(exc: BaseException) -> str:
+    """The one-line reason an input image failed (PIL's decompression-bomb guard gets the
+    budget hint)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, Image.DecompressionBombError):
+        text = f"{text} ({BUDGET_HINT})"
+    return text
+
+
 class SkipBad:
     """A prediction dataset (items ``(image, index, size)``) whose unreadable images
     (:class:`drnet.errors.DataError`, PIL's decompression-bomb guard) become the item
@@ -157,7 +166,7 @@ class SkipBad:
                 import torch
 
                 placeholder = torch.zeros(0)
-            return placeholder, index, (0, 0), str(exc) or type(exc).__name__
+            return placeholder, index, (0, 0), failure_message(exc)
         return image, number, size, ""
 
 

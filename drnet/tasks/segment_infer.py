@@ -351,6 +351,7 @@ def predict_files(
     ``(path, message)`` and the other images are still predicted."""
     from tqdm.auto import tqdm
 
+    from drnet.data.images import failure_message
     from drnet.data.palettes import get_palette
     from drnet.data.segmentation import read_image
     from drnet.engine.trainer import autocast_context
@@ -370,7 +371,7 @@ def predict_files(
         except (DataError, Image.DecompressionBombError) as exc:
             if failed is None:
                 raise
-            failed.append((str(path), str(exc)))
+            failed.append((str(path), failure_message(exc)))
             continue
         with autocast_context(device, amp):
             labels = predict_labels(model, raw, mean, std, scales, flip, window, stride, device)
