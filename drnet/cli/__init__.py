@@ -163,9 +163,11 @@ def list_of(item: Callable[[str], object], count: int | None = None) -> Callable
 
 
 def ensure_writable(directory: str | os.PathLike, option: str = "-o/--output-dir") -> Path:
-    """Create ``directory`` and check that a file can be written in it, before any work: a
-    :class:`DrnetError` naming ``option`` otherwise (so a long evaluation is never lost)."""
+    """Check, before any work, that ``directory`` can be created and written (a
+    :class:`DrnetError` naming ``option`` otherwise, so a long evaluation is never lost). Leaves
+    no trace: folders it had to create are removed again."""
     path = Path(directory)
+    created = [p for p in (path, *path.parents) if not p.exists()]
     probe = path / f".drnet-write-test-{os.getpid()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -174,6 +176,12 @@ def ensure_writable(directory: str | os.PathLike, option: str = "-o/--output-dir
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise DrnetError(f"{option} {directory}: cannot write there ({reason})") from exc
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     return path
 
 
