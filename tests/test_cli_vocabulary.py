@@ -14,7 +14,7 @@ import logging
 import pytest
 
 from drnet.cli import build_parser, main, non_negative_int, positive_int
-from drnet.cli.vocab import HelpFormatter, int_list
+from drnet.cli.vocab import HelpFormatter, channel_widths
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -94,7 +94,7 @@ VOCABULARY = {
     "--no-progress": (["--no-progress"], lambda a: a.dest == "no_progress" and _flag(a)),
     "--no-fast": (["--no-fast"], lambda a: a.dest == "no_fast" and _flag(a)),
     "--data-dir": (["-d", "--data-dir"], lambda a: a.dest == "data_dir" and a.nargs is None),
-    "--channels": (["--channels"], lambda a: a.dest == "channels" and a.type is int_list),
+    "--channels": (["--channels"], lambda a: a.dest == "channels" and a.type is channel_widths),
     "--json": (["--json"], lambda a: a.dest == "json" and a.nargs == "?" and a.const == "-"),
 }  # fmt: skip
 DESTS = {"--num-classes": "num_classes", "--batch-size": "batch_size", "--workers": "workers"}

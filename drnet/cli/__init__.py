@@ -9,10 +9,15 @@ with the helpers of :mod:`drnet.cli.vocab`, so one flag means one thing everywhe
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import math
+import os
 import sys
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 
 from drnet.errors import DrnetError
 
@@ -80,6 +85,166 @@ def int_at_least(lowest: int):
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def int_in(lowest: int, highest: int, zero: bool = False) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[lowest, highest]`` (``zero``: 0 too, where 0 means
+    "off", e.g. no crop)."""
+    at_least = int_at_least(lowest)
+
+    def parse(text: str) -> int:
+        if zero and text.strip() == "0":
+            return 0
+        try:
+            value = at_least(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}{' (or 0)' if zero else ''}") from None
+        if value > highest:
+            raise argparse.ArgumentTypeError(f"must be at most {highest}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def float_in(
+    lowest: float = -math.inf,
+    highest: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in the range from ``lowest`` to ``highest``
+    (``low_open`` / ``high_open``: that end excluded), else a usage error naming the option."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    shown = f"in {left}{lowest:g}, {highest:g}{right}"
+
+    def parse(text: str) -> float:
+        value = _finite(text)
+        below = value <= lowest if low_open else value < lowest
+        above = value >= highest if high_open else value > highest
+        if below or above:
+            raise argparse.ArgumentTypeError(f"must be {shown}, got {text}")
+        return value
+
+    return parse
+
+
+finite_float = float_in()
+
+
+def list_of(item: Callable[[str], object], count: int | None = None) -> Callable[[str], tuple]:
+    """An argparse ``type``: comma-separated values, each checked by ``item`` (one of the types
+    above); ``count``: exactly that many values."""
+
+    def parse(text: str) -> tuple:
+        parts = [v for v in text.replace(" ", "").split(",") if v]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        if count is not None and len(parts) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} values, got {len(parts)}")
+        values = []
+        for part in parts:
+            try:
+                values.append(item(part))
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"{part!r}: {exc}") from None
+        return tuple(values)
+
+    return parse
+
+
+def ensure_writable(directory: str | os.PathLike, option: str = "-o/--output-dir") -> Path:
+    """Check, before any work, that ``directory`` can be created and written (a
+    :class:`DrnetError` naming ``option`` otherwise, so a long evaluation is never lost). Leaves
+    no trace: folders it had to create are removed again."""
+    path = Path(directory)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    probe = path / f".drnet-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DrnetError(f"{option} {directory}: cannot write there ({reason})") from exc
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    return path
+
+
+#: How every predict command treats bad inputs (said in each one's --help).
+BAD_INPUTS_HELP = (
+    "Bad inputs (unreadable, or past --max-pixels): the other images are still predicted and "
+    "written, the bad ones are listed at the end, and the exit status is 1."
+)
+
+log = logging.getLogger("drnet.cli")
+
+
+def report_failures(failed: list[tuple[str, str]], done: int, output_dir: str) -> int:
+    """Log the bad inputs of a predict command (one line each) and return its exit status."""
+    if not failed:
+        return 0
+    log.error("%d of %d input(s) could not be predicted:", len(failed), len(failed) + done)
+    for path, message in failed:
+        log.error("  %s", message if path in message else f"{path}: {message}")
+    log.error("the other %d image(s) were written to %s", done, output_dir)
+    return 1
+
+
+def print_skips(summary: dict) -> None:
+    """The ``--skip-bad-samples`` line of a training summary: the skips and, where the summary
+    has it (``skipped_files``), the distinct bad files (a bad file is skipped in every epoch)."""
+    skips = summary.get("skipped_samples")
+    if not skips:
+        return
+    files = summary.get("skipped_files")
+    if files:
+        print(f"skipped {skips} bad sample(s) of {files} file(s) (--skip-bad-samples)")
+    else:
+        print(
+            f"skipped {skips} bad sample(s) (--skip-bad-samples; a bad file is skipped "
+            "again in every epoch, the warnings name each one)"
+        )
+
+
+_OS_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.ENOTDIR: "a part of the path is a file, expected a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An ``OSError`` a user can cause as one plain line naming the file ("x.pth: permission
+    denied") instead of Python's "[Errno 13] Permission denied: 'x.pth'"."""
+    reason = _OS_ERRORS.get(exc.errno or -1)
+    if reason is None or exc.filename is None:
+        return one_line(exc)
+    where = str(exc.filename)
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    return f"{where}: {reason}"
 
 
 def one_line(exc: BaseException) -> str:
@@ -150,17 +315,38 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2 if args.command is None else 0
+    from PIL import Image
+
+    from drnet.data import images
+
+    budget = images.MAX_PIXELS
     try:
+        if getattr(args, "max_pixels", None):
+            images.set_max_pixels(args.max_pixels)
         result = args.func(args)
-    except (DrnetError, OSError) as exc:  # OSError: unwritable output folder, full disk...
+    except (DrnetError, OSError, Image.DecompressionBombError) as exc:
+        # OSError: unwritable output folder, full disk...; DecompressionBombError: PIL's own
+        # guard, for images far past the pixel budget
         if args.debug:
             traceback.print_exc()
-        print(f"drnet: error: {one_line(exc)}", file=sys.stderr)
+        print(f"drnet: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("drnet: interrupted", file=sys.stderr)
         return 130
+    finally:
+        images.set_max_pixels(budget)
     return int(result or 0)
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return os_error_line(exc)
+    if type(exc).__name__ == "DecompressionBombError":
+        from drnet.data.images import BUDGET_HINT
+
+        return f"{one_line(exc)} ({BUDGET_HINT})"
+    return one_line(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from drnet.cli import positive_int
+from drnet.cli import (
+    BAD_INPUTS_HELP,
+    ensure_writable,
+    float_in,
+    int_in,
+    positive_int,
+    print_skips,
+    report_failures,
+)
 from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.cli.vocab import (
     Parser,
@@ -15,6 +24,7 @@ from drnet.cli.vocab import (
     add_data,
     add_device,
     add_dtype,
+    add_max_pixels,
     add_model,
     add_no_fast,
     add_no_progress,
@@ -26,6 +36,13 @@ from drnet.cli.vocab import (
     group,
     load_from_args,
 )
+
+log = logging.getLogger(__name__)
+
+
+#: Network input sides: 16 px is the smallest a DRN (output stride 8) still maps to a 2x2 grid;
+#: past 8192 px one image would not fit an accelerator.
+CROP_RANGE = (16, 8192)
 
 DATA_LAYOUT = "ImageFolder layout: <split>/<class_name>/<image>, classes = sorted folder names"
 
@@ -58,7 +75,7 @@ def add_model_arguments(
         return
     g.add_argument(
         "--crop-size",
-        type=positive_int,
+        type=int_in(*CROP_RANGE),
         default=224 if training else None,
         help="network input size: RandomResizedCrop in training, centre crop in eval"
         + ("" if training else " (default: the run's model.json, else 224)"),
@@ -66,14 +83,14 @@ def add_model_arguments(
     if training:
         g.add_argument(
             "--crop-scale",
-            type=float,
+            type=float_in(0, 1, low_open=True),
             default=0.08,
             help="smallest RandomResizedCrop area as a fraction of the image (0.08 is the "
             "ImageNet recipe; raise it for small objects on small images)",
         )
     g.add_argument(
         "--resize-size",
-        type=positive_int,
+        type=int_in(*CROP_RANGE),
         help="eval resize of the shorter side before the centre crop (default: crop/0.875, "
         "256 for 224)",
     )
@@ -90,6 +107,7 @@ def add_inference_arguments(
         add_batch_size(g, batch_size)
     add_workers(g, workers)
     add_device(g)
+    add_max_pixels(g)
     if amp:
         g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     add_no_progress(g)
@@ -156,7 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="top-k classes with probabilities for images or folders",
         description="Predict the top-k classes of image files or folders (searched "
-        "recursively). Writes predictions.json and predictions.csv.",
+        "recursively). Writes predictions.json and predictions.csv. " + BAD_INPUTS_HELP,
     )
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(predict)
@@ -182,13 +200,18 @@ def run_train(args: argparse.Namespace) -> int:
         resize_size=args.resize_size,
         min_scale=args.crop_scale,
     )
+    if task.card.num_classes == 1:
+        log.warning(
+            "%s has a single class folder: every image is that class, so the model learns "
+            "nothing useful (accuracy is 100%% by construction)",
+            train_dir,
+        )
     summary = train_classifier(task, train_config(args))
     best = summary.get("best_metric")
     shown = f"best top-1 {best:.4f} (epoch {summary['best_epoch']})" if best is not None else ""
     print(f"trained {args.model} for {summary['epochs']} epochs {shown}".rstrip())
     print(f"run directory: {summary['output_dir']}")
-    if summary.get("skipped_samples"):
-        print(f"skipped {summary['skipped_samples']} bad sample(s) (--skip-bad-samples)")
+    print_skips(summary)
     return 0
 
 
@@ -199,6 +222,7 @@ def run_eval(args: argparse.Namespace) -> int:
         write_classification_report,
     )
 
+    ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
     result = evaluate_classifier(
         model,
@@ -227,8 +251,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.data.classification import list_images
     from drnet.tasks.classify import predict_classes, write_predictions
 
+    ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
     paths = list_images(args.inputs)
+    failed: list[tuple[str, str]] = []
     predictions = predict_classes(
         model,
         paths,
@@ -244,6 +270,7 @@ def run_predict(args: argparse.Namespace) -> int:
         fast=not args.no_fast,
         dtype=args.dtype,
         progress=not args.no_progress,
+        failed=failed,
     )
     files = write_predictions(predictions, args.output_dir)
     for item in predictions[:10]:
@@ -252,4 +279,4 @@ def run_predict(args: argparse.Namespace) -> int:
     if len(predictions) > 10:
         print(f"... {len(predictions) - 10} more")
     print(f"wrote {files['json']} and {files['csv']}")
-    return 0
+    return report_failures(failed, len(predictions), args.output_dir)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from drnet.cli import non_negative_int, positive_int
-from drnet.cli.classify import add_inference_arguments, add_model_arguments
+from drnet.cli import (
+    BAD_INPUTS_HELP,
+    ensure_writable,
+    finite_float,
+    int_in,
+    non_negative_int,
+    positive_int,
+    report_failures,
+)
+from drnet.cli.classify import CROP_RANGE, add_inference_arguments, add_model_arguments
 from drnet.cli.vocab import add_data, load_from_args
+from drnet.data.images import NAMES_HELP
 from drnet.errors import DrnetError
 from drnet.tasks.boxes import BOX_RESOLUTIONS, DEFAULT_BOX_RESOLUTION
+from drnet.tasks.localize import SIZE_HELP
 
 RULE = (
     "Box rule (the paper's): for a predicted class c, the smallest box enclosing every position "
@@ -20,11 +31,28 @@ RULE = (
 )
 
 
+def _threshold_or_auto(text: str) -> float | str:
+    """``--threshold`` of eval: ``auto`` or a finite number."""
+    return "auto" if text.strip() == "auto" else finite_float(text)
+
+
+def _threshold_or_file(text: str) -> float | str:
+    """``--threshold`` of predict: a finite number, or a localization_metrics.json path."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text  # a file; read_threshold reads and checks it
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number or a file, got {text!r}")
+    return value
+
+
 def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> None:
     group = parser.add_argument_group("box rule")
     if evaluating:
         group.add_argument(
             "--threshold",
+            type=_threshold_or_auto,
             default="auto",
             help="t: 'auto' chooses it on the held-out --val-dir by top-1 localization error; "
             "or a number",
@@ -37,7 +65,8 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
     else:
         group.add_argument(
             "--threshold",
-            default="0.2",
+            type=_threshold_or_file,
+            default=0.2,
             help="t, or a localization_metrics.json written by 'localize eval' to reuse its "
             "chosen t",
         )
@@ -46,7 +75,8 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
         choices=("minmax", "raw"),
         default=None,
         help="minmax (default): t is a fraction of the class map's range over the image "
-        "(min -> 0, max -> 1), comparable across models; raw: t compares with the logit itself",
+        "(min -> 0, max -> 1; t in 0..1), comparable across models; raw: t compares with the "
+        "logit itself",
     )
     group.add_argument(
         "--fallback",
@@ -65,7 +95,7 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
     )
     group.add_argument(
         "--resize-size",
-        type=non_negative_int,
+        type=int_in(*CROP_RANGE, zero=True),
         help="resize the shorter side to this before the network, no crop (default: the "
         "classifier's eval resize, e.g. 256; 0 keeps the image size); boxes are mapped back to "
         "the original image",
@@ -96,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with --threshold auto it is chosen on --val-dir (never on the evaluation split). "
         "Writes localization_metrics.json (errors, chosen t, curve, held_out_curve, "
         "centred_box_prior), threshold_curve.csv, boxes.json (per image, at the chosen t) and "
-        "overlays/*.png (heatmap, ground truth green, prediction red).",
+        "overlays/*.png (heatmap, ground truth green, prediction red). " + SIZE_HELP,
     )
     add_data(evaluate, "ImageFolder split to evaluate: DATA/<class>/<image>")
     evaluate.add_argument(
@@ -109,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--val-boxes", help="ground truth of --val-dir (default: --boxes)")
     evaluate.add_argument(
         "--xml-origin",
-        type=int,
+        type=int_in(0, 1),
         default=1,
         help="index of the first pixel in XML files: 1 for Pascal VOC, 0 for 0-based files",
     )
@@ -128,8 +158,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="boxes and class-activation heatmaps for images or folders",
         description="Localize the top-k classes of image files or folders. " + RULE + " Writes "
-        "boxes.json, overlays/<image>.png and, with --save-heatmaps, "
-        "heatmaps/<image>_<class>.png (the class response over the image, jet colours).",
+        "boxes.json, overlays/<name>.png and, with --save-heatmaps, "
+        "heatmaps/<name>_<class>.png (the class response over the image, jet colours). "
+        + NAMES_HELP + " " + SIZE_HELP + " " + BAD_INPUTS_HELP + " boxes.json lists the "
+        "images that were predicted.",
     )
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     add_model_arguments(predict, sizes=False)
@@ -144,13 +176,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def _settings(args: argparse.Namespace, mode: str | None = None):
+def _settings(
+    args: argparse.Namespace, mode: str | None = None, threshold: float | str = "auto"
+):
     from drnet.tasks.localize import LocalizationSettings
 
     if args.top_k < 1:
         raise DrnetError(f"--top-k must be at least 1, got {args.top_k}")
+    mode = args.threshold_mode or mode or "minmax"
+    if mode == "minmax" and threshold != "auto" and not 0 <= float(threshold) <= 1:
+        raise DrnetError(
+            f"--threshold {threshold:g}: minmax thresholds are fractions of the class map's "
+            "range, in 0..1 (or use --threshold-mode raw)"
+        )
     return LocalizationSettings(
-        threshold_mode=args.threshold_mode or mode or "minmax",
+        threshold_mode=mode,
         fallback=args.fallback,
         resize_size=args.resize_size,
         top_k=args.top_k,
@@ -162,13 +202,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from drnet.tasks.localize import evaluate_localization, parse_thresholds
 
     threshold: float | str = args.threshold
-    if threshold != "auto":
-        try:
-            threshold = float(threshold)
-        except ValueError as exc:
-            raise DrnetError(
-                f"--threshold {args.threshold!r}: expected 'auto' or a number"
-            ) from exc
+    settings = _settings(args, threshold=threshold)
+    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
+    if thresholds and settings.threshold_mode == "minmax" and not 0 <= min(thresholds) <= max(
+        thresholds
+    ) <= 1:
+        raise DrnetError(f"--thresholds {args.thresholds}: minmax thresholds must be in 0..1")
+    ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
     metrics = evaluate_localization(
         model,
@@ -177,10 +217,10 @@ def run_eval(args: argparse.Namespace) -> int:
         args.boxes,
         args.output_dir,
         threshold=threshold,
-        thresholds=parse_thresholds(args.thresholds) if args.thresholds else None,
+        thresholds=thresholds,
         val_dir=args.val_dir,
         val_boxes_source=args.val_boxes,
-        settings=_settings(args),
+        settings=settings,
         xml_origin=args.xml_origin,
         save_images=args.save_images,
         device=args.device,
@@ -219,15 +259,18 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.tasks.localize import predict_localization, read_threshold
 
     threshold, mode = read_threshold(args.threshold)
-    model, card = load_from_args(args, "classification")
+    settings = _settings(args, mode, threshold)
     paths = list_images(args.inputs)
+    ensure_writable(args.output_dir)
+    model, card = load_from_args(args, "classification")
+    failed: list[tuple[str, str]] = []
     entries = predict_localization(
         model,
         card,
         paths,
         args.output_dir,
         threshold=threshold,
-        settings=_settings(args, mode),
+        settings=settings,
         save_overlays=not args.no_overlays,
         save_heatmaps=args.save_heatmaps,
         device=args.device,
@@ -235,6 +278,7 @@ def run_predict(args: argparse.Namespace) -> int:
         fast=not args.no_fast,
         dtype=args.dtype,
         progress=not args.no_progress,
+        failed=failed,
     )
     for entry in entries[:10]:
         top = entry["predictions"][0]
@@ -243,4 +287,4 @@ def run_predict(args: argparse.Namespace) -> int:
     if len(entries) > 10:
         print(f"... {len(entries) - 10} more")
     print(f"wrote {Path(args.output_dir) / 'boxes.json'}")
-    return 0
+    return report_failures(failed, len(entries), args.output_dir)

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from drnet.cli import non_negative_int, positive_int
+from drnet.cli import (
+    BAD_INPUTS_HELP,
+    ensure_writable,
+    float_in,
+    int_in,
+    list_of,
+    print_skips,
+    report_failures,
+)
 from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.cli.vocab import (
     Parser,
@@ -20,6 +29,7 @@ from drnet.cli.vocab import (
     add_data,
     add_device,
     add_dtype,
+    add_max_pixels,
     add_model,
     add_no_fast,
     add_no_progress,
@@ -31,9 +41,12 @@ from drnet.cli.vocab import (
     group,
     hidden,
 )
+from drnet.data.images import NAMES_HELP, relative_names, unique_names
 from drnet.errors import DrnetError
+from drnet.tasks.segment_infer import OVERLAY_MAX_SIDE
 
 log = logging.getLogger(__name__)
+
 
 LAYOUTS_HELP = (
     "dataset layouts: (1) list files: info.json (mean, std) + {split}_images.txt / "
@@ -44,20 +57,19 @@ LAYOUTS_HELP = (
 )
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.5,1.0,1.5: {text!r}") from exc
+MAX_SCALE = 8.0
+MAX_SIDE = 8192  # crops and windows: larger ones would not fit any accelerator
+_scale = float_in(0.0, MAX_SCALE, low_open=True)
+_scale_list = list_of(_scale)
 
 
 def _random_scale(text: str) -> float | tuple[float, float]:
-    values = _floats(text)
+    values = _scale_list(text) if text.strip() not in ("0", "0.0") else (0.0,)
     if len(values) == 1:
         return values[0]
-    if len(values) == 2:
+    if len(values) == 2 and values[0] <= values[1]:
         return values  # type: ignore[return-value]
-    raise argparse.ArgumentTypeError(f"--random-scale takes S or LOW,HIGH, got {text!r}")
+    raise argparse.ArgumentTypeError(f"takes S or LOW,HIGH with LOW <= HIGH, got {text!r}")
 
 
 def _add_data_arguments(p: Parser, required: bool = True, positional: bool = True) -> None:
@@ -111,15 +123,23 @@ def _add_inference_arguments(p: Parser) -> None:
         action="store_true",
         help="multi-scale: average over scales 0.5,0.75,1.0,1.25,1.5,1.75",
     )
-    g.add_argument("--scales", type=_floats, help="custom scales, e.g. 0.75,1.0,1.25")
+    g.add_argument(
+        "--scales",
+        type=_scale_list,
+        help=f"custom scales in (0, {MAX_SCALE:g}], e.g. 0.75,1.0,1.25",
+    )
     g.add_argument("--flip", action="store_true", help="also average horizontally flipped input")
     g.add_argument(
-        "--window", type=positive_int, help="sliding-window size for images larger than it (pixels)"
+        "--window",
+        type=int_in(8, MAX_SIDE),
+        help="sliding-window size for images larger than it (pixels); bounds the memory of "
+        "large images",
     )
     g.add_argument(
-        "--stride", type=positive_int, help="sliding-window stride (default: 2/3 window)"
+        "--stride", type=int_in(1, MAX_SIDE), help="sliding-window stride (default: 2/3 window)"
     )
     add_device(g)
+    add_max_pixels(g)
     g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
     add_no_progress(g)
     add_no_fast(g)
@@ -154,15 +174,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--backbone-weights", metavar="PATH", help="classification checkpoint")
     g = group(train, "augmentation")
-    g.add_argument("--crop-size", type=non_negative_int, default=896, help="training crop")
-    hidden(g, "-s", dest="crop_size", type=non_negative_int)
+    crop = int_in(8, MAX_SIDE, zero=True)
+    g.add_argument(
+        "--crop-size", type=crop, default=896, help=f"training crop, 8..{MAX_SIDE} (0: none)"
+    )
+    hidden(g, "-s", dest="crop_size", type=crop)
     g.add_argument(
         "--random-scale",
         type=_random_scale,
         default=0.0,
         help="S: scale by a random factor in [1/S, S] (paper: 2); or LOW,HIGH",
     )
-    g.add_argument("--random-rotate", type=float, default=0.0, help="max degrees (paper: 10)")
+    g.add_argument(
+        "--random-rotate", type=float_in(0, 180), default=0.0, help="max degrees (paper: 10)"
+    )
     g.add_argument("--no-flip", action="store_true", help="no horizontal flip")
     add_engine_arguments(
         train,
@@ -200,7 +225,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="label, colour and overlay PNGs for images",
         description="Segment image files, folders (recursive) or list files (.txt, one path per "
         "line relative to the list), or a split of --data-dir (--phase). Writes labels/ (class "
-        "indices), color/ (Cityscapes palette for 19 classes, generated otherwise) and overlay/.",
+        "indices), color/ (Cityscapes palette for 19 classes, generated otherwise) and overlay/ "
+        f"(at most {OVERLAY_MAX_SIDE} px on its longer side). " + NAMES_HELP + " List files and "
+        "--split keep their own names (with the same suffixes). " + BAD_INPUTS_HELP + " With "
+        "--window, memory grows with the image width only (bands of rows); without it the "
+        "whole image goes through the network at once.",
     )
     predict.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="image files, folders or .txt lists"
@@ -216,7 +245,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=("labels", "color", "overlay"),
         help="what to write: labels,color,overlay",
     )
-    predict.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    predict.add_argument("--alpha", type=float_in(0, 1), default=0.5, help="overlay opacity, 0..1")
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -259,14 +288,14 @@ def run_train(args: argparse.Namespace) -> int:
             f"{summary['checkpoint_best']}"
         )
     print(f"last checkpoint: {summary['checkpoint_last']}")
-    if summary.get("skipped_samples"):
-        print(f"skipped {summary['skipped_samples']} bad sample(s) (--skip-bad-samples)")
+    print_skips(summary)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from drnet.tasks.segment import run_evaluation
 
+    ensure_writable(args.output_dir)
     result = run_evaluation(
         args.weights,
         args.data_dir,
@@ -294,29 +323,46 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_items(args: argparse.Namespace, num_classes: int) -> list:
+    """``(path, output name)`` of every input: files and folders named by :data:`NAMES_HELP`,
+    list files and --split by their own names, repeats suffixed."""
+    from drnet.tasks.segment import collect_inputs, split_inputs
+
+    items = []
+    if args.data_dir and args.split:
+        items += split_inputs(args.data_dir, args.split, num_classes, args.layout, args.list_dir)
+    files = []  # (position in items, path) of images given as files or in folders
+    for source in args.inputs:
+        found = collect_inputs(source)
+        if Path(source).suffix.lower() != ".txt" or Path(source).is_dir():
+            files += [(len(items) + i, path) for i, (path, _) in enumerate(found)]
+        items += found
+    for (position, path), name in zip(
+        files, relative_names([path for _, path in files]), strict=True
+    ):
+        items[position] = (path, name)
+    names = unique_names([name for _, name in items])
+    return [(path, name) for (path, _), name in zip(items, names, strict=True)]
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from drnet.cli.vocab import load_from_args
     from drnet.data.segmentation import dataset_info
     from drnet.engine.distributed import resolve_device
-    from drnet.tasks.segment import collect_inputs, predict_segmentation, split_inputs
+    from drnet.tasks.segment_infer import predict_files
 
     if not args.inputs and not (args.data_dir and args.split):
         raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
+    ensure_writable(args.output_dir)
     model, card = load_from_args(args, "segmentation")
     mean, std = card.mean, card.std
-    items = []
     if args.data_dir:  # the dataset's own statistics, as evaluation uses them
         info = dataset_info(args.data_dir, args.layout, args.split or "train")
         mean, std = info["mean"], info["std"]
-        if args.split:
-            items += split_inputs(
-                args.data_dir, args.split, card.num_classes, args.layout, args.list_dir
-            )
-    for source in args.inputs:
-        items += collect_inputs(source)
-    results = predict_segmentation(
+    failed: list[tuple[str, str]] = []
+    results = predict_files(
         model,
-        items,
+        _predict_items(args, card.num_classes),
         args.output_dir,
         mean,
         std,
@@ -326,12 +372,24 @@ def run_predict(args: argparse.Namespace) -> int:
         flip=args.flip,
         window=args.window,
         stride=args.stride,
-        save=args.save,
+        save=_save_kinds(args.save),
         alpha=args.alpha,
         amp=args.amp,
         progress=not args.no_progress,
         fast=not args.no_fast,
         dtype=args.dtype,
+        failed=failed,
     )
     print(f"wrote predictions of {len(results)} image(s) to {args.output_dir}")
-    return 0
+    return report_failures(failed, len(results), args.output_dir)
+
+
+def _save_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    from drnet.tasks.segment import SAVE_KINDS
+
+    unknown = set(kinds) - set(SAVE_KINDS)
+    if unknown:
+        raise DrnetError(
+            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
+        )
+    return kinds

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from drnet.cli import non_negative_int, positive_int
+from drnet.cli import int_in, list_of, non_negative_int, positive_int
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -31,6 +31,24 @@ def int_list(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers like 8,16,32: {text!r}") from None
+
+
+DEVICES = "auto, cpu, cuda, cuda:N"
+
+
+def device(text: str) -> str:
+    """An argparse ``type``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``mps`` and the like are
+    refused in one usage line instead of failing inside torch)."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda"):
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise argparse.ArgumentTypeError(f"expected one of {DEVICES}, got {text!r}")
+
+
+#: ``--channels``: the widths of the 8 levels of a DRN.
+channel_widths = list_of(int_in(1, 4096), count=8)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -168,7 +186,7 @@ def add_channels(parser: Container) -> None:
     """``--channels W1,...,W8``: per-level widths (tiny networks for tests and the demo)."""
     parser.add_argument(
         "--channels",
-        type=int_list,
+        type=channel_widths,
         metavar="W1,...,W8",
         help="per-level widths, e.g. 8,16,32,64,128,128,128,128 for a tiny DRN-C/D",
     )
@@ -259,7 +277,21 @@ def add_workers(parser: Container, default: int, help: str = "data-loading proce
 
 def add_device(parser: Container) -> None:
     """``--device``: auto (CUDA when present), cpu, cuda, cuda:N."""
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    parser.add_argument(
+        "--device", type=device, default="auto", help="auto (CUDA when present), cpu, cuda:N"
+    )
+
+
+def add_max_pixels(parser: Container) -> None:
+    """``--max-pixels N``: the pixel budget of one input image (:mod:`drnet.data.images`); the
+    command line applies it for the length of the command."""
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        metavar="N",
+        help="refuse images with more pixels (width x height) than this, before decoding them "
+        "(default: $DRNET_MAX_PIXELS, else 89478485, PIL's limit)",
+    )
 
 
 def add_no_progress(parser: Container, quiet_alias: bool = False) -> None:
@@ -318,6 +350,7 @@ __all__ = [
     "add_data",
     "add_device",
     "add_json",
+    "add_max_pixels",
     "add_model",
     "add_no_fast",
     "add_no_progress",

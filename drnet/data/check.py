@@ -254,7 +254,8 @@ def _segmentation_samples(
     except DataError as exc:
         where = (list_dir or root) / f"{split}_images.txt" if layout == "list" else root
         problems.append(Problem(str(where), str(exc), ERROR, split))
-        return []
+        # the lines that do pair up are still checked, so one pass reports everything
+        return _paired_list_lines(root, split, list_dir) if layout == "list" else []
     unlabeled = [s for s in samples if s.label is None]
     if unlabeled and len(unlabeled) == len(samples):
         where = "gtFine/" if layout == "cityscapes" else "masks/ (or labels/)"
@@ -278,6 +279,22 @@ def _segmentation_samples(
                 Problem(str(s.image), f"image {s.image} has no label{hint}", ERROR, split)
             )
     return samples
+
+
+def _paired_list_lines(root: Path, split: str, list_dir: Path | None) -> list[Sample]:
+    """The samples of the lines both list files have (``{split}_images.txt`` line i with
+    ``{split}_labels.txt`` line i), for a split whose lists do not match as a whole."""
+    folder = list_dir or root
+    try:
+        images = [ln.strip() for ln in (folder / f"{split}_images.txt").read_text().splitlines()]
+        labels = [ln.strip() for ln in (folder / f"{split}_labels.txt").read_text().splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return []
+    images, labels = [ln for ln in images if ln], [ln for ln in labels if ln]
+    return [
+        Sample(root / image, root / label, str(Path(image).with_suffix("")))
+        for image, label in zip(images, labels, strict=False)
+    ]
 
 
 # -- classification ------------------------------------------------------------------------------
@@ -509,6 +526,8 @@ def check_dataset(
     layout); problems with its files are in the report.
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root} is a file, expected a folder (the dataset root)")
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist")
     list_dir = Path(list_dir) if list_dir else None

@@ -96,10 +96,20 @@ class SeededDataset(Dataset):
         self.skip_bad_samples = skip_bad_samples
         # shared memory, so skips inside DataLoader worker processes are counted here too
         self._skipped = multiprocessing.Value("q", 0) if skip_bad_samples else None
+        # one flag per index: a bad file is skipped again in every epoch (and whenever its
+        # neighbour is bad), so the skips overcount the files
+        size = len(dataset) if skip_bad_samples else 0  # type: ignore[arg-type]
+        self._bad = multiprocessing.Array("b", size, lock=False) if skip_bad_samples else None
 
     def skipped_count(self) -> int:
         """How many bad samples were skipped so far (all epochs, all workers of this process)."""
         return int(self._skipped.value) if self._skipped is not None else 0
+
+    def skipped_files(self) -> int:
+        """How many distinct samples (files) were found bad so far, in this process."""
+        if not self._bad:
+            return 0
+        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -128,6 +138,7 @@ class SeededDataset(Dataset):
             except DataError as exc:
                 with self._skipped.get_lock():
                     self._skipped.value += 1
+                self._bad[i] = 1
                 logger.warning("skipping bad sample %d: %s", i, exc)
         raise DataError(
             f"{min(n, 100)} consecutive bad samples from index {index} on; giving up "

@@ -355,24 +355,37 @@ def predict_classes(
     fast: bool = True,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[dict]:
     """Top-``k`` classes and softmax probabilities for each image (eval preprocessing: resize +
     centre crop). Returns ``[{"image", "top_k": [{"class", "index", "probability"}]}]``.
-    ``fast``: the inference fast path (see :func:`evaluate_classifier`)."""
+    ``fast``: the inference fast path (see :func:`evaluate_classifier`). An unreadable image
+    raises :class:`DataError`; with a ``failed`` list it is appended there as
+    ``(path, message)`` and left out, and the other images are predicted."""
+    from drnet.data.images import SkipBad
     from drnet.speed.inference import fast_inference
 
     device = resolve_device(str(device))
     model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     transform = eval_transform(crop_size, resize_size, mean, std)
-    loader = DataLoader(
-        ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers, shuffle=False
-    )
+    placeholder = torch.zeros(3, crop_size, crop_size)
+    files = SkipBad(ImageFiles(paths, transform), placeholder)
+    loader = DataLoader(files, batch_size=batch_size, num_workers=workers, shuffle=False)
     k = min(top_k, len(class_names))
     predictions: list[dict] = []
-    for images, indices, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
+    batches = tqdm(loader, desc="predict", disable=not progress, leave=False)
+    for images, indices, _, errors in batches:
+        bad = [i for i, message in enumerate(errors) if message]
+        for i in bad:
+            if failed is None:
+                raise DataError(errors[i])
+            failed.append((str(paths[int(indices[i])]), errors[i]))
         probabilities = logits_of(model(images.to(device))).float().softmax(dim=1).cpu()
         values, classes = probabilities.topk(k, dim=1)
-        for index, row_values, row_classes in zip(indices.tolist(), values, classes, strict=True):
+        rows = zip(indices.tolist(), values, classes, errors, strict=True)
+        for index, row_values, row_classes, error in rows:
+            if error:
+                continue
             predictions.append(
                 {
                     "image": str(paths[index]),

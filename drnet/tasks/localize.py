@@ -42,8 +42,8 @@ from drnet.data.classification import (
     image_folder,
     load_rgb,
     relative_key,
-    unique_names,
 )
+from drnet.data.images import SkipBad, relative_names, unique_names
 from drnet.engine.distributed import resolve_device
 from drnet.errors import DataError, DrnetError
 from drnet.models.loading import ModelCard
@@ -90,6 +90,8 @@ def parse_thresholds(text: str) -> list[float]:
         ) from exc
     if not values:
         raise DrnetError(f"--thresholds {text!r} gives no threshold")
+    if not all(math.isfinite(v) for v in values) or len(values) > 10_000:
+        raise DrnetError(f"--thresholds {text!r}: expected at most 10000 finite numbers")
     return sorted(set(values))
 
 
@@ -142,6 +144,68 @@ def output_stride(image_size: tuple[int, int], map_size: tuple[int, int]) -> int
         f"cannot relate a {map_size[0]}x{map_size[1]} class map to a "
         f"{image_size[0]}x{image_size[1]} input (expected ceil(size / stride))"
     )
+
+
+# ----------------------------------------------------------------------------- bounded sizes
+
+#: The network input of one image is scaled down (uniformly) to at most this many pixels and
+#: :data:`MAX_INPUT_SIDE` on its longer side: the shorter-side resize of a 2 x 60000 image would
+#: otherwise ask for 256 x 7.7 million pixels. Boxes are mapped back to the original image.
+MAX_INPUT_PIXELS = 2048 * 2048
+MAX_INPUT_SIDE = 8192
+#: Overlays and heatmaps are drawn at most this many pixels on their longer side.
+OVERLAY_MAX_SIDE = 2048
+SIZE_HELP = (
+    f"The network input is scaled down to at most {MAX_INPUT_PIXELS:,} pixels and "
+    f"{MAX_INPUT_SIDE} px a side (boxes still refer to the original image); overlays and "
+    f"heatmaps are drawn at most {OVERLAY_MAX_SIDE} px on their longer side."
+)
+
+
+def network_input_size(image_size: tuple[int, int], resize_size: int | None) -> tuple[int, int]:
+    """``(H, W)`` of the network input for an image of ``image_size``: its shorter side resized
+    to ``resize_size`` (as ``torchvision``'s ``Resize`` does; ``None``/0: kept), then scaled
+    down to :data:`MAX_INPUT_PIXELS` / :data:`MAX_INPUT_SIDE` when past them."""
+    height, width = image_size
+    if resize_size:
+        short, long = sorted((height, width))
+        new_short, new_long = resize_size, int(resize_size * long / short)
+        height, width = (new_short, new_long) if height <= width else (new_long, new_short)
+    factor = min(
+        1.0,
+        math.sqrt(MAX_INPUT_PIXELS / (height * width)),
+        MAX_INPUT_SIDE / max(height, width),
+    )
+    if factor < 1.0:
+        height, width = max(1, int(height * factor)), max(1, int(width * factor))
+    return height, width
+
+
+class BoundedTransform:
+    """:func:`full_image_transform`, with an explicit output size for images whose resized
+    input would be past :data:`MAX_INPUT_PIXELS` (a picklable class: DataLoader workers)."""
+
+    def __init__(self, resize_size: int | None, mean: Sequence[float], std: Sequence[float]):
+        self.resize_size, self.mean, self.std = resize_size, mean, std
+        self.plain = full_image_transform(resize_size, mean, std)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        height, width = image.height, image.width
+        if self.resize_size:
+            short, long = sorted((height, width))
+            height, width = self.resize_size, int(self.resize_size * long / short)
+        if height * width <= MAX_INPUT_PIXELS and max(height, width) <= MAX_INPUT_SIDE:
+            return self.plain(image)  # within bounds: exactly the usual preprocessing
+        target = network_input_size((image.height, image.width), self.resize_size)
+        resized = image.resize((target[1], target[0]), Image.Resampling.BILINEAR)
+        return full_image_transform(None, self.mean, self.std)(resized)
+
+
+def display_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """The size overlays and heatmaps of an image are drawn at (:data:`OVERLAY_MAX_SIDE`)."""
+    height, width = image_size
+    factor = min(1.0, OVERLAY_MAX_SIDE / max(height, width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -258,10 +322,35 @@ def localize_image(
     )
 
 
-def class_heatmap(result: ImageLocalization, cls: int) -> Tensor:
-    """The min-max normalised response of class ``cls`` as a heatmap over the original image."""
+def class_heatmap(
+    result: ImageLocalization, cls: int, size: tuple[int, int] | None = None
+) -> Tensor:
+    """The min-max normalised response of class ``cls`` as a heatmap over the original image
+    (or an image of ``size``: the same image drawn smaller, see :func:`display_size`)."""
     response = normalize_response(result.class_map[cls], "minmax")
-    return upsample_heatmap(response, result.input_size, result.image_size, result.stride)
+    size = result.image_size if size is None else size
+    return upsample_heatmap(response, result.input_size, size, result.stride)
+
+
+def bounded_overlay(
+    path: str | Path,
+    result: ImageLocalization,
+    cls: int,
+    predicted: Tensor,
+    ground_truth: Tensor | None = None,
+    labels: Sequence[str] | None = None,
+) -> Image.Image:
+    """:func:`render_overlay` of the image at ``path`` with the heatmap of ``cls``, drawn at
+    :func:`display_size` (boxes in original-image pixels are scaled to it)."""
+    size = display_size(result.image_size)
+    image = load_rgb(path)
+    if size != result.image_size:
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        predicted = scale_boxes(predicted, result.image_size, size)
+        if ground_truth is not None:
+            ground_truth = scale_boxes(ground_truth, result.image_size, size)
+    heat = class_heatmap(result, cls, size)
+    return render_overlay(image, heat, predicted, ground_truth, labels)
 
 
 # ----------------------------------------------------------------------------- a scored split
@@ -347,7 +436,7 @@ def _split_loader(
     dataset = image_folder(split_dir)
     to_model = match_split_classes(dataset.classes, card, str(split_dir))
     samples = [(path, to_model[target]) for path, target in dataset.samples]
-    transform = full_image_transform(resize_size, card.mean, card.std)
+    transform = BoundedTransform(resize_size, card.mean, card.std)
     loader = DataLoader(
         ImageFiles([p for p, _ in samples], transform), batch_size=None, num_workers=workers
     )
@@ -527,12 +616,12 @@ class _OverlayWriter:
         if number >= self.count:
             return
         top = record["predictions"][0]
-        heat = class_heatmap(result, int(result.classes[0]))
         gt = torch.tensor(record["gt_boxes"]).reshape(-1, 4)
         label = f"{top['class']} {top['probability']:.2f}"
         self.directory.mkdir(parents=True, exist_ok=True)
         name = _safe_name("__".join(Path(record["image"]).with_suffix("").parts)) + ".png"
-        overlay = render_overlay(load_rgb(path), heat, torch.tensor(top["box"]), gt, [label])
+        box = torch.tensor(top["box"])
+        overlay = bounded_overlay(path, result, int(result.classes[0]), box, gt, [label])
         overlay.save(self.directory / name)
         record["overlay"] = f"overlays/{name}"
         self.written += 1
@@ -675,7 +764,10 @@ def read_threshold(value: float | str) -> tuple[float, str | None]:
     path = Path(str(value))
     try:
         data = json.loads(path.read_text())
-        return float(data["threshold"]), data.get("threshold_mode")
+        value = float(data["threshold"])
+        if not math.isfinite(value):
+            raise ValueError("not finite")
+        return value, data.get("threshold_mode")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DrnetError(
             f"--threshold {value}: expected a number or a {METRICS_FILE} with a 'threshold'"
@@ -698,15 +790,20 @@ def predict_localization(
     progress: bool = True,
     fast: bool = True,
     dtype: str | torch.dtype | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[dict]:
     """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image.
 
     Writes ``boxes.json``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box in red)
     and, with ``save_heatmaps``, ``heatmaps/<name>_<class>.png`` (the min-max normalised class
-    response over the image, jet colours) for every top-k class. Returns the ``boxes.json``
-    entries: ``{"image", "width", "height", "predictions": [{"rank", "class", "index",
-    "probability", "box", "fallback", "heatmap"?}], "overlay"?}``. ``fast``: the inference fast
-    path (see :func:`evaluate_localization`).
+    response over the image, jet colours) for every top-k class; names follow
+    :data:`drnet.data.images.NAMES_HELP`, overlays and heatmaps are drawn at
+    :func:`display_size`. Returns the ``boxes.json`` entries: ``{"image", "width", "height",
+    "predictions": [{"rank", "class", "index", "probability", "box", "fallback",
+    "heatmap"?}], "overlay"?}``. ``fast``: the inference fast path (see
+    :func:`evaluate_localization`). An unreadable image raises :class:`DataError`; with a
+    ``failed`` list it is appended there as ``(path, message)`` and left out of the outputs
+    (``boxes.json`` is still written for the others).
     """
     from drnet.speed.inference import fast_inference
 
@@ -715,53 +812,81 @@ def predict_localization(
     model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    names = card.names()
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
-    transform = full_image_transform(resize_size, card.mean, card.std)
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=None, num_workers=workers)
-    file_names = unique_names(paths)
+    files = SkipBad(ImageFiles(paths, BoundedTransform(resize_size, card.mean, card.std)))
+    loader = DataLoader(files, batch_size=None, num_workers=workers)
+    file_names = unique_names(relative_names(paths))
+    written: set[str] = set()
     entries = []
-    for image, index, size in tqdm(loader, desc="localize", disable=not progress, leave=False):
+    for image, index, size, error in tqdm(
+        loader, desc="localize", disable=not progress, leave=False
+    ):
+        if error:
+            if failed is None:
+                raise DataError(error)
+            failed.append((str(paths[index]), error))
+            continue
         image_size = (int(size[0]), int(size[1]))
         result = localize_image(model, image.to(device), image_size, [threshold], settings)
-        entry = {
-            "image": str(paths[index]),
-            "width": image_size[1],
-            "height": image_size[0],
-            "predictions": [
-                {
-                    "rank": rank + 1,
-                    "class": names[int(c)],
-                    "index": int(c),
-                    "probability": float(result.probabilities[rank]),
-                    "box": _round_boxes(result.boxes[rank, 0]),
-                    "fallback": bool(result.fallback[rank, 0]),
-                }
-                for rank, c in enumerate(result.classes.tolist())
-            ],
-        }
-        stem = file_names[index]
+        entry = _predict_entry(card.names(), paths[index], image_size, result)
+        name = file_names[index]
         if save_heatmaps:
-            (output_dir / "heatmaps").mkdir(exist_ok=True)
-            for prediction in entry["predictions"]:
-                heat = class_heatmap(result, prediction["index"])
-                safe = "".join(
-                    ch if ch.isalnum() or ch in "-_." else "_" for ch in prediction["class"]
-                )
-                name = f"heatmaps/{stem}_{safe}.png"
-                Image.fromarray(colorize(heat).permute(1, 2, 0).numpy()).save(output_dir / name)
-                prediction["heatmap"] = name
+            _write_heatmaps(output_dir, name, entry, result, written)
         if save_overlays:
-            (output_dir / "overlays").mkdir(exist_ok=True)
             top = entry["predictions"][0]
-            overlay = render_overlay(
-                load_rgb(paths[index]),
-                class_heatmap(result, top["index"]),
+            overlay = bounded_overlay(
+                paths[index],
+                result,
+                top["index"],
                 result.boxes[0, 0],
                 labels=[f"{top['class']} {top['probability']:.2f}"],
             )
-            overlay.save(output_dir / f"overlays/{stem}.png")
-            entry["overlay"] = f"overlays/{stem}.png"
+            entry["overlay"] = _save_png(overlay, output_dir, f"overlays/{name}", written)
         entries.append(entry)
     (output_dir / BOXES_FILE).write_text(json.dumps(entries, indent=1) + "\n")
     return entries
+
+
+def _predict_entry(
+    names: Sequence[str], path: str | Path, image_size: tuple[int, int], result
+) -> dict:
+    return {
+        "image": str(path),
+        "width": image_size[1],
+        "height": image_size[0],
+        "predictions": [
+            {
+                "rank": rank + 1,
+                "class": names[int(c)],
+                "index": int(c),
+                "probability": float(result.probabilities[rank]),
+                "box": _round_boxes(result.boxes[rank, 0]),
+                "fallback": bool(result.fallback[rank, 0]),
+            }
+            for rank, c in enumerate(result.classes.tolist())
+        ],
+    }
+
+
+def _save_png(image: Image.Image, output_dir: Path, stem: str, written: set[str]) -> str:
+    """Save ``image`` as ``stem.png`` under ``output_dir`` (``stem-2.png``... when a file of
+    this run already has that name); returns the relative name."""
+    name, number = f"{stem}.png", 1
+    while name.casefold() in written:
+        number += 1
+        name = f"{stem}-{number}.png"
+    written.add(name.casefold())
+    (output_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    image.save(output_dir / name)
+    return name
+
+
+def _write_heatmaps(
+    output_dir: Path, name: str, entry: dict, result: ImageLocalization, written: set[str]
+) -> None:
+    size = display_size(result.image_size)
+    for prediction in entry["predictions"]:
+        heat = class_heatmap(result, prediction["index"], size)
+        picture = Image.fromarray(colorize(heat).permute(1, 2, 0).numpy())
+        stem = f"heatmaps/{name}_{_safe_name(prediction['class'])}"
+        prediction["heatmap"] = _save_png(picture, output_dir, stem, written)

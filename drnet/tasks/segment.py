@@ -38,7 +38,6 @@ from drnet.data.segmentation import (
     SegmentationDataset,
     dataset_info,
     open_segmentation_dataset,
-    read_image,
 )
 from drnet.data.transforms import segmentation_train_transform
 from drnet.engine import distributed as D
@@ -551,34 +550,21 @@ def predict_segmentation(
     colours for 19 classes, generated otherwise) and ``overlay/`` (colours blended over the
     image) under ``output_dir``. ``inputs`` is a file, folder or list file (see
     :func:`collect_inputs`) or ready ``(path, name)`` pairs. Returns the written paths per image.
-    ``fast``: the inference fast path (see :func:`evaluate_segmentation`).
+    ``fast``: the inference fast path (see :func:`evaluate_segmentation`). One image at a time
+    through :func:`drnet.tasks.segment_infer.predict_files` (memory bounded with ``window``).
     """
     unknown = set(save) - set(SAVE_KINDS)
     if unknown:
         raise DrnetError(
             f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
         )
-    from drnet.speed.inference import fast_inference
+    from drnet.data.images import unique_names
+    from drnet.tasks.segment_infer import predict_files
 
     items = collect_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    device = torch.device(device)
-    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
-    palette = get_palette(num_classes)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    out_dir = Path(output_dir)
-    iterator: Any = items
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(items, desc="predict", unit="img", dynamic_ncols=True)
-    results = []
-    for path, name in iterator:
-        raw = read_image(path)
-        x = ((raw.float() / 255.0 - mean_t) / std_t)[None].to(device)
-        with autocast_context(device, amp):
-            probs = predict_probs(model, x, scales, flip, window, stride)
-        pred = probs.argmax(1)[0].cpu().numpy()
-        image = raw.permute(1, 2, 0).numpy()
-        results.append(_save_prediction(pred, out_dir, name, palette, image, save, alpha))
-    return results
+    names = unique_names([name for _, name in items])  # never one output for two inputs
+    items = [(path, name) for (path, _), name in zip(items, names, strict=True)]
+    return predict_files(
+        model, items, output_dir, mean, std, num_classes, device, scales, flip, window, stride,
+        save, alpha, amp, progress, fast, dtype=dtype,
+    )  # fmt: skip

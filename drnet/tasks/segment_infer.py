@@ -1,4 +1,6 @@
-"""Segmentation inference: whole image, multi-scale + flip fusion, sliding window.
+"""Segmentation inference: whole image, multi-scale + flip fusion, sliding window; labels of
+large images in bands of rows (:func:`predict_labels`) and the files of ``segment predict``
+(:func:`predict_files`).
 
 Every function returns class *probabilities* ``[N, C, H, W]`` at the input size (softmax of the
 model's scores), so results of different scales, flips and windows can be averaged. With a single
@@ -9,11 +11,15 @@ scale of 1.0, no flip and a window at least as large as the image, the result is
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from drnet.errors import DataError, DrnetError
 from drnet.models.loading import logits_of
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -106,3 +112,273 @@ def predict_probs(
             total = probs if total is None else total + probs
             views += 1
     return total / views
+
+
+# -- bounded-memory labels ------------------------------------------------------------------------
+
+#: Output rows per band of :func:`predict_labels` (at least one window's height is used).
+BAND_ROWS = 256
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    return _window_starts(length, window, stride)
+
+
+def _cover_counts(length: int, starts: Sequence[int], window: int) -> torch.Tensor:
+    """How many windows cover each position of one axis."""
+    counts = torch.zeros(length)
+    for start in starts:
+        counts[start : start + window] += 1
+    return counts
+
+
+class _View:
+    """One scale (and flip) of an image for :func:`predict_labels`: its sliding-window
+    probabilities, produced in rows from top to bottom in a rolling buffer (the rows no later
+    band needs are dropped), so memory grows with the image width, not its area."""
+
+    def __init__(self, crop, size, flipped, model, window, stride) -> None:
+        self.crop, (self.height, self.width), self.flipped, self.model = crop, size, flipped, model
+        self.wh, self.ww = min(window[0], self.height), min(window[1], self.width)
+        self.tops = _starts(self.height, window[0], stride[0])
+        self.lefts = _starts(self.width, window[1], stride[1])
+        self.counts = _cover_counts(self.height, self.tops, self.wh)[:, None] * _cover_counts(
+            self.width, self.lefts, self.ww
+        )
+        self.next_top, self.low, self.sums = 0, 0, None
+
+    def rows(self, first: int, stop: int) -> torch.Tensor:
+        """Probabilities ``[N, C, stop - first, width]`` of rows ``[first, stop)`` (un-flipped);
+        ``first`` never decreases from one call to the next."""
+        while self.next_top < len(self.tops) and self.tops[self.next_top] < stop:
+            self._add_window_row(self.tops[self.next_top])
+            self.next_top += 1
+        if first > self.low:  # rows above ``first`` are done with
+            self.sums = self.sums[:, :, first - self.low :].clone()
+            self.low = first
+        part = self.sums[:, :, first - self.low : stop - self.low]
+        probs = part / self.counts[first:stop].to(part.device)
+        return probs.flip(-1) if self.flipped else probs
+
+    def _add_window_row(self, top: int) -> None:
+        for left in self.lefts:
+            probs = model_scores(self.model, self.crop(top, left, self.wh, self.ww, self.flipped))
+            probs = probs.float().softmax(1)
+            if self.sums is None:
+                shape = (probs.shape[0], probs.shape[1], 0, self.width)
+                self.sums = torch.zeros(shape, device=probs.device)
+            missing = top + self.wh - (self.low + self.sums.shape[2])
+            if missing > 0:
+                pad = self.sums.new_zeros(*self.sums.shape[:2], missing, self.width)
+                self.sums = torch.cat([self.sums, pad], 2)
+            start = top - self.low
+            self.sums[:, :, start : start + self.wh, left : left + self.ww] += probs
+
+
+def _row_weights(out_rows: range, height: int, src_height: int) -> tuple:
+    """Source rows and weights of a bilinear (align_corners=False) resize of ``src_height`` rows
+    to ``height``, for the output rows ``out_rows``: as ``F.interpolate`` computes them."""
+    scale = src_height / height
+    src = ((torch.tensor(out_rows, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)
+    low = src.floor().long().clamp_max(src_height - 1)
+    high = (low + 1).clamp_max(src_height - 1)
+    return low, high, (src - low).float()
+
+
+@torch.no_grad()
+def predict_labels(
+    model: nn.Module,
+    image: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+    band_rows: int = BAND_ROWS,
+) -> torch.Tensor:
+    """Class labels ``[H, W]`` (int64) of one uint8 image ``[3, H, W]``: the argmax of
+    :func:`predict_probs` on the normalised image.
+
+    With ``window``, memory is bounded by the image *width*: output rows are produced in bands
+    of ``band_rows``, each scale/flip runs its windows once, top to bottom, keeping only the
+    window rows the current band needs, and scale-1 crops are normalised as they are cut (no
+    full-size float copy, no ``[C, H, W]`` probabilities). Other scales keep their resized
+    image. Without ``window`` the whole image goes through the model at once.
+    """
+    device = torch.device(device)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
+    height, width = image.shape[-2:]
+    if window is None:
+        x = ((image.to(device).float() / 255.0 - mean_t) / std_t)[None]
+        return predict_probs(model, x, scales, flip)[0].argmax(0).cpu()
+    wh, ww = (window, window) if isinstance(window, int) else tuple(window)
+    if stride is None:
+        stride = (max(1, wh * 2 // 3), max(1, ww * 2 // 3))
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    views = []
+    for scale in scales:
+        crop, size = _crop_source(image, scale, mean_t, std_t, device)
+        for flipped in (False, True) if flip else (False,):
+            views.append(_View(crop, size, flipped, model, (wh, ww), stride))
+    labels = torch.empty(height, width, dtype=torch.int64)
+    for first in range(0, height, max(1, band_rows)):
+        rows = range(first, min(height, first + max(1, band_rows)))
+        total = None
+        for view in views:
+            probs = _band_of(view, rows, height, width)
+            total = probs if total is None else total + probs
+        labels[rows.start : rows.stop] = (total / len(views))[0].argmax(0).cpu()
+    return labels
+
+
+def _crop_source(image: torch.Tensor, scale: float, mean_t, std_t, device):
+    """``crop(top, left, h, w, flipped)`` of the normalised image at ``scale``, and its size."""
+    height, width = image.shape[-2:]
+    if scale == 1.0:
+        source = image
+    else:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        x = ((image.to(device).float() / 255.0 - mean_t) / std_t)[None]
+        source = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
+    full_width = source.shape[-1]
+
+    def crop(top: int, left: int, h: int, w: int, flipped: bool) -> torch.Tensor:
+        if flipped:  # the window at ``left`` of the mirrored image
+            part = source[:, top : top + h, full_width - left - w : full_width - left].flip(-1)
+        else:
+            part = source[:, top : top + h, left : left + w]
+        if scale == 1.0:
+            part = (part.to(device).float() / 255.0 - mean_t) / std_t
+        return part[None]
+
+    return crop, tuple(source.shape[-2:])
+
+
+def _band_of(view: _View, rows: range, height: int, width: int) -> torch.Tensor:
+    """The view's probabilities on output ``rows``, resized back to the input size."""
+    if view.height == height:
+        probs = view.rows(rows.start, rows.stop)
+    else:
+        low, high, weight = _row_weights(rows, height, view.height)
+        first, stop = int(low.min()), int(high.max()) + 1
+        block = view.rows(first, stop)
+        weight = weight.to(block.device).view(1, 1, -1, 1)
+        probs = (1 - weight) * block[:, :, low - first] + weight * block[:, :, high - first]
+    if view.width != width:
+        probs = F.interpolate(probs, size=(probs.shape[2], width), mode="bilinear")
+    return probs
+
+
+# -- predicting files -----------------------------------------------------------------------------
+
+#: Overlays are written at most this many pixels on their longer side (labels and colours at
+#: full size): a blended float copy of a 80-megapixel image alone would take 1 GB.
+OVERLAY_MAX_SIDE = 2048
+
+
+def _capped(array: np.ndarray, resample: int) -> np.ndarray:
+    height, width = array.shape[:2]
+    factor = OVERLAY_MAX_SIDE / max(height, width)
+    if factor >= 1:
+        return array
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return np.asarray(Image.fromarray(array).resize(size, resample))
+
+
+def save_segmentation(
+    labels: np.ndarray,
+    image: np.ndarray,
+    output_dir: Path,
+    name: str,
+    palette: np.ndarray,
+    save: Sequence[str],
+    alpha: float,
+) -> dict[str, str]:
+    """Write ``labels/NAME.png`` (class indices), ``color/NAME.png`` (palette colours) and
+    ``overlay/NAME.png`` (colours over the image, at most :data:`OVERLAY_MAX_SIDE` pixels on
+    its longer side) as ``save`` asks; returns the written paths."""
+    from drnet.data.palettes import colorize, overlay
+
+    written: dict[str, str] = {}
+
+    def write(kind: str, array: np.ndarray) -> None:
+        path = output_dir / kind / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+        written[kind] = str(path)
+
+    if "labels" in save:
+        write("labels", labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+    if "color" in save or "overlay" in save:
+        colours = colorize(labels, palette)
+        if "color" in save:
+            write("color", colours)
+        if "overlay" in save:
+            small = _capped(image, Image.Resampling.BILINEAR)
+            colours = _capped(colours, Image.Resampling.NEAREST)
+            write("overlay", overlay(small, colours, alpha))
+    return written
+
+
+@torch.no_grad()
+def predict_files(
+    model: nn.Module,
+    items: Sequence[tuple[Path, str]],
+    output_dir: str | Path,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: int | None = None,
+    stride: int | None = None,
+    save: Sequence[str] = ("labels", "color", "overlay"),
+    alpha: float = 0.5,
+    amp: bool = False,
+    progress: bool = True,
+    fast: bool = True,
+    failed: list[tuple[str, str]] | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> list[dict[str, str]]:
+    """Segment ``(path, output name)`` items and write their PNGs (:func:`save_segmentation`)
+    under ``output_dir``, one image at a time through :func:`predict_labels` (memory bounded
+    by the image width with ``window``). Output names must be unique (see
+    :func:`drnet.data.images.unique_names`). An unreadable image, or one past the pixel
+    budget, raises :class:`DataError`; with a ``failed`` list it is appended there as
+    ``(path, message)`` and the other images are still predicted. ``dtype``: as ``--dtype``
+    (bf16 only where the device has it natively)."""
+    from tqdm.auto import tqdm
+
+    from drnet.data.images import failure_message
+    from drnet.data.palettes import get_palette
+    from drnet.data.segmentation import read_image
+    from drnet.engine.trainer import autocast_context
+    from drnet.speed.inference import fast_inference
+
+    names = [name for _, name in items]
+    if len(set(names)) != len(names):
+        raise DrnetError("predict_files: two inputs have the same output name")
+    device = torch.device(device)
+    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
+    palette = get_palette(num_classes)
+    output_dir = Path(output_dir)
+    results = []
+    for path, name in tqdm(items, desc="predict", unit="img", disable=not progress):
+        try:
+            raw = read_image(path)
+        except (DataError, Image.DecompressionBombError) as exc:
+            if failed is None:
+                raise
+            failed.append((str(path), failure_message(exc)))
+            continue
+        with autocast_context(device, amp):
+            labels = predict_labels(model, raw, mean, std, scales, flip, window, stride, device)
+        image = raw.permute(1, 2, 0).numpy()
+        results.append(
+            save_segmentation(labels.numpy(), image, output_dir, name, palette, save, alpha)
+        )
+    return results
