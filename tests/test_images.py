@@ -50,3 +50,18 @@ def test_exif_orientation_is_applied(tmp_path):
     for array in (np.asarray(load_rgb(path)), read_image(path).permute(1, 2, 0).numpy()):
         assert array.shape == (40, 20, 3)  # portrait, as viewed
         assert array[:4, -4:].mean() > 200 and array[:4, :4].mean() < 50  # now top-right
+
+
+def test_pils_decompression_bomb_guard_is_one_data_error_naming_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from drnet.data.classification import load_rgb
+    from drnet.data.segmentation import read_image
+    from drnet.errors import DataError
+
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (20, 20)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 400 px > 2 x 10: PIL refuses to open
+    for reader in (load_rgb, read_image):
+        with pytest.raises(DataError, match=r"bomb\.png.*--max-pixels"):
+            reader(path)

@@ -20,7 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from drnet.constants import IMAGENET_MEAN, IMAGENET_STD
-from drnet.data.images import as_rgb
+from drnet.data.images import as_rgb, failure_message
 from drnet.errors import DataError
 
 
@@ -30,8 +30,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return as_rgb(image)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the image ({exc})") from exc
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read the image ({failure_message(exc)})") from exc
 
 
 def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:

@@ -37,7 +37,7 @@ from drnet.constants import (
     IMAGENET_STD,
 )
 from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
-from drnet.data.images import as_rgb
+from drnet.data.images import as_rgb, failure_message
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.errors import DataError
 
@@ -54,8 +54,8 @@ def read_image(path: str | os.PathLike) -> tv_tensors.Image:
             array = np.asarray(as_rgb(im))
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {path}: {failure_message(exc)}") from None
     return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
 
 
