@@ -1,10 +1,14 @@
-"""Int8 accuracy on the demo's segmentation data with trained weights (float32 vs int8 mIoU).
+"""Int8 and bf16 accuracy with trained weights (float32 vs int8 vs bf16 mIoU).
 
-Writes the built-in Fashion-MNIST scenes (``drnet.data.scenes``), trains a DRNSeg on them with a
-plain SGD loop (or loads ``--checkpoint``), then runs :func:`drnet.speed.quantize_eval.
-evaluate_int8`: calibration on training scenes, mIoU of float32 and int8 on the val scenes.
+On the demo's trained segmenter (what issue 12 asks: a well-trained model), after ``drnet demo``:
 
-    python benchmarks/int8_accuracy.py --out benchmarks/results   # ~10 min on 2 CPU cores
+    python benchmarks/int8_accuracy.py --checkpoint demo-out/models/drn_d_22/segmentation \
+        --data demo-out/data/segmentation --out benchmarks/results
+
+Without ``--checkpoint`` it writes the built-in Fashion-MNIST scenes (``drnet.data.scenes``) and
+trains a DRNSeg on them with a plain SGD loop (~10 min on 2 CPU cores). Either way it runs
+:func:`drnet.speed.quantize_eval.evaluate_int8`: calibration on training scenes, mIoU of float32,
+int8 and the bf16 fast path on the val scenes.
 """
 
 from __future__ import annotations
@@ -70,7 +74,12 @@ def main() -> int:
         help="per-level widths (a small-width DRN, as the demo trains)",
     )
     parser.add_argument("--work", default="/tmp/drnet-int8-accuracy", help="scenes + weights")
-    parser.add_argument("--checkpoint", default=None, help="trained weights (skip training)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="trained weights or a run folder (skip training)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="a segmentation dataset folder (default: scenes in --work)"
+    )
     parser.add_argument("--train-scenes", type=int, default=2000)
     parser.add_argument("--val-scenes", type=int, default=200)
     parser.add_argument("--canvas", type=int, default=96)
@@ -83,8 +92,8 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(args.work)
-    data = work / "scenes"
-    if not (data / "info.json").is_file():
+    data = Path(args.data) if args.data else work / "scenes"
+    if not args.data and not (data / "info.json").is_file():
         make_segmentation_scenes(
             data, args.train_scenes, args.val_scenes, canvas=args.canvas, seed=args.seed
         )
@@ -92,29 +101,41 @@ def main() -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else work / "drnseg.pth"
     if args.checkpoint is None and not checkpoint.is_file():
         training = train(args, data, checkpoint)
+    run_folder = checkpoint.is_dir()  # a run's model.json names the model and its widths
     report = evaluate_int8(
         checkpoint,
         data,
-        model=args.model,
-        channels=args.channels,
+        model=None if run_folder else args.model,
+        channels=None if run_folder else args.channels,
         calibration_images=args.calibration,
         val_images=args.val_scenes,
     )
     report.update(training)
-    report["channels"] = list(args.channels)
+    report["channels"] = (
+        json.loads((checkpoint / "model.json").read_text())["channels"]
+        if (run_folder)
+        else list(args.channels)
+    )
     report["command"] = "python " + " ".join(sys.argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "int8_accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
-    change = 100 * (report["miou_int8"] - report["miou_fp32"])
+    widths = ",".join(map(str, report["channels"]))
     print(
-        "| model | widths | val images | mIoU fp32 | mIoU int8 | change (points) | labels "
-        "unchanged | ms/img fp32 | ms/img int8 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
-        f"| {args.model} | {','.join(map(str, args.channels))} | {report['val_images']} | "
-        f"{report['miou_fp32']:.4f} | {report['miou_int8']:.4f} | {change:+.2f} | "
-        f"{100 * report['labels_unchanged']:.2f}% | {report['ms_fp32']:.1f} | "
-        f"{report['ms_int8']:.1f} |"
+        "| model | widths | val images | path | mIoU | change (points) | labels unchanged | "
+        "ms/img |\n|---|---|---:|---|---:|---:|---:|---:|"
     )
+    print(
+        f"| {report['model']} | {widths} | {report['val_images']} | fp32 | "
+        f"{report['miou_fp32']:.4f} | | | {report['ms_fp32']:.1f} |"
+    )
+    for path, suffix in (("int8", "_int8"), ("bf16", "_bf16")):
+        change = 100 * (report[f"miou{suffix}"] - report["miou_fp32"])
+        unchanged = report["labels_unchanged" if path == "int8" else "labels_unchanged_bf16"]
+        print(
+            f"| | | | {path} | {report[f'miou{suffix}']:.4f} | {change:+.2f} | "
+            f"{100 * unchanged:.2f}% | {report[f'ms{suffix}']:.1f} |"
+        )
     return 0 if math.isfinite(report["miou_int8"]) else 1
 
 

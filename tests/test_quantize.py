@@ -74,3 +74,6 @@ def test_quantize_cli_on_scenes(tmp_path, capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["val_images"] == 3 and report["classes"] == 11
     assert 0.0 <= report["miou_int8"] <= 1.0 and report["labels_unchanged"] > 0.5
+    # the bf16 fast path is judged beside int8 (accuracy on any CPU; time only where native)
+    assert report["labels_unchanged_bf16"] > 0.9 and 0.0 <= report["miou_bf16"] <= 1.0
+    assert isinstance(report["bf16_native"], bool)

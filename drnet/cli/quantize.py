@@ -72,6 +72,14 @@ def run(args: argparse.Namespace) -> int:
         f"{report['ms_int8']:.1f} ms/img ({report['speedup']:.2f}x) on {report['val_images']} "
         f"images"
     )
+    if "miou_bf16" in report:
+        native = "" if report["bf16_native"] else " (emulated on this CPU: time not meaningful)"
+        print(
+            f"bf16: mIoU {report['miou_bf16']:.4f} (change "
+            f"{100 * (report['miou_bf16'] - report['miou_fp32']):+.2f} points); labels unchanged "
+            f"{report['labels_unchanged_bf16']:.4%}; {report['ms_bf16']:.1f} ms/img "
+            f"({report['speedup_bf16']:.2f}x){native}"
+        )
     if json_file:
         print(f"wrote {json_file}")
     return 0

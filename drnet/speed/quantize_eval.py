@@ -1,4 +1,5 @@
-"""Int8 vs float32 on real data: mIoU, unchanged labels and time per image, side by side."""
+"""Int8 and bf16 vs float32 on real data: mIoU, unchanged labels and time per image, side by
+side."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def evaluate_int8(
     calibration_split: str = "train",
     val_split: str = "val",
     compile: bool = True,  # noqa: A002
+    bf16: bool = True,
 ) -> dict[str, Any]:
     """Quantize a trained DRNSeg with ``calibration_images`` of ``calibration_split`` and score
     float32 (eager) and int8 on up to ``val_images`` images of ``val_split``.
@@ -43,9 +45,16 @@ def evaluate_int8(
     Returns mIoU and pixel accuracy of both, the share of labels int8 left unchanged, and the
     median milliseconds per image of each (int8 timed after its compile warm-up). Without
     ``compile`` the int8 graph runs as float reference ops: same labels, no speed-up.
+
+    With ``bf16`` the bf16 fast path (:func:`drnet.speed.inference.optimize_for_inference` with
+    ``dtype=torch.bfloat16``) is scored the same way (``*_bf16`` keys). Its accuracy is the same on
+    any CPU; its time means something only where ``bf16_native`` is true (elsewhere bf16 is
+    emulated, several times slower than float32).
     """
     from drnet.data.segmentation import open_segmentation_dataset
+    from drnet.engine.precision import native_bf16
     from drnet.models.loading import load_model
+    from drnet.speed.inference import optimize_for_inference
     from drnet.speed.quantize import quantize_int8
 
     if data is None:
@@ -68,31 +77,34 @@ def evaluate_int8(
     quantized = quantize_int8(network, calibration, example_input=calibration[0], compile=compile)
     quantize_s = time.perf_counter() - start
 
-    fp32_cm, int8_cm = ConfusionMatrix(classes), ConfusionMatrix(classes)
-    same = total = 0
-    fp32_times: list[float] = []
-    int8_times: list[float] = []
+    runners = {"fp32": lambda x: network(x)["out"].argmax(1), "int8": quantized.predict_labels}
+    if bf16:
+        bf16_model = optimize_for_inference(network, channels_last=True, dtype=torch.bfloat16)
+        runners["bf16"] = bf16_model.predict_labels
+    matrices = {name: ConfusionMatrix(classes) for name in runners}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    same = dict.fromkeys(runners, 0)
+    total = 0
     indices = _evenly(len(val_set), val_images)
     first = val_set[indices[0]][0][None]
-    quantized.predict_labels(first)  # compile for this shape outside the timing
+    for runner in runners.values():
+        runner(first)  # compile / pack for this shape outside the timing
     for i in indices:
         image, label = val_set[i]
         x = image[None]
-        t0 = time.perf_counter()
-        fp32 = network(x)["out"].argmax(1)
-        t1 = time.perf_counter()
-        int8 = quantized.predict_labels(x)
-        t2 = time.perf_counter()
-        fp32_times.append(t1 - t0)
-        int8_times.append(t2 - t1)
-        fp32_cm.update(fp32[0], label)
-        int8_cm.update(int8[0], label)
-        same += int((fp32 == int8).sum())
-        total += fp32.numel()
-    fp32_metrics, int8_metrics = fp32_cm.compute(), int8_cm.compute()
-    ms_fp32 = 1e3 * float(torch.tensor(fp32_times).median())
-    ms_int8 = 1e3 * float(torch.tensor(int8_times).median())
-    return {
+        labels = {}
+        for name, runner in runners.items():  # interleaved: load hits every path alike
+            t0 = time.perf_counter()
+            labels[name] = runner(x)
+            times[name].append(time.perf_counter() - t0)
+            matrices[name].update(labels[name][0], label)
+            same[name] += int((labels[name] == labels["fp32"]).sum())
+        total += labels["fp32"].numel()
+    metrics = {name: matrix.compute() for name, matrix in matrices.items()}
+    ms = {name: 1e3 * float(torch.tensor(values).median()) for name, values in times.items()}
+    fp32_metrics, int8_metrics = metrics["fp32"], metrics["int8"]
+    ms_fp32, ms_int8 = ms["fp32"], ms["int8"]
+    report = {
         "model": card.model,
         "checkpoint": str(weights),
         "data": str(data),
@@ -103,10 +115,20 @@ def evaluate_int8(
         "miou_int8": float(int8_metrics["miou"]),
         "pixel_accuracy_fp32": float(fp32_metrics["pixel_accuracy"]),
         "pixel_accuracy_int8": float(int8_metrics["pixel_accuracy"]),
-        "labels_unchanged": same / max(1, total),
+        "labels_unchanged": same["int8"] / max(1, total),
         "ms_fp32": ms_fp32,
         "ms_int8": ms_int8,
         "speedup": ms_fp32 / ms_int8,
         "quantize_s": quantize_s,
         "compiled": compile,
     }
+    if bf16:
+        report.update(
+            miou_bf16=float(metrics["bf16"]["miou"]),
+            pixel_accuracy_bf16=float(metrics["bf16"]["pixel_accuracy"]),
+            labels_unchanged_bf16=same["bf16"] / max(1, total),
+            ms_bf16=ms["bf16"],
+            speedup_bf16=ms_fp32 / ms["bf16"],
+            bf16_native=native_bf16("cpu"),
+        )
+    return report
