@@ -107,11 +107,40 @@ def test_training_amp_variant_on_cpu_needs_native_bf16(monkeypatch, caplog, nati
     monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
     config = BenchmarkConfig(
         model="drn_d_22", task="classification", height=32, width=32, batch=2, num_classes=4,
-        channels=TINY_CHANNELS, repeats=1, mode="training", training_variants=("eager", "amp"),
-        measure_peak=False, measure_memory=False,
+        channels=TINY_CHANNELS, repeats=1, mode="training",
+        training_variants=("eager", "amp", "bf16"), measure_peak=False, measure_memory=False,
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="drnet"):
         result = run_benchmark(config)
     variants = [r["variant"] for r in result["rows"]]
-    assert variants == (["eager", "amp"] if native else ["eager"])
+    assert variants == (["eager", "amp", "bf16"] if native else ["eager"])
     assert ("amp skipped: this CPU has no native bfloat16" in caplog.text) is not native
+    assert ("bf16 skipped: this CPU has no native bfloat16" in caplog.text) is not native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_inference_variant_and_its_peak(monkeypatch, native) -> None:
+    """`--variants eager,bf16` times the bf16 fast path beside eager fp32 (labels compared), says
+    when bf16 is emulated, and measures a bf16 conv peak only where bf16 is native (mocked)."""
+    import drnet.engine.precision as precision
+
+    flags = frozenset({"avx512_bf16"} if native else {"avx2"})
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    config = BenchmarkConfig(
+        model="drn_d_22", task="classification", height=32, width=32, batch=2, num_classes=4,
+        channels=TINY_CHANNELS, repeats=1, inference_variants=("eager", "bf16"),
+        measure_memory=False,
+    )  # fmt: skip
+    monkeypatch.setattr(
+        "drnet.speed.benchmark.conv_peak_gflops",
+        lambda device, repeats=5: {"nchw": 10.0, "channels_last": 20.0, "peak": 20.0,
+                                   **({"bf16": 40.0} if native else {})},
+    )  # fmt: skip
+    result = run_benchmark(config)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"eager", "bf16"} and rows["bf16"]["note"].endswith("bf16" if native else
+                                                                            "native bf16)")
+    assert rows["bf16"]["max_rel_diff"] < 0.05
+    bf16_peak = 40.0 if native else 20.0
+    assert rows["bf16"]["pct_peak"] == pytest.approx(100 * rows["bf16"]["gflops"] / bf16_peak)
+    assert rows["eager"]["pct_peak"] == pytest.approx(100 * rows["eager"]["gflops"] / 20.0)

@@ -78,14 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_names(INFERENCE_VARIANTS),
         default=("eager", "fast"),
         help=f"inference variants, comma-separated ({', '.join(INFERENCE_VARIANTS)}); "
-        "'--variants eager' times the plain model alone",
+        "'--variants eager' times the plain model alone; bf16: the fast path in bfloat16 "
+        "(emulated, and slow, on CPUs without native bf16)",
     )
     parser.add_argument(
         "--train-variants",
         type=_names(TRAINING_VARIANTS),
         default=("eager", "channels_last", "grad_checkpoint"),
-        help=f"training variants ({', '.join(TRAINING_VARIANTS)}; amp: GPU, or bf16 on CPUs "
-        "with native bf16)",
+        help=f"training variants ({', '.join(TRAINING_VARIANTS)}; amp and bf16: autocast on GPU, "
+        "or bf16 + channels_last on CPUs with native bf16, skipped elsewhere)",
     )
     parser.add_argument(
         "--repeats", type=positive_int, default=5, help="timed runs per variant"

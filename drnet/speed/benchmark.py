@@ -32,7 +32,13 @@ from torch import nn
 
 import drnet
 from drnet.constants import IGNORE_INDEX
-from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
+from drnet.engine.precision import (
+    amp_dtype,
+    amp_unavailable_reason,
+    autocast_context,
+    native_bf16,
+)
+from drnet.engine.trainer import channels_last_is_safe
 from drnet.errors import DrnetError
 from drnet.models.summary import count_flops
 from drnet.speed.inference import InferenceModel, optimize_for_inference
@@ -40,8 +46,12 @@ from drnet.speed.timing import measure, median, synchronize
 
 _LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
 
-INFERENCE_VARIANTS = ("eager", "fast", "fast_nchw", "fast_channels_last", "compile", "int8", "onnx")
-TRAINING_VARIANTS = ("eager", "channels_last", "grad_checkpoint", "amp", "compile")
+INFERENCE_VARIANTS = (
+    "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
+)  # fmt: skip
+# "bf16" is "amp" by its CPU name: bf16 autocast (bf16/fp16 on CUDA)
+TRAINING_VARIANTS = ("eager", "channels_last", "grad_checkpoint", "amp", "bf16", "compile")
+LOW_PRECISION_VARIANTS = ("bf16",)  # their % of peak is against the bf16 conv peak
 DEFAULT_INFERENCE = ("eager", "fast")
 DEFAULT_TRAINING = ("eager", "channels_last", "grad_checkpoint")
 
@@ -131,7 +141,8 @@ def conv_peak_gflops(
     device: torch.device, repeats: int = 5, channels: int = 256, size: int = 64
 ) -> dict[str, float]:
     """The machine's practical fp32 conv throughput: a ``channels``->``channels`` 3x3 conv at
-    ``size``x``size``, in both layouts; returns GFLOP/s per layout and the best."""
+    ``size``x``size``, in both layouts; returns GFLOP/s per layout and the best (``peak``), and
+    ``bf16`` (channels_last) where the device has native bf16."""
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device).eval()
     x = torch.randn(1, channels, size, size, device=device)
     flops = 2 * channels * channels * 9 * size * size
@@ -146,7 +157,14 @@ def conv_peak_gflops(
             # the fastest run: a peak is what the machine can do, not its typical state
             seconds = min(measure(lambda c=c, xx=xx: c(xx), repeats, 2, device))
             result[name] = flops / seconds / 1e9
+        if native_bf16(device):
+            c = copy.deepcopy(conv).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+            xx = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            seconds = min(measure(lambda c=c, xx=xx: c(xx), repeats, 2, device))
+            bf16 = flops / seconds / 1e9
     result["peak"] = max(result.values())
+    if native_bf16(device):
+        result["bf16"] = bf16
     return result
 
 
@@ -307,6 +325,12 @@ def inference_runners(
                 )
                 note += ")"
             runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
+        elif variant == "bf16":
+            fast = optimize_for_inference(model, example_input=x, dtype=torch.bfloat16)
+            note = fast.choice.name + (
+                "" if native_bf16(x.device) else " (emulated: this device has no native bf16)"
+            )
+            runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
         elif variant == "compile":
             fast = optimize_for_inference(model, channels_last="auto", fuse=False, compile=True)
             runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), fast.choice.name)
@@ -422,8 +446,11 @@ def training_setup(
 ) -> tuple[nn.Module, nn.Module, bool, bool]:
     """(the module trained, the module whose params/buffers are compared, channels_last, amp)."""
     trained = copy.deepcopy(model).to(device).train()
-    channels_last = variant == "channels_last"
-    amp = variant == "amp"
+    # bf16: channels_last as the engine trains it on CPU, where torch's kernels are safe
+    channels_last = variant == "channels_last" or (
+        variant == "bf16" and channels_last_is_safe(trained)
+    )
+    amp = variant in ("amp", "bf16")
     if variant == "grad_checkpoint":
         trained.set_grad_checkpointing(True)
     if channels_last:
@@ -447,9 +474,10 @@ def benchmark_training(
     log: Callable[[str], None] = _LOG.info,
 ) -> list[Row]:
     variants = tuple(dict.fromkeys(("eager", *config.training_variants)))
-    if "amp" in variants and amp_dtype(device) is None:  # e.g. a CPU without native bf16
-        log(f"amp skipped: {amp_unavailable_reason(device)}")
-        variants = tuple(v for v in variants if v != "amp")
+    if amp_dtype(device) is None:  # e.g. a CPU without native bf16
+        for skipped in {"amp", "bf16"} & set(variants):
+            log(f"{skipped} skipped: {amp_unavailable_reason(device)}")
+        variants = tuple(v for v in variants if v not in ("amp", "bf16"))
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, config.height, config.width, generator=generator).to(device)
     classes = config.num_classes or (19 if config.task == "segmentation" else 1000)
@@ -557,10 +585,11 @@ def run_benchmark(
     if config.measure_peak:  # again at the end: keep the better of the two (load may change)
         again = conv_peak_gflops(device, repeats=max(10, config.repeats))
         peak_info = {k: max(v, again[k]) for k, v in peak_info.items()}
-        if peak_info["peak"] > peak:
-            peak = peak_info["peak"]
-            for row in rows:
-                row.pct_peak = 100 * row.gflops / peak
+        for row in rows:  # bf16 rows against the bf16 peak where there is one
+            row_peak = peak_info["peak"]
+            if row.variant in LOW_PRECISION_VARIANTS:
+                row_peak = peak_info.get("bf16", row_peak)
+            row.pct_peak = 100 * row.gflops / row_peak
     machine["load_average_end"] = machine_info(device).get("load_average")
     return {
         "machine": machine,
