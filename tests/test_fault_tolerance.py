@@ -207,6 +207,8 @@ def test_sigterm_to_the_process_group_with_data_workers_checkpoints_and_resumes(
         assert time.monotonic() < deadline, "no checkpoint after epoch 1"
         time.sleep(0.005)
     os.killpg(victim.pid, signal.SIGTERM)  # main process and its 2 loader workers: 20 its
+    time.sleep(0.05)
+    victim.send_signal(signal.SIGTERM)  # as torchrun's agent forwards the group's signal
     assert victim.wait(timeout=300) == 2, (tmp_path / "run.log").read_text()
     log = (tmp_path / "run.log").read_text()
     assert "stopped by SIGTERM at epoch 2 iteration" in log, log
@@ -304,18 +306,37 @@ def test_loader_workers_of_the_engine_survive_sigterm(tmp_path):
 
     from drnet.engine import TrainingInterrupted
 
+    ignored: list[set[int]] = []
+    alive: list[bool] = []
+
     def sigterm_everyone(calls: int) -> None:
         if calls == 8:  # epoch 2, iteration 2
             workers = multiprocessing.active_children()
-            assert len(workers) >= 2
+            ignored.extend(_ignored_signals(worker.pid) for worker in workers)
             for worker in workers:
                 os.kill(worker.pid, signal.SIGTERM)
+            time.sleep(0.5)  # a worker that does not ignore it is dead by now
+            alive.extend(worker.is_alive() for worker in workers)
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at epoch 2 iteration 2"):
         train(ToyTask(hook=sigterm_everyone), config(tmp_path, workers=2))
+    assert alive == [True, True]
+    # ignored, not merely caught by a handler inherited through fork (spawned workers, as with
+    # Python 3.14's forkserver default, inherit no handler)
+    assert ignored == [{signal.SIGTERM, signal.SIGINT}] * 2
     state = load_checkpoint(tmp_path / "run/checkpoint_last.pth")
     assert (state["epoch"], state["iteration"]) == (1, 2)
+
+
+def _ignored_signals(pid: int) -> set[int]:
+    """The stop signals that process ``pid`` ignores (Linux: ``SigIgn`` in /proc)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        pytest.skip("needs /proc")
+    mask = int(next(ln for ln in status.read_text().splitlines() if ln.startswith("SigIgn:"))
+               .split()[1], 16)  # fmt: skip
+    return {sig for sig in (signal.SIGTERM, signal.SIGINT) if mask >> (sig - 1) & 1}
 
 
 def test_an_echoed_signal_is_not_a_second_one(monkeypatch):
