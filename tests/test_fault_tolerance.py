@@ -387,3 +387,51 @@ def test_save_every_and_dist_timeout_options_are_range_checked(capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert option in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the CLI under torchrun
+
+
+@pytest.mark.filterwarnings("ignore:Unable to enable fault handler")  # capsys has no fileno
+def test_cli_under_torchrun_records_errors_and_prints_on_rank_0_only(tmp_path, capsys, monkeypatch):
+    import json
+
+    from conftest import run_cli
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("RANK", "1")
+    rc, out, err = run_cli(capsys, "classify", "train", tmp_path / "missing", *CPU)
+    assert rc == 2 and out == "" and err.startswith("drnet: error: ")
+    recorded = json.loads(error_file.read_text())["message"]["message"]
+    assert str(tmp_path / "missing") in recorded  # torchrun's summary shows this rank's error
+    rc, out, _ = run_cli(capsys, "models")
+    assert rc == 0 and out == ""  # rank 1: nothing on stdout
+    monkeypatch.setenv("RANK", "0")
+    rc, out, _ = run_cli(capsys, "models")
+    assert rc == 0 and "drn_d_22" in out
+
+
+def test_cli_lost_contact_is_one_line_and_not_recorded_as_the_cause(tmp_path, capsys, monkeypatch):
+    """A process that lost the others (their failure caused it) exits 1 with one line, late and
+    without an error file, so torchrun names the process that failed first."""
+    import argparse
+
+    from torch.distributed import DistBackendError
+
+    import drnet.cli as cli
+
+    def collateral(args):
+        raise DistBackendError("Connection closed by peer [127.0.0.1]:1234")
+
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    monkeypatch.setattr(cli, "COLLATERAL_DELAY_S", 0.2)
+    args = argparse.Namespace(func=collateral, debug=False, command="classify")
+    started = time.monotonic()
+    assert cli._run(cli.build_parser(), args) == 1
+    assert time.monotonic() - started >= 0.2
+    err = capsys.readouterr().err
+    assert err == (
+        "drnet: error: lost the other processes: Connection closed by peer [127.0.0.1]:1234\n"
+    )
+    assert not (tmp_path / "error.json").exists()
