@@ -259,7 +259,8 @@ def test_after_a_restart_the_runs_own_checkpoint_beats_an_explicit_path(tmp_path
 
 
 def test_rank_that_reads_another_position_fails_clearly(tmp_path):
-    path = save_checkpoint({"epoch": 3, "iteration": 0}, tmp_path / "checkpoint_last.pth")
+    state = {"model": {}, "optimizer": {}, "epoch": 3, "iteration": 0}
+    path = save_checkpoint(state, tmp_path / "checkpoint_last.pth")
     state, problem = _read_resume_point(path, (3, 0), rank=1)
     assert problem is None and state["epoch"] == 3
     state, problem = _read_resume_point(path, (1, 2), rank=1)
@@ -435,3 +436,15 @@ def test_cli_lost_contact_is_one_line_and_not_recorded_as_the_cause(tmp_path, ca
         "drnet: error: lost the other processes: Connection closed by peer [127.0.0.1]:1234\n"
     )
     assert not (tmp_path / "error.json").exists()
+
+
+def test_library_refuses_bad_fault_options(tmp_path):
+    from test_engine import ToyTask, config
+
+    from drnet.errors import DrnetError
+
+    with pytest.raises(DrnetError, match="--save-every must be at least 1, got 0"):
+        train(ToyTask(), config(tmp_path, save_every=0))
+    with pytest.raises(DrnetError, match="--dist-timeout must be a number of seconds > 0"):
+        train(ToyTask(), config(tmp_path, dist_timeout=float("nan")))
+    assert not (tmp_path / "run").exists()

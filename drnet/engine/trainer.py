@@ -191,6 +191,7 @@ def train(
     and :class:`DrnetError` on a non-finite loss (the last good checkpoint is kept).
     """
     started = time.perf_counter()
+    _check_fault_options(config)
     ctx = D.init_distributed(config.device, config.dist_timeout)
     # a group that torchrun restarted continues its run (its folder holds one: say so)
     resume = D.effective_resume(config.resume, ctx.restart_count)
@@ -436,6 +437,15 @@ def _resolved_config(
     )
 
 
+def _check_fault_options(config: TrainConfig) -> None:
+    """Refuse ``save_every`` < 1 and a ``dist_timeout`` that is not a finite number > 0."""
+    if config.save_every is not None and config.save_every < 1:
+        raise DrnetError(f"--save-every must be at least 1, got {config.save_every}")
+    timeout = config.dist_timeout
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise DrnetError(f"--dist-timeout must be a number of seconds > 0, got {timeout}")
+
+
 def _resolve_resume(config: TrainConfig, restarts: int = 0) -> Path | None:
     """The checkpoint to continue from: ``config.resume``, where ``"auto"`` is the run's last
     checkpoint (None when there is none yet). After ``restarts`` > 0 torchrun restarts the run's
@@ -462,10 +472,9 @@ def _resume_point(run: _Run) -> tuple[Path, dict[str, Any]] | None:
         try:
             path = _resolve_resume(run.config, ctx.restart_count)
             state = load_checkpoint(path, map_location="cpu") if path is not None else None
-        except (DrnetError, OSError) as exc:
-            if not ctx.is_distributed:
-                raise
-            D.broadcast_object(f"rank 0 cannot resume: {exc}")
+        except Exception as exc:  # tell the other ranks, which wait for rank 0's word
+            if ctx.is_distributed:
+                D.broadcast_object(f"rank 0 cannot resume: {exc}")
             raise
         if state is not None:
             decided = (str(path), int(state["epoch"]), int(state.get("iteration", 0)))
@@ -491,9 +500,9 @@ def _read_resume_point(
     ``(None, the reason)``."""
     try:
         state = load_checkpoint(path, map_location="cpu")
-    except (DrnetError, OSError) as exc:
+        found = (int(state["epoch"]), int(state.get("iteration", 0)))
+    except Exception as exc:  # any reason: the other ranks wait for this one's word
         return None, f"rank {rank} cannot read {path} ({exc}): {_SHARED_FOLDER}"
-    found = (int(state["epoch"]), int(state.get("iteration", 0)))
     if found != tuple(position):
         return None, (
             f"rank {rank} reads {path} at epoch {found[0]} iteration {found[1]}, rank 0 at "
