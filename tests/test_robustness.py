@@ -303,8 +303,8 @@ def test_bad_sample_fails_the_run_or_is_skipped_and_counted(seg, tmp_path, capsy
     assert len(warnings) == 2 and all(str(seg / "images/train_2.png") in w for w in warnings)
     rows = list(csv.DictReader(open(tmp_path / "b/log.csv")))
     assert [row["skipped_samples"] for row in rows] == ["1", "1"]
-    assert "skipped_samples 1" in err and "skipped 2 bad sample(s) in total" in err
-    assert "skipped 2 bad sample(s)" in out
+    assert "skipped_samples 1" in err and "skipped 2 bad sample(s) of 1 file(s) in total" in err
+    assert "skipped 2 bad sample(s) of 1 file(s)" in out  # one bad file, skipped every epoch
 
 
 def test_classify_skip_bad_samples(cls_data, tmp_path, capsys):

@@ -9,15 +9,20 @@ with the helpers of :mod:`drnet.cli.vocab`, so one flag means one thing everywhe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+
+from torch.distributed import DistError
+from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
 
 from drnet.errors import DrnetError
 
@@ -296,7 +301,18 @@ def configure_logging(level: int = logging.INFO) -> logging.Handler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``drnet ARGV``; returns the exit status (2 for a usage or input error)."""
+    """Run ``drnet ARGV``; returns the exit status (2 for a usage or input error).
+
+    Under ``torchrun`` errors are recorded in its error file (``@record``: its summary names the
+    process that failed first) and only rank 0 writes to stdout (one summary, not one per
+    process).
+    """
+    if os.environ.get(_UNDER_TORCHRUN):  # record() also turns on faulthandler: only there
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logger = logging.getLogger("drnet")
@@ -305,10 +321,30 @@ def main(argv: list[str] | None = None) -> int:
         logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     )
     try:
-        return _run(parser, args)
+        with _stdout_on_rank_0():
+            return _run(parser, args)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stdout_on_rank_0():
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+_UNDER_TORCHRUN = "TORCHELASTIC_ERROR_FILE"  # set by torchrun's agent for its workers
+COLLATERAL_DELAY_S = 2.0  # see _run
+
+
+def _record_for_torchrun(exc: BaseException) -> None:
+    """Write ``exc`` to torchrun's error file (caught errors too: that names the failing rank)."""
+    if os.environ.get(_UNDER_TORCHRUN):
+        get_error_handler().record_exception(exc)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -329,8 +365,18 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # guard, for images far past the pixel budget
         if args.debug:
             traceback.print_exc()
+        _record_for_torchrun(exc)
         print(f"drnet: error: {_error_line(exc)}", file=sys.stderr)
         return 2
+    except DistError as exc:
+        # Another process of the torchrun job failed (or hung) and this one lost it. torchrun
+        # blames the first process it sees exit, so this one waits: the real failure comes first.
+        if args.debug:
+            traceback.print_exc()
+        print(f"drnet: error: lost the other processes: {one_line(exc)}", file=sys.stderr)
+        if os.environ.get(_UNDER_TORCHRUN):
+            time.sleep(COLLATERAL_DELAY_S)
+        return 1
     except KeyboardInterrupt:
         print("drnet: interrupted", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from drnet.cli import positive_int
 from drnet.cli.vocab import (
@@ -13,6 +14,17 @@ from drnet.cli.vocab import (
     add_workers,
     hidden,
 )
+
+
+def _seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
 
 
 def add_engine_arguments(
@@ -83,6 +95,17 @@ def add_engine_arguments(
         "log.csv and the summary) instead of stopping",
     )  # fmt: skip
     add_no_progress(group)
+    faults = parser.add_argument_group("faults (see 'Restarts' in the README)")
+    faults.add_argument(
+        "--save-every", type=positive_int, metavar="N",
+        help="also write checkpoint_last.pth every N iterations, mid-epoch (a crash then loses "
+        "at most N iterations; torchrun --max-restarts resumes from it by itself)",
+    )  # fmt: skip
+    faults.add_argument(
+        "--dist-timeout", type=_seconds, default=1800.0, metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others before it fails "
+        "(default 1800)",
+    )  # fmt: skip
 
 
 def train_config(args: argparse.Namespace):
@@ -113,4 +136,6 @@ def train_config(args: argparse.Namespace):
         compile=args.compile,
         skip_bad_samples=args.skip_bad_samples,
         progress=not args.no_progress,
+        save_every=args.save_every,
+        dist_timeout=args.dist_timeout,
     )

@@ -6,13 +6,17 @@
 * :class:`SeededDataset` seeds the global RNGs from ``(seed, epoch, index)`` around each
   ``__getitem__``, so random augmentation of a sample does not depend on worker count, worker
   order or restarts. The caller's RNG state is restored afterwards.
+* :func:`worker_init` is the ``worker_init_fn`` of the engine's loaders: workers leave
+  SIGTERM/SIGINT to the main process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import random
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +31,42 @@ logger = logging.getLogger(__name__)
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed mixed from ``(seed, epoch, index)`` (no collisions between neighbours)."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoaders: the worker ignores SIGTERM and SIGINT.
+
+    torchrun's shutdown, SLURM pre-emption and Ctrl-C in a terminal signal the whole process
+    group. Workers that died of it would take the main process down with them ("DataLoader
+    worker ... killed by signal") before it could write its checkpoint; ignoring the signal
+    lets the main process stop after the current iteration, which then shuts its workers down.
+    Seeding needs nothing here (:class:`SeededDataset` seeds every sample).
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # held by stop_signals_held() while forking
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back while a DataLoader starts its workers (``iter(loader)``).
+
+    A worker inherits the held signals and lets them go only once :func:`worker_init` ignores
+    them, so a signal to the process group while workers start cannot kill one; this process
+    receives its copy when the block ends.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to hold
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class ShardedSampler(Sampler[int]):
@@ -107,9 +147,14 @@ class SeededDataset(Dataset):
 
     def skipped_files(self) -> int:
         """How many distinct samples (files) were found bad so far, in this process."""
+        return len(self.bad_indices())
+
+    def bad_indices(self) -> list[int]:
+        """The indices of the samples found bad so far, in this process (its loader workers
+        included)."""
         if not self._bad:
-            return 0
-        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
+            return []
+        return np.flatnonzero(np.frombuffer(self._bad, dtype=np.int8)).tolist()
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

@@ -2,6 +2,10 @@
 
 A process started without those variables is a single-process run (rank 0 of 1). Under
 ``torchrun`` the process group uses NCCL on CUDA and Gloo on the CPU.
+
+Restarts: when ``torchrun --max-restarts N`` restarts the group after a failure it sets
+``TORCHELASTIC_RESTART_COUNT`` > 0; :func:`effective_resume` turns that into ``resume="auto"``.
+The group then meets on a fresh key prefix of torchrun's store (see :func:`_rendezvous`).
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +31,7 @@ class DistributedContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     owns_process_group: bool = False  # True when :func:`init_distributed` created the group
+    restart_count: int = 0  # torchrun restarts of this job so far (the highest over all ranks)
 
     @property
     def is_main(self) -> bool:
@@ -58,27 +65,112 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto") -> DistributedContext:
+DEFAULT_DIST_TIMEOUT = 1800.0  # seconds a collective may wait for the other processes
+
+
+def init_distributed(
+    device: str = "auto", timeout: float | None = DEFAULT_DIST_TIMEOUT
+) -> DistributedContext:
     """Read the torchrun environment, pick the device and join the process group if needed.
 
     The group is created once per process and kept (train, then evaluate, reuse it: creating a
     second one in the same process is unreliable with Gloo); it is destroyed at exit.
+    ``timeout`` (seconds) bounds how long a collective waits for a missing process.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world_size <= 1:
-        return DistributedContext(0, 1, 0, dev, False)
+        return DistributedContext(0, 1, 0, dev, False, restart_count())
+    if timeout is not None and not (timeout > 0 and timeout < float("inf")):
+        raise DrnetError(f"--dist-timeout must be a number of seconds > 0, got {timeout}")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, init_method="env://", **kwargs)
+        kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        wait = timedelta(seconds=timeout or DEFAULT_DIST_TIMEOUT)
+        store, rank, size = _rendezvous(wait)
+        dist.init_process_group(
+            backend=backend, store=store, rank=rank, world_size=size, timeout=wait, **kwargs
+        )
         atexit.register(_destroy_at_exit)
         owns = True
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)
+        _agree_restart_count(dev)
+    restarts = _AGREED.get("restarts", restart_count())  # the group may be the caller's own
+    rank, size = dist.get_rank(), dist.get_world_size()
+    return DistributedContext(rank, size, local_rank, dev, owns, restarts)
+
+
+_AGREED: dict[str, int] = {}  # "restarts": the group's restart count, agreed at its creation
+
+
+def restart_count() -> int:
+    """How often torchrun restarted this process's group (``TORCHELASTIC_RESTART_COUNT``; 0
+    outside torchrun). Only this node's count: nodes that restart because another one failed
+    do not count it, so :func:`init_distributed` agrees on the highest over all ranks."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    except ValueError:
+        return 0
+
+
+def _agree_restart_count(device: torch.device) -> None:
+    count = torch.tensor([restart_count()], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        count = count.to(device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    _AGREED["restarts"] = int(count.item())
+
+
+def _rendezvous(timeout: timedelta):
+    """``(store, rank, world_size)`` for the group, from torchrun's environment (``env://``).
+
+    torchrun's agent keeps one store for the whole job and its workers share it
+    (``TORCHELASTIC_USE_AGENT_STORE``); after a restart the keys that the dead workers wrote
+    (their Gloo addresses) are still there, and a new worker that reads one first connects to
+    a closed port ("Gloo connectFullMesh failed ... Connection refused", 3 restarts in 5).
+    Each restart therefore uses its own key prefix. Without a shared store (``torchrun`` with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``) the store is new each time and needs none.
+    """
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    store.set_timeout(timeout)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store = dist.PrefixStore(f"drnet/{restart_count()}", store)
+    return dist.PrefixStore("default_pg", store), rank, size
+
+
+def effective_resume(config_resume: str | None, restarts: int | None = None) -> str | None:
+    """The ``resume`` setting to train with: ``"auto"`` after a torchrun restart.
+
+    ``restarts`` defaults to :func:`restart_count`. A restarted group continues from the run's
+    last checkpoint (none yet: it starts afresh) instead of training from epoch 1 over it; an
+    explicit checkpoint path is kept (the trainer prefers the run's own last checkpoint to it
+    once that exists).
+    """
+    restarts = restart_count() if restarts is None else restarts
+    if restarts > 0 and not config_resume:
+        return "auto"
+    return config_resume
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (picklable; no-op in a single process)."""
+    if get_world_size() <= 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if get_world_size() <= 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _destroy_at_exit() -> None:

@@ -21,17 +21,26 @@ REASONS = (SIGNAL, SHOULD_STOP, TIME_LIMIT)  # the order of the votes, and prece
 
 class SignalFlag:
     """While entered, SIGTERM/SIGINT ask the loop to stop after the current iteration; a second
-    signal stops at once (KeyboardInterrupt). Disabled, or off the main thread, it does nothing."""
+    signal stops at once (KeyboardInterrupt). Disabled, or off the main thread, it does nothing.
+
+    A signal within :attr:`ECHO_S` seconds of the first is not a second one: a signal to the
+    process group reaches a torchrun worker twice (directly, and forwarded by the agent).
+    """
+
+    ECHO_S = 2.0
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.signum: int | None = None
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # second signal: stop now
+        now = time.monotonic()
+        if self.signum is None:
+            self.signum, self._first_at = signum, now
+        elif now - self._first_at > self.ECHO_S:  # a second signal: stop now
             raise KeyboardInterrupt
-        self.signum = signum
 
     def __enter__(self) -> SignalFlag:
         if self.enabled and threading.current_thread() is threading.main_thread():

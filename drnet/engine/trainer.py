@@ -45,7 +45,7 @@ from drnet.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from drnet.engine.data import SeededDataset, ShardedSampler
+from drnet.engine.data import SeededDataset, ShardedSampler, stop_signals_held, worker_init
 from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
 from drnet.engine.rundir import RunFolderLock, atomic_write, check_run_folder, claim_run_folder
 from drnet.engine.schedule import IterationLR, build_scheduler
@@ -87,6 +87,8 @@ class TrainConfig:
     pin_memory: bool = True  # only used on CUDA
     handle_signals: bool = True  # SIGTERM/SIGINT -> checkpoint at the next iteration, then stop
     time_limit: float | None = None  # seconds from the start of train(): checkpoint, return
+    save_every: int | None = None  # also write checkpoint_last.pth every N iterations (mid-epoch)
+    dist_timeout: float = D.DEFAULT_DIST_TIMEOUT  # seconds a collective waits for other processes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,6 +195,12 @@ def train(
     called on rank 0 once the folder is claimed, before the engine writes its own files: a task
     writes its own files there (``model.json``).
 
+    Faults: ``config.save_every`` writes ``checkpoint_last.pth`` every N iterations too (with the
+    epoch's running sums, so ``log.csv`` still gets one row covering the whole epoch). Under
+    ``torchrun --max-restarts`` a restarted group resumes from it by itself (see
+    :func:`drnet.engine.distributed.effective_resume`); rank 0 picks the checkpoint and every
+    rank must read the same one (a shared output folder).
+
     Raises :class:`TrainingInterrupted` after SIGTERM/SIGINT (a resumable checkpoint was written)
     and :class:`DrnetError` on a non-finite loss (the last good checkpoint is kept).
     """
@@ -212,7 +220,11 @@ def _train(
 ) -> dict[str, Any]:
     """The body of :func:`train`, which releases ``lock`` (the run folder's) however it ends."""
     started = time.perf_counter()
-    ctx = D.init_distributed(config.device)
+    _check_fault_options(config)
+    ctx = D.init_distributed(config.device, config.dist_timeout)
+    # a group that torchrun restarted continues its run (its folder holds one: say so)
+    resume = D.effective_resume(config.resume, ctx.restart_count)
+    config = dataclasses.replace(config, resume=resume)
     _check_config(config)
     run = _set_up(task, config, ctx)
     _restore(run)
@@ -223,7 +235,7 @@ def _train(
         for epoch in range(run.start_epoch, config.epochs):
             done = _train_one_epoch(run, epoch, stops)
             if done.cut_short:
-                _save(run, epoch, done.iteration, done.skipped)
+                _save(run, epoch, done.iteration, done.skipped, sums=done.sums())
                 D.barrier()
                 return _stop(run, done, signals)
             metrics = _evaluate(run, epoch)
@@ -258,6 +270,7 @@ class _Run:
     start_epoch: int = 0  # where training starts (a checkpoint's epoch and iteration)
     start_iter: int = 0
     skip_carry: int = 0  # bad samples skipped in the part of an epoch done before a restart
+    epoch_sums: dict[str, float] | None = None  # that part's sums (see _EpochPass.sums)
     best_metric: float | None = None
     best_epoch: int | None = None
     have_checkpoint: bool = False  # a good checkpoint of this run exists
@@ -287,13 +300,27 @@ class _EpochPass:
     skipped: int = 0  # bad samples skipped in the epoch so far, all processes
     stop: str | None = None  # agreed reason to stop (see drnet.engine.stop.REASONS)
     cut_short: bool = False  # stopped before the epoch's last iteration
+    started: float = field(default_factory=time.perf_counter)
+    before: dict[str, float] = field(default_factory=dict)  # sums of the epoch's earlier part
+
+    def sums(self, now: float | None = None) -> dict[str, float]:
+        """The epoch's running sums so far (its earlier parts included), for a checkpoint."""
+        seconds = self.seconds if now is None else now - self.started
+        return {
+            "first_lr": self.first_lr,
+            "samples": self.before.get("samples", 0) + self.samples,
+            "loss_sum": self.before.get("loss_sum", 0.0) + self.loss_sum,
+            "seconds": self.before.get("seconds", 0.0) + seconds,
+        }
 
     def row(self) -> dict[str, Any]:
+        """The epoch's ``log.csv`` columns: the whole epoch, across restarts."""
+        sums = self.sums()
         return {
-            "train_loss": self.loss_sum / max(1, self.samples),
-            "lr": self.first_lr,
-            "time_s": self.seconds,
-            "img_per_s": self.samples / max(self.seconds, 1e-9),
+            "train_loss": sums["loss_sum"] / max(1, sums["samples"]),
+            "lr": sums["first_lr"],
+            "time_s": sums["seconds"],
+            "img_per_s": sums["samples"] / max(sums["seconds"], 1e-9),
         }
 
 
@@ -439,21 +466,86 @@ def _resolved_config(
     )
 
 
-def _resolve_resume(config: TrainConfig) -> Path | None:
+def _check_fault_options(config: TrainConfig) -> None:
+    """Refuse ``save_every`` < 1 and a ``dist_timeout`` that is not a finite number > 0."""
+    if config.save_every is not None and config.save_every < 1:
+        raise DrnetError(f"--save-every must be at least 1, got {config.save_every}")
+    timeout = config.dist_timeout
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise DrnetError(f"--dist-timeout must be a number of seconds > 0, got {timeout}")
+
+
+def _resolve_resume(config: TrainConfig, restarts: int = 0) -> Path | None:
+    """The checkpoint to continue from: ``config.resume``, where ``"auto"`` is the run's last
+    checkpoint (None when there is none yet). After ``restarts`` > 0 torchrun restarts the run's
+    own last checkpoint wins over an explicit path (that was where the first attempt began)."""
     if not config.resume:
         return None
-    if config.resume == "auto":
-        path = Path(config.output_dir) / CHECKPOINT_LAST
-        return path if path.is_file() else None
+    last = Path(config.output_dir) / CHECKPOINT_LAST
+    if config.resume == "auto" or (restarts > 0 and last.is_file()):
+        return last if last.is_file() else None
     return Path(config.resume)
+
+
+_SHARED_FOLDER = "multi-node training needs an output folder shared by every node"
+
+
+def _resume_point(run: _Run) -> tuple[Path, dict[str, Any]] | None:
+    """Rank 0 decides where to continue (file, epoch, iteration) and tells the other ranks;
+    each reads that file and must find the same position there, else every rank fails with the
+    first rank's reason (no rank trains from another epoch than the others)."""
+    ctx = run.ctx
+    decided: tuple[str, int, int] | str | None = None
+    path, state = None, None
+    if ctx.is_main:
+        try:
+            path = _resolve_resume(run.config, ctx.restart_count)
+            state = load_checkpoint(path, map_location="cpu") if path is not None else None
+        except Exception as exc:  # tell the other ranks, which wait for rank 0's word
+            if ctx.is_distributed:
+                D.broadcast_object(f"rank 0 cannot resume: {exc}")
+            raise
+        if state is not None:
+            decided = (str(path), int(state["epoch"]), int(state.get("iteration", 0)))
+    decided = D.broadcast_object(decided)
+    if isinstance(decided, str):  # rank 0 failed (and raised its own error)
+        raise DrnetError(decided)
+    if decided is None or not ctx.is_distributed:
+        return (path, state) if state is not None else None
+    problem = None
+    if not ctx.is_main:
+        path = Path(decided[0])
+        state, problem = _read_resume_point(path, decided[1:], ctx.rank)
+    problems = [p for p in D.all_gather_object(problem) if p]
+    if problems:
+        raise CheckpointError(problems[0])
+    return path, state
+
+
+def _read_resume_point(
+    path: Path, position: tuple[int, int], rank: int
+) -> tuple[dict[str, Any] | None, str | None]:
+    """``(state, None)`` when this rank reads ``path`` at ``position`` (epoch, iteration), else
+    ``(None, the reason)``."""
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+        found = (int(state["epoch"]), int(state.get("iteration", 0)))
+    except Exception as exc:  # any reason: the other ranks wait for this one's word
+        return None, f"rank {rank} cannot read {path} ({exc}): {_SHARED_FOLDER}"
+    if found != tuple(position):
+        return None, (
+            f"rank {rank} reads {path} at epoch {found[0]} iteration {found[1]}, rank 0 at "
+            f"epoch {position[0]} iteration {position[1]}: {_SHARED_FOLDER}"
+        )
+    return state, None
 
 
 def _restore(run: _Run) -> None:
     """Continue from ``config.resume``: weights, optimizer, schedule, scaler, position, RNG."""
-    path = _resolve_resume(run.config)
-    if path is None:
+    point = _resume_point(run)
+    if point is None:
         return
-    state = load_checkpoint(path, map_location="cpu")
+    path, state = point
     # lists missing/unexpected/wrongly shaped keys (e.g. other --arch or --channels)
     load_into(run.model, state["model"], strict=True, source=f"--resume {path}")
     try:
@@ -469,6 +561,7 @@ def _restore(run: _Run) -> None:
     run.start_epoch, run.start_iter = int(state["epoch"]), int(state.get("iteration", 0))
     run.best_metric, run.best_epoch = state.get("best_metric"), state.get("best_epoch")
     run.skip_carry = int(state.get("skipped_samples") or 0) if run.start_iter else 0
+    run.epoch_sums = state.get("epoch_sums") if run.start_iter else None
     run.have_checkpoint = True
     restore_rng_state(state.get("rng"))
     _info(run.ctx, f"resumed from {path} at epoch {run.start_epoch} iteration {run.start_iter}")
@@ -515,13 +608,16 @@ def _train_one_epoch(run: _Run, epoch: int, stops: StopCheck) -> _EpochPass:
     run.train_set.epoch = epoch
     skip_start = run.train_set.skipped_count()
     run.sampler.set_epoch(epoch, start=run.start_iter * run.batch_per_rank)
-    loader = _loader(run, epoch)
+    with stop_signals_held():  # the workers start here; they leave these signals to us
+        batches = iter(_loader(run, epoch))
     run.model_for_train.train()
     done = _EpochPass(epoch, run.optimizer.param_groups[0]["lr"], iteration=run.start_iter)
+    if run.epoch_sums:  # resumed mid-epoch: the row covers the part before the restart too
+        done.before, done.first_lr = run.epoch_sums, float(run.epoch_sums["first_lr"])
     bar = _progress_bar(run, epoch)
-    t_start = t_last = time.perf_counter()
+    t_start = t_last = done.started = time.perf_counter()
     try:
-        for batch in loader:
+        for batch in batches:
             if done.iteration >= run.iters_per_epoch:
                 break
             inputs, target = run.task.batch_to_device(batch, run.device, run.config.channels_last)
@@ -536,18 +632,33 @@ def _train_one_epoch(run: _Run, epoch: int, stops: StopCheck) -> _EpochPass:
             if done.stop and done.iteration < run.iters_per_epoch:
                 done.cut_short = True
                 break
+            if _save_due(run, epoch, done.iteration):
+                skipped = 0
+                if run.config.skip_bad_samples:  # a collective: every rank saves here
+                    skipped = run.skip_carry + _skipped_since(run, skip_start)
+                _save(run, epoch, done.iteration, skipped, sums=done.sums(time.perf_counter()))
+                run.have_checkpoint = True
     finally:
         if bar is not None:
             bar.close()
-    del loader
+    del batches  # stops the workers
     if run.config.skip_bad_samples:
         done.skipped = run.skip_carry + _skipped_since(run, skip_start)
     done.seconds = time.perf_counter() - t_start
-    run.skip_carry, run.start_iter = 0, 0
+    run.skip_carry, run.start_iter, run.epoch_sums = 0, 0, None
     run.iterations += done.iterations
     run.samples_seen += done.samples
     run.train_seconds += done.seconds
     return done
+
+
+def _save_due(run: _Run, epoch: int, iteration: int) -> bool:
+    """Whether ``--save-every`` asks for a checkpoint after ``iteration`` iterations of
+    ``epoch`` (counted over the run, so restarts keep the rhythm; an epoch's end always saves)."""
+    every = run.config.save_every
+    if not every or iteration >= run.iters_per_epoch:
+        return False
+    return (epoch * run.iters_per_epoch + iteration) % every == 0
 
 
 def _train_step(run: _Run, inputs, target, stops: StopCheck, epoch: int, iteration: int):
@@ -580,6 +691,7 @@ def _loader(run: _Run, epoch: int) -> DataLoader:
         pin_memory=run.config.pin_memory and run.device.type == "cuda",
         drop_last=True,
         generator=torch.Generator().manual_seed(run.config.seed + epoch),
+        worker_init_fn=worker_init,  # SIGTERM to the process group reaches only the main process
     )
 
 
@@ -665,9 +777,17 @@ def _log_epoch(run: _Run, done: _EpochPass, metrics: dict[str, float]) -> None:
     D.barrier()
 
 
-def _save(run: _Run, epoch: int, iteration: int, skipped: int = 0, best: bool = False) -> None:
+def _save(
+    run: _Run,
+    epoch: int,
+    iteration: int,
+    skipped: int = 0,
+    best: bool = False,
+    sums: dict[str, float] | None = None,
+) -> None:
     """Rank 0 writes ``checkpoint_last.pth`` (and ``checkpoint_best.pth`` when ``best``):
-    ``epoch`` epochs and ``iteration`` more iterations done, ``skipped`` bad samples in them."""
+    ``epoch`` epochs and ``iteration`` more iterations done, ``skipped`` bad samples in them;
+    ``sums``: those iterations' running sums (:meth:`_EpochPass.sums`) for the epoch's row."""
     if not run.ctx.is_main:
         return
     state = {
@@ -683,6 +803,7 @@ def _save(run: _Run, epoch: int, iteration: int, skipped: int = 0, best: bool = 
         "best_metric": run.best_metric,
         "best_epoch": run.best_epoch,
         "skipped_samples": skipped,  # inside a partly done epoch
+        "epoch_sums": sums if iteration else None,
     }
     save_checkpoint(state, run.paths["checkpoint_last"])
     if best:
@@ -703,10 +824,10 @@ def _stop(run: _Run, done: _EpochPass, signals: SignalFlag) -> dict[str, Any]:
     cause = "at the time limit" if done.stop == "time_limit" else "as should_stop() asked"
     _info(run.ctx, f"stopped {cause} {where}; {resume}")
     partial = None
-    if done.cut_short:
-        row = done.row()
+    if done.cut_short:  # this call's part of the epoch
+        loss = done.loss_sum / max(1, done.samples)
         partial = {"epoch": epoch + 1, "iterations": done.iterations, "samples": done.samples,
-                   "train_loss": row["train_loss"], "time_s": done.seconds}  # fmt: skip
+                   "train_loss": loss, "time_s": done.seconds}  # fmt: skip
     return _summary(run, done.stop, partial)
 
 
@@ -716,8 +837,16 @@ def _summary(
     if (run.out_dir / CHECKPOINT_BEST).is_file():
         run.paths["checkpoint_best"] = str(run.out_dir / CHECKPOINT_BEST)
     skipped_total = sum(int(float(row.get("skipped_samples") or 0)) for row in run.history)
+    skipped_files = 0
+    if run.config.skip_bad_samples:  # the same on every rank: the gather below is collective
+        every_rank = D.all_gather_object(run.train_set.bad_indices())
+        skipped_files = len(set().union(*map(set, every_rank)))
     if skipped_total:
-        _warn(run.ctx, f"skipped {skipped_total} bad sample(s) in total (see the warnings above)")
+        _warn(
+            run.ctx,
+            f"skipped {skipped_total} bad sample(s) of {skipped_files} file(s) in total (see the "
+            "warnings above)",
+        )
     return {
         "main_metric": run.task.main_metric,
         "best_metric": run.best_metric,
@@ -726,6 +855,7 @@ def _summary(
         "last_metrics": run.last_metrics,
         "history": run.history,
         "skipped_samples": skipped_total,
+        "skipped_files": skipped_files,
         "stopped_early": stop_reason is not None,
         "stop_reason": stop_reason,
         "samples_seen": run.samples_seen,
