@@ -195,7 +195,7 @@ def test_resume_checkpoint_only_rank_0_can_read_fails_clearly(tmp_path, referenc
 @pytest.mark.slow
 def test_sigterm_to_the_process_group_with_data_workers_checkpoints_and_resumes(tmp_path):
     data = make_imagefolder(tmp_path / "cls", n_train=20, n_val=1, size=(16, 16), seed=2)
-    argv = ["classify", "train", data, "--channels", TINY_ARG, "--crop-size", "12", "--epochs",
+    argv = ["classify", "train", data, "--channels", TINY_ARG, "--crop-size", "16", "--epochs",
             "2", "--batch-size", "2", "-j", "2", "--lr", "0.02", "--seed", "4", *CPU]  # fmt: skip
     reference = drnet_process([*argv, "-o", tmp_path / "ref"], tmp_path / "ref.log")
     assert reference.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()
