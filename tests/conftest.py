@@ -239,3 +239,16 @@ def run_torchrun(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+# ---------------------------------------------------------------------------------- CLI errors
+def one_error_line(rc: int, err: str, *names: object, exit_code: int | None = 2) -> str:
+    """Exactly one ``drnet: error:`` line on stderr, naming each of ``names``, no traceback, and
+    exit status ``exit_code`` (``None``: any non-zero status); returns the line."""
+    assert rc != 0 if exit_code is None else rc == exit_code, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("drnet: error:")]
+    assert len(lines) == 1, err
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU, TINY_ARG, _child_env, make_imagefolder, save_image, save_tiny_model
+from conftest import (
+    CPU,
+    TINY_ARG,
+    _child_env,
+    make_imagefolder,
+    one_error_line,
+    save_image,
+    save_tiny_model,
+)
 from conftest import run_cli as cli
 
 from drnet.cli import main
@@ -22,17 +30,6 @@ from drnet.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEG = ("--model", "drn_d_22", "--channels", TINY_ARG, "--num-classes", "3")
-
-
-def assert_one_line(rc: int, err: str, *names: object) -> str:
-    """Exit 2, one ``drnet: error:`` line naming each of ``names``, no traceback."""
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("drnet: error:")]
-    assert len(lines) == 1, err
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +126,7 @@ def test_out_of_range_arguments_are_one_usage_line(argv, capsys):
 def test_minmax_threshold_outside_0_1(value, models, tmp_path, capsys):
     image = noise(tmp_path / "a.png")
     argv = loc_predict(models, image, "--threshold", value, "-o", tmp_path / "o")
-    assert_one_line(*cli(capsys, *argv)[::2], "--threshold", "0..1")
+    one_error_line(*cli(capsys, *argv)[::2], "--threshold", "0..1")
     rc, _, err = cli(capsys, *argv, "--threshold-mode", "raw")
     assert rc == 0, err  # raw thresholds compare with the logit: any finite number
 
@@ -165,7 +162,7 @@ def test_unwritable_output_folder_is_refused_before_running(command, tmp_path, c
     noise(tmp_path / "x.png")
     (tmp_path / "blocker").write_text("a file where the output folder would go")
     rc, _, err = cli(capsys, *command, "-o", "blocker/out", *CPU)
-    assert_one_line(rc, err, "-o/--output-dir", "blocker/out", "cannot write there")
+    one_error_line(rc, err, "-o/--output-dir", "blocker/out", "cannot write there")
 
 
 # -- names of predict outputs, bad inputs --------------------------------------------------------
@@ -274,7 +271,7 @@ def test_decompression_bomb_is_one_line(models, tmp_path, capsys):
     huge_png(data / "val/a/0.png", 20000, 20000)
     rc, _, err = cli(capsys, "classify", "eval", data / "val", "--weights", models["cls"], *SEG,
                      "-j", "0", "-o", tmp_path / "e", *CPU)  # fmt: skip
-    assert_one_line(rc, err, "--max-pixels")
+    one_error_line(rc, err, "--max-pixels")
 
 
 MEMORY_SCRIPT = """
@@ -327,7 +324,7 @@ def test_large_images_are_predicted_in_bounded_memory(tmp_path):
 
 def test_data_check_on_a_file(tmp_path, capsys):
     rc, _, err = cli(capsys, "data", "check", noise(tmp_path / "x.png"))
-    assert_one_line(rc, err, "x.png", "is a file, expected a folder")
+    one_error_line(rc, err, "x.png", "is a file, expected a folder")
 
 
 def test_data_check_checks_the_labels_of_a_split_with_mismatched_lists(tmp_path, capsys):
@@ -366,5 +363,5 @@ def test_os_errors_become_plain_lines(exc, expected, capsys, monkeypatch):
 
     monkeypatch.setattr(segment, "run_eval", fail)
     rc, _, err = cli(capsys, "segment", "eval", "-d", "d", "--weights", "w", "-o", "-")
-    line = assert_one_line(rc, err, expected)
+    line = one_error_line(rc, err, expected)
     assert "Errno" not in line

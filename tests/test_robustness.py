@@ -12,24 +12,21 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, TINY_ARG, make_imagefolder, make_list_dataset, save_image, truncate
+from conftest import (
+    CPU,
+    TINY_ARG,
+    make_imagefolder,
+    make_list_dataset,
+    one_error_line,
+    save_image,
+    truncate,
+)
 from conftest import run_cli as cli
 from PIL import Image
 
 from drnet.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def assert_error(rc: int, err: str, *names: object) -> str:
-    """Exit 2, exactly one ``drnet: error:`` line, naming each of ``names``, no traceback."""
-    assert rc == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("drnet: error:")]
-    assert len(lines) == 1, err
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
 
 
 # -- fixtures: a tiny segmentation dataset, trained runs -----------------------------------------
@@ -87,25 +84,25 @@ def cls_run(cls_source, tmp_path_factory):
 def test_missing_list_file(seg, tmp_path, capsys):
     (seg / "train_images.txt").unlink()
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, seg / "train_images.txt", "does not exist")
+    one_error_line(rc, err, seg / "train_images.txt", "does not exist")
 
 
 def test_empty_list_file(seg, tmp_path, capsys):
     (seg / "val_labels.txt").write_text("\n\n")
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, seg / "val_labels.txt", "is empty")
+    one_error_line(rc, err, seg / "val_labels.txt", "is empty")
 
 
 def test_listed_image_does_not_exist(seg, tmp_path, capsys):
     (seg / "images/train_2.png").unlink()
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, seg / "images/train_2.png", "does not exist")
+    one_error_line(rc, err, seg / "images/train_2.png", "does not exist")
 
 
 def test_predict_input_does_not_exist(seg_run, tmp_path, capsys):
     rc, _, err = cli(capsys, "segment", "predict", tmp_path / "nope.png", "--weights", seg_run,
                      "-o", tmp_path / "out", *CPU)  # fmt: skip
-    assert_error(rc, err, tmp_path / "nope.png", "does not exist")
+    one_error_line(rc, err, tmp_path / "nope.png", "does not exist")
 
 
 # -- images and labels ---------------------------------------------------------------------------
@@ -114,21 +111,21 @@ def test_predict_input_does_not_exist(seg_run, tmp_path, capsys):
 def test_truncated_image(seg, tmp_path, capsys):
     truncate(seg / "images/train_1.png")
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, seg / "images/train_1.png", "truncated")
+    one_error_line(rc, err, seg / "images/train_1.png", "truncated")
 
 
 def test_unreadable_image_in_eval(seg, seg_run, tmp_path, capsys):
     (seg / "images/val_0.png").write_bytes(b"this is not a PNG")
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg, "--weights", seg_run,
                      "-o", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, seg / "images/val_0.png", "cannot read image")
+    one_error_line(rc, err, seg / "images/val_0.png", "cannot read image")
 
 
 def test_rgb_label(seg, tmp_path, capsys):
     path = seg / "labels/train_0.png"
     Image.open(path).convert("RGB").save(path)
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, path, "RGB image", "single-channel")
+    one_error_line(rc, err, path, "RGB image", "single-channel")
 
 
 def test_label_values_beyond_classes(seg, tmp_path, capsys):
@@ -138,14 +135,14 @@ def test_label_values_beyond_classes(seg, tmp_path, capsys):
     label[4, 4] = 255  # ignore: fine
     save_image(path, label)
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, path, "[254] outside [0, 3)")
+    one_error_line(rc, err, path, "[254] outside [0, 3)")
 
 
 def test_label_and_image_sizes_differ(seg, tmp_path, capsys):
     path = seg / "labels/train_1.png"
     save_image(path, np.zeros((32, 30)))
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, path, "is 30x32 but image", seg / "images/train_1.png")
+    one_error_line(rc, err, path, "is 30x32 but image", seg / "images/train_1.png")
 
 
 def test_images_smaller_than_the_crop_are_padded(seg, tmp_path, capsys):
@@ -157,7 +154,7 @@ def test_images_smaller_than_the_crop_are_padded(seg, tmp_path, capsys):
 def test_bad_info_json(seg, tmp_path, capsys):
     (seg / "info.json").write_text('{"mean": [0.5, 0.5, 0.5], "std": [0.2, 0, 0.2], "classes": 3}')
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "run"))
-    assert_error(rc, err, seg / "info.json", "'std' must be positive")
+    one_error_line(rc, err, seg / "info.json", "'std' must be positive")
 
 
 # -- models and checkpoints ----------------------------------------------------------------------
@@ -166,11 +163,11 @@ def test_bad_info_json(seg, tmp_path, capsys):
 def test_wrong_classes_versus_checkpoint(seg_source, seg_run, tmp_path, capsys):
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", seg_run, "-c", "5",
                      "-o", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, seg_run / "checkpoint_best.pth", "has 3 classes", "--num-classes is 5")
+    one_error_line(rc, err, seg_run / "checkpoint_best.pth", "has 3 classes", "--num-classes is 5")
     rc, _, err = cli(
         capsys, *seg_train(seg_source, tmp_path / "r", "--weights", seg_run, "-c", "5")
     )
-    assert_error(rc, err, seg_run / "checkpoint_best.pth", "has 3 classes", "model has 5")
+    one_error_line(rc, err, seg_run / "checkpoint_best.pth", "has 3 classes", "model has 5")
 
 
 def test_wrong_class_names_versus_checkpoint(cls_source, cls_run, tmp_path, capsys):
@@ -178,7 +175,7 @@ def test_wrong_class_names_versus_checkpoint(cls_source, cls_run, tmp_path, caps
     names.write_text("a\nb\nc\n")
     rc, _, err = cli(capsys, "classify", "eval", cls_source / "val", "--weights", cls_run,
                      "--classes", names, "--output-dir", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, "--class-names lists 3 names", "model has 2 classes")
+    one_error_line(rc, err, "--class-names lists 3 names", "model has 2 classes")
 
 
 @pytest.mark.parametrize(
@@ -193,7 +190,7 @@ def test_unknown_architecture_suggests_names(
     else:  # into an existing run: its model.json must survive the typo
         argv = cls_train(cls_run.parent / "none", cls_run, "--model", typo)
     rc, _, err = cli(capsys, *argv)
-    assert_error(rc, err, repr(typo), f"did you mean {suggestion}")
+    one_error_line(rc, err, repr(typo), f"did you mean {suggestion}")
     if command == "classify":
         assert '"model": "drn_d_22"' in (cls_run / "model.json").read_text()
     else:
@@ -208,7 +205,7 @@ def test_checkpoint_with_missing_and_unexpected_keys(seg_source, seg_run, tmp_pa
     torch.save(state, path)
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", path, "--arch",
                      "drn_d_22", "--channels", TINY_ARG, "-o", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, path, "missing keys (1): seg.bias", "unexpected keys (1): extra.weight")
+    one_error_line(rc, err, path, "missing keys (1): seg.bias", "unexpected keys (1): extra.weight")
 
 
 def test_hash_mismatch(seg_source, seg_run, tmp_path, capsys):
@@ -216,7 +213,7 @@ def test_hash_mismatch(seg_source, seg_run, tmp_path, capsys):
     shutil.copy(seg_run / "checkpoint_last.pth", path)
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", path.as_uri(),
                      "-o", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, path, "hash mismatch", "deadbeef")
+    one_error_line(rc, err, path, "hash mismatch", "deadbeef")
 
 
 def test_hash_mismatch_of_pretrained_file(cls_source, tmp_path, capsys, monkeypatch):
@@ -225,7 +222,7 @@ def test_hash_mismatch_of_pretrained_file(cls_source, tmp_path, capsys, monkeypa
     monkeypatch.setenv("DRNET_WEIGHTS_DIR", str(tmp_path / "w"))
     rc, _, err = cli(capsys, "classify", "predict", cls_source / "val", "--model", "drn_d_22",
                      "--pretrained", "--output-dir", tmp_path / "p", *CPU)  # fmt: skip
-    assert_error(rc, err, tmp_path / "w/drn_d_22-4bd2f8ea.pth", "hash mismatch", "4bd2f8ea")
+    one_error_line(rc, err, tmp_path / "w/drn_d_22-4bd2f8ea.pth", "hash mismatch", "4bd2f8ea")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
@@ -235,7 +232,7 @@ def test_unreadable_checkpoint(damage, seg_source, seg_run, tmp_path, capsys):
         path.write_bytes((seg_run / "checkpoint_last.pth").read_bytes()[:2000])
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", path,
                      "-o", tmp_path / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, path, "truncated" if damage == "truncated" else "does not exist")
+    one_error_line(rc, err, path, "truncated" if damage == "truncated" else "does not exist")
 
 
 def test_resume_from_a_checkpoint_of_another_model(seg_source, seg_run, tmp_path, capsys):
@@ -243,9 +240,9 @@ def test_resume_from_a_checkpoint_of_another_model(seg_source, seg_run, tmp_path
     wider = TINY_ARG.rsplit(",", 1)[0] + ",64"
     argv = seg_train(seg_source, run, "--resume", "auto", "--epochs", "2", "--channels", wider)
     rc, _, err = cli(capsys, *argv)
-    assert_error(rc, err, f"--resume {run / 'checkpoint_last.pth'}", "shape mismatches")
+    one_error_line(rc, err, f"--resume {run / 'checkpoint_last.pth'}", "shape mismatches")
     rc, _, err = cli(capsys, *seg_train(seg_source, run, "--resume", tmp_path / "nope.pth"))
-    assert_error(rc, err, tmp_path / "nope.pth", "does not exist")
+    one_error_line(rc, err, tmp_path / "nope.pth", "does not exist")
 
 
 # -- training: non-finite loss, bad samples ------------------------------------------------------
@@ -257,7 +254,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(seg_source, seg
     good = (run / "checkpoint_last.pth").read_bytes()
     rc, _, err = cli(capsys, *seg_train(seg_source, run, "--resume", "auto", "--epochs", "2",
                                         "--lr", "1e30"))  # fmt: skip
-    line = assert_error(rc, err, run / "checkpoint_last.pth", "at epoch 2 batch", "--lr")
+    line = one_error_line(rc, err, run / "checkpoint_last.pth", "at epoch 2 batch", "--lr")
     assert "loss is nan" in line or "loss is inf" in line
     assert (run / "checkpoint_last.pth").read_bytes() == good
 
@@ -295,7 +292,7 @@ def test_impossible_settings_from_python():
 def test_bad_sample_fails_the_run_or_is_skipped_and_counted(seg, tmp_path, capsys):
     truncate(seg / "images/train_2.png")
     rc, _, err = cli(capsys, *seg_train(seg, tmp_path / "a", "--epochs", "2"))
-    assert_error(rc, err, seg / "images/train_2.png")
+    one_error_line(rc, err, seg / "images/train_2.png")
     rc, out, err = cli(capsys, *seg_train(seg, tmp_path / "b", "--epochs", "2",
                                           "--skip-bad-samples"))  # fmt: skip
     assert rc == 0, err
@@ -319,13 +316,13 @@ def test_classify_skip_bad_samples(cls_data, tmp_path, capsys):
 
 def test_missing_classification_split(tmp_path, capsys):
     rc, _, err = cli(capsys, *cls_train(tmp_path / "nowhere", tmp_path / "run"))
-    assert_error(rc, err, tmp_path / "nowhere/train", "not found")
+    one_error_line(rc, err, tmp_path / "nowhere/train", "not found")
 
 
 def test_empty_class_folder(cls_data, tmp_path, capsys):
     (cls_data / "train/bird").mkdir()
     rc, _, err = cli(capsys, *cls_train(cls_data, tmp_path / "run"))
-    assert_error(rc, err, cls_data / "train", "class folder(s) without images: bird")
+    one_error_line(rc, err, cls_data / "train", "class folder(s) without images: bird")
 
 
 def test_box_file_names_a_missing_image(cls_source, cls_run, tmp_path, capsys):
@@ -334,11 +331,11 @@ def test_box_file_names_a_missing_image(cls_source, cls_run, tmp_path, capsys):
     rc, _, err = cli(capsys, "localize", "eval", cls_source / "val", "--boxes", boxes, "--weights",
                      cls_run, "--threshold", "0.5", "--output-dir", tmp_path / "loc",
                      "--workers", "0", *CPU)  # fmt: skip
-    assert_error(rc, err, boxes, "line 3", "val/cat/7.png", "not found")
+    one_error_line(rc, err, boxes, "line 3", "val/cat/7.png", "not found")
     rc, _, err = cli(capsys, "localize", "eval", cls_source / "val", "--boxes", tmp_path / "no.csv",
                      "--weights", cls_run, "--threshold", "0.5", "--output-dir", tmp_path / "loc",
                      *CPU)  # fmt: skip
-    assert_error(rc, err, tmp_path / "no.csv", "not found")
+    one_error_line(rc, err, tmp_path / "no.csv", "not found")
 
 
 # -- the report: data check, --debug, unwritable output ------------------------------------------
@@ -365,4 +362,4 @@ def test_unwritable_output_is_one_line(seg_source, seg_run, tmp_path, capsys):
     blocker.write_text("a file where a folder should be")
     rc, _, err = cli(capsys, "segment", "eval", "-d", seg_source, "--weights", seg_run,
                      "-o", blocker / "ev", *CPU)  # fmt: skip
-    assert_error(rc, err, blocker)
+    one_error_line(rc, err, blocker)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CPU, TINY_ARG, make_imagefolder, make_list_dataset, truncate
+from conftest import CPU, TINY_ARG, make_imagefolder, make_list_dataset, one_error_line, truncate
 from conftest import run_cli as cli
 
 from drnet.cli import main
@@ -36,17 +36,6 @@ def seg_train(data, out, *extra) -> list:
     return ["segment", "train", "-d", data, "--channels", TINY_ARG, "-s", "32",
             "--epochs", "1", "--max-iters", "2", "--batch-size", "2", "-j", "0", "-o", out,
             *CPU, *extra]  # fmt: skip
-
-
-def one_error_line(rc: int, err: str, *names: object) -> str:
-    """A non-zero exit with exactly one ``drnet: error:`` line naming each of ``names``."""
-    assert rc != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("drnet: error:")]
-    assert len(lines) == 1, err
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
