@@ -212,6 +212,17 @@ def drnet_process(argv: Sequence[object], log: Path) -> subprocess.Popen:
         )
 
 
+def wait_for_file(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Wait until ``path`` exists while ``process`` (logging to ``log``) still runs."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout:.0f} s"
+        time.sleep(0.005)
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago (for torchrun's rendezvous)."""
     with socket.socket() as s:
@@ -252,3 +263,15 @@ def one_error_line(rc: int, err: str, *names: object, exit_code: int | None = 2)
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
     return lines[0]
+
+
+def usage_error_line(argv: Sequence[str], capsys) -> str:
+    """Run the CLI on ``argv``, expecting argparse's usage error (exit 2, no traceback); returns
+    the error line."""
+    from drnet.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err.splitlines()[-1]

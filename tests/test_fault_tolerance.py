@@ -23,7 +23,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CPU, TINY_ARG, _child_env, drnet_process, free_port, make_imagefolder
+from conftest import (
+    CPU,
+    TINY_ARG,
+    _child_env,
+    drnet_process,
+    free_port,
+    make_imagefolder,
+    wait_for_file,
+)
 
 from drnet.engine import TrainConfig, load_checkpoint, save_checkpoint, train
 from drnet.engine import distributed as D
@@ -147,8 +155,13 @@ def test_two_launchers_as_two_nodes_train_to_the_single_node_weights(tmp_path, r
     port = free_port()
     nodes = [
         torchrun(
-            tmp_path, [str(tmp_path / "run")], "--nproc-per-node=1", "--nnodes=2",
-            f"--node-rank={rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            tmp_path,
+            [str(tmp_path / "run")],
+            "--nproc-per-node=1",
+            "--nnodes=2",
+            f"--node-rank={rank}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
             "--rdzv-id=drnet-test",
         )  # fmt: skip
         for rank in (0, 1)
@@ -201,11 +214,8 @@ def test_sigterm_to_the_process_group_with_data_workers_checkpoints_and_resumes(
     assert reference.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()
     run = tmp_path / "run"
     victim = _own_group([*argv, "-o", run], tmp_path / "run.log")
-    deadline = time.monotonic() + 300
-    while not (run / "checkpoint_last.pth").exists():  # written at the end of epoch 1
-        assert victim.poll() is None, (tmp_path / "run.log").read_text()
-        assert time.monotonic() < deadline, "no checkpoint after epoch 1"
-        time.sleep(0.005)
+    # written at the end of epoch 1
+    wait_for_file(run / "checkpoint_last.pth", victim, tmp_path / "run.log")
     os.killpg(victim.pid, signal.SIGTERM)  # main process and its 2 loader workers: 20 its
     time.sleep(0.05)
     victim.send_signal(signal.SIGTERM)  # as torchrun's agent forwards the group's signal
