@@ -17,3 +17,6 @@ CITYSCAPES_STD = (0.182954, 0.186566, 0.184475)
 IGNORE_INDEX = 255
 
 __all__ = ["CITYSCAPES_MEAN", "CITYSCAPES_STD", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+#: ``--auto-augment`` policies, named as in torchvision's classification reference.
+AUTO_AUGMENT_POLICIES = ("ta_wide", "ra", "augmix", "imagenet", "cifar10", "svhn")

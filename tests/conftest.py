@@ -14,6 +14,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from PIL import Image
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+# drnet's cache (measured layouts, ...) lives in a folder of this test session, shared with the
+# processes the tests start: runs compared with each other make the same measured choices
+os.environ["DRNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="drnet-test-cache-")
 
 # narrow DRN widths (one per level): every level still exists, a forward pass takes milliseconds
 TINY_CHANNELS = (8, 8, 16, 16, 32, 32, 32, 32)

@@ -149,6 +149,7 @@ class ModelCard:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     crop_size: int | None = 224
     resize_size: int | None = 256
+    training: dict[str, Any] | None = None  # the recipe it was trained with (engine.recipe_of)
 
     def __post_init__(self) -> None:
         self.task = _TASK_ALIASES.get(self.task, self.task)

@@ -41,7 +41,7 @@ from drnet.data.segmentation import (
 )
 from drnet.data.transforms import segmentation_train_transform
 from drnet.engine import distributed as D
-from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
+from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.metrics import (
     ConfusionMatrix,
@@ -97,16 +97,21 @@ class SegmentOptions:
     val_window: int | None = None
 
 
-def segmentation_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(
+    output: Any, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Pixel-wise cross entropy ignoring label 255, for ``{"out": logits}``, the official
-    ``(log_softmax, low_res)`` pair or plain logits. A batch whose pixels are all ignored gives
-    a zero loss (not NaN)."""
+    ``(log_softmax, low_res)`` pair or plain logits; ``label_smoothing`` as torch's
+    ``cross_entropy`` has it. A batch whose pixels are all ignored gives a zero loss (not NaN)."""
     logits, is_log_prob = logits_of(output), isinstance(output, (tuple, list))
     if not (target != IGNORE_INDEX).any():
         return logits.sum() * 0.0
-    if is_log_prob:
+    if is_log_prob and not label_smoothing:
         return F.nll_loss(logits.float(), target, ignore_index=IGNORE_INDEX)
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+    # (log-probabilities are logits whose log-sum-exp is 0: cross_entropy takes them as they are)
+    return F.cross_entropy(
+        logits.float(), target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
 
 
 def init_from_weights(model: nn.Module, weights: str | os.PathLike) -> None:
@@ -245,8 +250,8 @@ class SegmentationTask(Task):
     def val_dataset(self) -> Dataset | None:
         return self.val_set
 
-    def loss(self, output, target) -> torch.Tensor:
-        return segmentation_loss(output, target)
+    def loss(self, output, target, label_smoothing: float = 0.0) -> torch.Tensor:
+        return segmentation_loss(output, target, label_smoothing)
 
     def evaluate(self, model, dataset, config: TrainConfig, device) -> dict[str, float]:
         metrics = evaluate_segmentation(
@@ -275,6 +280,7 @@ def train_segmentation(
     leaves an earlier run intact) and returns the engine's summary."""
     if isinstance(task, SegmentOptions):
         task = SegmentationTask.from_options(task)
+    task.card.training = recipe_of(config)
     return train(task, config, should_stop=should_stop, write_files=task.card.save)
 
 
