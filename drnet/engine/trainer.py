@@ -275,8 +275,8 @@ def _train(
         stops = StopCheck(signals, config.time_limit, should_stop, started)
         for epoch in range(run.start_epoch, config.epochs):
             done = _train_one_epoch(run, epoch, stops)
-            if done.cut_short:
-                _save(run, epoch, done.iteration, done.skipped, sums=done.sums())
+            if done.cut_short:  # the EMA file too: a stopped run's average is usable as it is
+                _save(run, epoch, done.iteration, done.skipped, sums=done.sums(), ema_file=True)
                 D.barrier()
                 return _stop(run, done, signals)
             metrics = _evaluate(run, epoch)
@@ -993,6 +993,7 @@ def _save(
     skipped: int = 0,
     best: bool = False,
     sums: dict[str, float] | None = None,
+    ema_file: bool | None = None,
 ) -> None:
     """Rank 0 writes ``checkpoint_last.pth`` (and ``checkpoint_best.pth`` when ``best``):
     ``epoch`` epochs and ``iteration`` more iterations done, ``skipped`` bad samples in them;
@@ -1018,7 +1019,9 @@ def _save(
         state["model_ema"] = run.ema.state_dict()  # the average and its update count
     save_checkpoint(state, run.paths["checkpoint_last"])
     ema_state = None
-    if run.ema is not None and not iteration:  # epoch ends: the average as a model of its own
+    if ema_file is None:
+        ema_file = not iteration  # epoch ends (and stops): the average as a model of its own
+    if run.ema is not None and ema_file:
         ema_state = {k: v for k, v in state.items() if k != "model_ema"}
         ema_state.update(model=run.ema.module.state_dict(), ema=True)
         save_checkpoint(ema_state, run.paths["checkpoint_ema"])
