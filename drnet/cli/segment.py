@@ -24,6 +24,7 @@ from drnet.cli import (
 )
 from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.cli.vocab import (
+    NAMES_HELP,
     Parser,
     add_channels,
     add_data,
@@ -41,9 +42,8 @@ from drnet.cli.vocab import (
     group,
     hidden,
 )
-from drnet.data.images import NAMES_HELP, relative_names, unique_names
+from drnet.constants import OVERLAY_MAX_SIDE
 from drnet.errors import DrnetError
-from drnet.tasks.segment_infer import OVERLAY_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _predict_items(args: argparse.Namespace, num_classes: int) -> list:
     """``(path, output name)`` of every input: files and folders named by :data:`NAMES_HELP`,
     list files and --split by their own names, repeats suffixed."""
+    from drnet.data.images import relative_names, unique_names
     from drnet.tasks.segment import collect_inputs, split_inputs
 
     items = []

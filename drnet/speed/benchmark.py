@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import drnet
-from drnet.constants import IGNORE_INDEX
+from drnet.constants import IGNORE_INDEX, INFERENCE_VARIANTS, TRAINING_VARIANTS
 from drnet.engine.precision import (
     amp_dtype,
     amp_unavailable_reason,
@@ -46,11 +46,6 @@ from drnet.speed.timing import measure, median, synchronize
 
 _LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
 
-INFERENCE_VARIANTS = (
-    "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
-)  # fmt: skip
-# "bf16" is "amp" by its CPU name: bf16 autocast (bf16/fp16 on CUDA)
-TRAINING_VARIANTS = ("eager", "channels_last", "grad_checkpoint", "amp", "bf16", "compile")
 LOW_PRECISION_VARIANTS = ("bf16",)  # their % of peak is against the bf16 conv peak
 DEFAULT_INFERENCE = ("eager", "fast")
 DEFAULT_TRAINING = ("eager", "channels_last", "grad_checkpoint")
