@@ -422,7 +422,7 @@ def test_json_alone_prints_json_and_json_path_writes_it(tmp_path, capsys):
 
 
 def test_data_check_json_alone_prints_the_report(tmp_path, capsys):
-    from conftest import make_list_dataset
+    from helpers import make_list_dataset
 
     root = make_list_dataset(tmp_path / "d", n_train=2, n_val=1, size=16)
     assert main(["data", "check", str(root), "--json", "--no-progress"]) == 0

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_shape_tree, save_tiny_model
+from helpers import make_shape_tree, save_tiny_model
 from PIL import Image
 
 from drnet.cli import main
