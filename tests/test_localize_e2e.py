@@ -1,6 +1,6 @@
 """End to end through the ``drnet`` command line: train a tiny classifier on a generated tree of
 coloured rectangles with boxes, then classify eval/predict and localize eval/predict, checking the
-files and JSON fields the README documents."""
+files and JSON fields docs/localization.md documents."""
 
 from __future__ import annotations
 

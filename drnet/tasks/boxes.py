@@ -5,7 +5,7 @@ A classifier run without global pooling gives a dense class map ``f`` of shape `
 paper's box is the smallest box enclosing every position where ``c`` is the dominant class
 (``g = argmax_c f``) and ``f(c) > t``, mapped back to image coordinates.
 
-Choices this module makes (and the README documents):
+Choices this module makes (and docs/localization.md documents):
 
 - **Threshold** ``t``: with ``mode="minmax"`` (the default) the map of class ``c`` is rescaled to
   ``[0, 1]`` by its own minimum and maximum over the image, so ``t`` is a fraction of that class's
