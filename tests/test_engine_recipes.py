@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import CPU, make_imagefolder, run_cli, run_torchrun
+from helpers import CPU, make_imagefolder, run_cli, run_torchrun
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
@@ -465,7 +465,7 @@ def test_cli_records_the_recipe_in_config_and_model_card(tmp_path, capsys):
     ],
 )
 def test_cli_refuses_bad_recipe_values(tmp_path, capsys, flags, message):
-    from conftest import usage_error_line
+    from helpers import usage_error_line
 
     argv = ["classify", "train", str(tmp_path), *flags]
     assert message in usage_error_line(argv, capsys)

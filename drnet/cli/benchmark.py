@@ -17,7 +17,7 @@ from drnet.cli.vocab import (
     add_output_dir,
     add_weights,
 )
-from drnet.speed.benchmark import INFERENCE_VARIANTS, TRAINING_VARIANTS
+from drnet.constants import INFERENCE_VARIANTS, TRAINING_VARIANTS
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ def add_engine_arguments(
         "log.csv and the summary) instead of stopping",
     )  # fmt: skip
     add_no_progress(group)
-    faults = parser.add_argument_group("faults (see 'Restarts' in the README)")
+    faults = parser.add_argument_group("faults (see 'Restarts' in docs/engine.md)")
     faults.add_argument(
         "--save-every", type=positive_int, metavar="N",
         help="also write checkpoint_last.pth every N iterations, mid-epoch (a crash then loses "

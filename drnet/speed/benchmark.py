@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import drnet
-from drnet.constants import IGNORE_INDEX
+from drnet.constants import IGNORE_INDEX, INFERENCE_VARIANTS, TRAINING_VARIANTS
 from drnet.engine.layout import choose_channels_last
 from drnet.engine.precision import (
     amp_dtype,
@@ -47,15 +47,6 @@ from drnet.speed.timing import measure, median, synchronize
 
 _LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
 
-INFERENCE_VARIANTS = (
-    "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
-)  # fmt: skip
-# "bf16" is "amp" by its CPU name: bf16 autocast (bf16/fp16 on CUDA)
-# "eager" steps as the engine did before 0.2: NCHW, the loss read back every step; "engine" as
-# drnet.engine trains now: the layout measured (drnet.engine.layout), the loss read every 10 steps
-TRAINING_VARIANTS = (
-    "eager", "engine", "channels_last", "grad_checkpoint", "amp", "bf16", "compile",
-)  # fmt: skip
 LOW_PRECISION_VARIANTS = ("bf16",)  # their % of peak is against the bf16 conv peak
 DEFAULT_INFERENCE = ("eager", "fast")
 DEFAULT_TRAINING = ("eager", "engine", "channels_last", "grad_checkpoint")
