@@ -15,6 +15,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -313,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logger = logging.getLogger("drnet")
@@ -380,9 +384,45 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("drnet: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        line = memory_error_line(exc)
+        if line is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        _record_for_torchrun(exc)
+        print(f"drnet: error: {line}", file=sys.stderr)
+        return 2
     finally:
         images.set_max_pixels(budget)
     return int(result or 0)
+
+
+_ALLOCATION = re.compile(r"(?:tried to allocate|Tried to allocate)\s+([\d.]+)\s*(bytes|[KMGT]i?B)")
+_OUT_OF_MEMORY = ("out of memory", "not enough memory", "DefaultCPUAllocator", "OutOfMemory")
+
+
+def memory_error_line(exc: BaseException) -> str | None:
+    """One line for an allocation that does not fit (torch's ``OutOfMemoryError`` on a GPU, the
+    CPU allocator's "not enough memory" ``RuntimeError``) naming the size asked for, or None
+    for any other error."""
+    import torch
+
+    text = str(exc)
+    if not isinstance(exc, torch.OutOfMemoryError) and not any(m in text for m in _OUT_OF_MEMORY):
+        return None
+    where = "GPU" if isinstance(exc, torch.OutOfMemoryError) or "CUDA" in text else "CPU"
+    match = _ALLOCATION.search(text)
+    size = ""
+    if match:
+        amount, unit = float(match.group(1)), match.group(2)
+        if unit == "bytes":
+            amount, unit = amount / 2**30, "GiB"
+        size = f" ({amount:,.2f} {unit} asked for)"
+    return (
+        f"out of {where} memory{size}: use a smaller -b/--batch-size, narrower --channels, "
+        "smaller images or crops (--crop-size, --window), or another --device"
+    )
 
 
 def _error_line(exc: BaseException) -> str:
