@@ -224,5 +224,7 @@ def render_activation_grid(
     if path is not None:
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        grid.save(path, format="PNG")
+        from drnet.engine.rundir import atomic_save_image
+
+        atomic_save_image(grid, path, format="PNG")  # never a truncated PNG
     return grid

@@ -248,18 +248,22 @@ def gridding_scores(
         ``{name: {"score", "chance", "lattice_share", "lattice_share_chance", "height",
         "width"}}`` in input order: ``score`` is :func:`gridding_score` and ``chance`` its null
         value (0.0); both are None for maps smaller than 8x8. ``lattice_share`` is
-        :func:`lattice_power_share` and ``lattice_share_chance`` its white-noise level.
+        :func:`lattice_power_share` and ``lattice_share_chance`` its white-noise level (None for
+        maps smaller than 2x2).
     """
     items = features.items() if isinstance(features, Mapping) else enumerate(features)
     result = {}
     for name, activation in items:
         height, width = (int(n) for n in activation.shape[-2:])
         big_enough = min(height, width) >= MIN_GRIDDING_SIZE
+        has_spectrum = min(height, width) >= 2  # an 8x8 image has 1x1 maps at stride 8
         result[str(name)] = {
             "score": gridding_score(activation, dilations) if big_enough else None,
             "chance": GRIDDING_CHANCE if big_enough else None,
-            "lattice_share": lattice_power_share(activation, dilations),
-            "lattice_share_chance": lattice_share_chance(height, width, dilations),
+            "lattice_share": lattice_power_share(activation, dilations) if has_spectrum else None,
+            "lattice_share_chance": (
+                lattice_share_chance(height, width, dilations) if has_spectrum else None
+            ),
             "height": height,
             "width": width,
         }

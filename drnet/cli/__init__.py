@@ -15,6 +15,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -312,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     logger = logging.getLogger("drnet")
@@ -372,6 +376,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"drnet: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
+        line = memory_error_line(exc) if isinstance(exc, RuntimeError) else None
+        if line is not None:  # torch.OutOfMemoryError is a RuntimeError too
+            if args.debug:
+                traceback.print_exc()
+            _record_for_torchrun(exc)
+            print(f"drnet: error: {line}", file=sys.stderr)
+            return 2
         if not _lost_other_processes(exc):
             raise
         # Another process of the torchrun job failed (or hung) and this one lost it. torchrun
@@ -395,6 +406,33 @@ def _lost_other_processes(exc: BaseException) -> bool:
     imported torch.distributed, so an argument error never imports it)."""
     distributed = sys.modules.get("torch.distributed")
     return distributed is not None and isinstance(exc, distributed.DistError)
+
+
+_ALLOCATION = re.compile(r"(?:tried to allocate|Tried to allocate)\s+([\d.]+)\s*(bytes|[KMGT]i?B)")
+_OUT_OF_MEMORY = ("out of memory", "not enough memory", "DefaultCPUAllocator", "OutOfMemory")
+
+
+def memory_error_line(exc: BaseException) -> str | None:
+    """One line for an allocation that does not fit (torch's ``OutOfMemoryError`` on a GPU, the
+    CPU allocator's "not enough memory" ``RuntimeError``) naming the size asked for, or None
+    for any other error."""
+    import torch
+
+    text = str(exc)
+    if not isinstance(exc, torch.OutOfMemoryError) and not any(m in text for m in _OUT_OF_MEMORY):
+        return None
+    where = "GPU" if isinstance(exc, torch.OutOfMemoryError) or "CUDA" in text else "CPU"
+    match = _ALLOCATION.search(text)
+    size = ""
+    if match:
+        amount, unit = float(match.group(1)), match.group(2)
+        if unit == "bytes":
+            amount, unit = amount / 2**30, "GiB"
+        size = f" ({amount:,.2f} {unit} asked for)"
+    return (
+        f"out of {where} memory{size}: use a smaller -b/--batch-size, narrower --channels, "
+        "smaller images or crops (--crop-size, --window), or another --device"
+    )
 
 
 def _error_line(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from drnet.cli import non_negative_int, positive_int
+from drnet.cli import int_in, non_negative_int, positive_int
 from drnet.cli.vocab import (
     add_device,
     add_dtype,
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dtype(parser, default="auto")
     parser.add_argument("--host", default=SERVE_HOST, help="address to listen on")
     parser.add_argument(
-        "--port", type=non_negative_int, default=SERVE_PORT, help="port; 0 picks a free one"
+        "--port", type=int_in(0, 65535), default=SERVE_PORT, help="port; 0 picks a free one"
     )
     parser.add_argument(
         "--max-upload-mb",
@@ -110,6 +110,24 @@ def load_models(args: argparse.Namespace) -> list:
     return served
 
 
+def _listen_error(exc: OSError) -> str:
+    """Why a server could not bind, and what to do, in words."""
+    import errno
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name (--host takes an address of this machine, e.g. 127.0.0.1)"
+    reasons = {
+        errno.EADDRINUSE: "the port is in use (another drnet serve?); choose another --port, "
+        "or --port 0 for a free one",
+        errno.EADDRNOTAVAIL: "this machine has no such address; --host takes one of its "
+        "addresses, e.g. 127.0.0.1 (or 0.0.0.0 for all of them)",
+        errno.EACCES: "permission denied (ports below 1024 need administrator rights); choose "
+        "a --port from 1024 up",
+    }
+    return reasons.get(exc.errno or -1, exc.strerror or str(exc))
+
+
 def run(args: argparse.Namespace) -> int:
     from drnet.serve.app import ServeSettings, is_loopback, make_server, serve_forever
 
@@ -130,9 +148,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = make_server(models, args.host, args.port, settings)
     except OSError as exc:
-        raise DrnetError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from exc
+        raise DrnetError(f"cannot listen on {args.host}:{args.port}: {_listen_error(exc)}") from exc
     for served in models:
         print(f"{served.id}: {served.name}")
         served.warm_up()

@@ -25,6 +25,7 @@ that does not exist is an error unless ``strict=False``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from drnet.data.text import read_json, read_text
 from drnet.errors import DataError
 
 BOX_KEYS = ("image", "x1", "y1", "x2", "y2", "label")
@@ -115,7 +117,7 @@ def _read_rows(path: Path) -> list[tuple[dict, str]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(newline="") as handle:
+            with io.StringIO(read_text(path, "box file"), newline="") as handle:
                 reader = csv.DictReader(handle)
                 missing = [k for k in BOX_KEYS[:5] if k not in (reader.fieldnames or [])]
                 if missing:
@@ -124,8 +126,7 @@ def _read_rows(path: Path) -> list[tuple[dict, str]]:
                         f"expected a header {','.join(BOX_KEYS)}"
                     )
                 return [(row, f"{path}: line {n}") for n, row in enumerate(reader, start=2)]
-        with path.open() as handle:
-            data = json.load(handle)
+        data = read_json(path, "box file")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read the box file ({exc})") from exc
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):

@@ -26,7 +26,6 @@ Severity ``error`` means training or evaluation would stop (or silently learn fr
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from drnet.constants import DATA_CHECK_LAYOUTS, IGNORE_INDEX
 from drnet.data.boxes import BOX_KEYS, _check_box, _read_rows, read_voc_xml
 from drnet.data.classification import load_rgb
+from drnet.data.images import FolderWalk
 from drnet.data.segmentation import (
     Sample,
     check_label,
@@ -52,6 +52,8 @@ from drnet.data.segmentation import (
     read_image,
     read_label,
 )
+from drnet.data.text import read_lines
+from drnet.engine.rundir import atomic_write_json
 from drnet.errors import DataError
 
 ERROR, INFO = "error", "info"
@@ -148,6 +150,7 @@ class _Result:
     problems: list[Problem] = field(default_factory=list)
     files: int = 0
     max_label: int | None = None  # largest label value other than 255 (classes unknown)
+    labelled: bool | None = None  # the label has a pixel that is not 255 (None: no label read)
     size: tuple[int, int] | None = None  # (width, height) of the image
 
 
@@ -180,6 +183,7 @@ def _check_segmentation_sample(
     except DataError as exc:
         result.problems.append(Problem(str(sample.label), str(exc), ERROR, split))
         return result
+    result.labelled = bool((label != IGNORE_INDEX).any())
     try:  # the size and the values are checked independently: report both
         if image is not None:
             check_label_size(image, label, sample)
@@ -285,11 +289,10 @@ def _paired_list_lines(root: Path, split: str, list_dir: Path | None) -> list[Sa
     ``{split}_labels.txt`` line i), for a split whose lists do not match as a whole."""
     folder = list_dir or root
     try:
-        images = [ln.strip() for ln in (folder / f"{split}_images.txt").read_text().splitlines()]
-        labels = [ln.strip() for ln in (folder / f"{split}_labels.txt").read_text().splitlines()]
-    except (OSError, UnicodeDecodeError):
+        images = read_lines(folder / f"{split}_images.txt")
+        labels = read_lines(folder / f"{split}_labels.txt")
+    except DataError:
         return []
-    images, labels = [ln for ln in images if ln], [ln for ln in labels if ln]
     return [
         Sample(root / image, root / label, str(Path(image).with_suffix("")))
         for image, label in zip(images, labels, strict=False)
@@ -303,13 +306,17 @@ def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob("*"))
 
 
+def _is_class_dir(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")
+
+
 def _imagefolder_splits(root: Path) -> dict[str, Path]:
     """``{split: folder}``: sub-folders holding class folders with images, else ``root`` itself
     when its sub-folders hold images (a single split, named ``.``)."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     splits = {}
     for sub in subdirs:
-        classes = [c for c in sub.iterdir() if c.is_dir()]
+        classes = [c for c in sub.iterdir() if _is_class_dir(c)]
         if classes and any(_has_images(c) for c in classes) and sub.name not in BOX_DIR_NAMES:
             splits[sub.name] = sub
     if not splits and any(_has_images(sub) for sub in subdirs):
@@ -318,11 +325,20 @@ def _imagefolder_splits(root: Path) -> dict[str, Path]:
 
 
 def _imagefolder_images(split_dir: Path, split: str, problems: list[Problem]) -> list[Path]:
+    """The images of a split as training reads them (:class:`FolderWalk`: no link loops, no
+    hidden folders); what the walk skipped is reported as info."""
     images = []
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        found = sorted(
-            p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+    hidden = sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith("."))
+    if hidden:
+        names = ", ".join(p.name for p in hidden[:5])
+        problems.append(
+            Problem(str(split_dir), f"hidden folder(s) skipped, not classes: {names}", INFO, split)
         )
+    for class_dir in sorted(p for p in split_dir.iterdir() if _is_class_dir(p)):
+        walk = FolderWalk(class_dir, IMG_EXTENSIONS)
+        found = walk.files
+        for note in walk.notes():
+            problems.append(Problem(str(class_dir), note, INFO, split))
         if not found:
             problems.append(
                 Problem(
@@ -544,7 +560,7 @@ def check_dataset(
         classes: dict[str, list[str]] = {}
         for split in names:
             images = _imagefolder_images(found[split], split, problems)
-            classes[split] = sorted(p.name for p in found[split].iterdir() if p.is_dir())
+            classes[split] = sorted(p.name for p in found[split].iterdir() if _is_class_dir(p))
             report.splits[split] = len(images)
             jobs += [(split, _bind(_check_classification_image, p, split), p) for p in images]
         for split in names:  # every split needs the training split's classes, in its order
@@ -584,13 +600,29 @@ def check_dataset(
     results = _run(jobs, workers, progress)
     sizes: dict[Path, tuple[int, int]] = {}
     max_label: int | None = None
-    for (_, _, image), result in zip(jobs, results, strict=True):
+    labelled: dict[str, bool] = {}  # split: any label pixel that is not ignored
+    for (split, _, image), result in zip(jobs, results, strict=True):
+        if result.labelled is not None:
+            labelled[split] = labelled.get(split, False) or result.labelled
         report.files_checked += result.files
         problems += result.problems
         if result.size is not None:
             sizes[image] = result.size
         if result.max_label is not None:
             max_label = max(max_label or 0, result.max_label)
+    if layout != "imagefolder":
+        problems += [
+            Problem(
+                str(root),
+                f"split {split!r}: every label pixel is {IGNORE_INDEX} (ignored), so training "
+                "learns nothing and mIoU is undefined; check the label files (class indices, "
+                f"{IGNORE_INDEX} = ignore)",
+                ERROR,
+                split,
+            )
+            for split, any_label in labelled.items()
+            if not any_label and not any(p.split == split and p.severity == ERROR for p in problems)
+        ]
     if num_classes is None and layout != "imagefolder" and max_label is not None:
         problems.append(
             Problem(
@@ -668,8 +700,7 @@ def write_report_json(report: CheckReport, path: str | os.PathLike) -> Path:
     """Write :meth:`CheckReport.to_dict` to ``path`` (folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    return path
+    return atomic_write_json(path, report.to_dict())
 
 
 __all__ = [

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# re-exported: drnet.cli.segment imports the Cityscapes statistics from here
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
+
+# re-exported: drnet.cli.segment imports the Cityscapes statistics from here
+from drnet.engine.rundir import atomic_save_image
 from drnet.errors import DataError
 
 CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
@@ -103,8 +105,13 @@ def prepare_cityscapes(
             raise DataError(f"cannot read label {path}: {exc}") from exc
         if label_ids.ndim != 2:
             raise DataError(f"{path} is not a single-channel label image")
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        Image.fromarray(lut[label_ids]).save(tmp)
-        os.replace(tmp, target)
+        outside = (label_ids < 0) | (label_ids >= len(lut))
+        if outside.any():
+            values = np.unique(label_ids[outside])[:8].tolist()
+            raise DataError(
+                f"{path} has label ids {values} outside 0..{len(lut) - 1}; expected Cityscapes "
+                "labelIds (0..33, anything else up to 255 becomes 255 = ignore)"
+            )
+        atomic_save_image(lut[label_ids], target)
         written += 1
     return {"written": written, "skipped": skipped}

@@ -8,6 +8,7 @@ ten-crop testing, the four corner crops, the centre crop and their horizontal fl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from drnet.constants import AUTO_AUGMENT_POLICIES, IMAGENET_MEAN, IMAGENET_STD
-from drnet.data.images import as_rgb, failure_message
+from drnet.data.images import FolderWalk, as_rgb, failure_message
 from drnet.errors import DataError
 
 
@@ -152,18 +153,57 @@ def full_image_transform(
     return v2.Compose([*steps, *_to_normalized_tensor(mean, std)])
 
 
+class ImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder, walked by :class:`drnet.data.images.FolderWalk`: hidden
+    folders (``.ipynb_checkpoints``) are not classes, and links to folders are never followed
+    into a loop (torchvision's ``os.walk(followlinks=True)`` counted each image once per link,
+    and two links to ``.`` never ended)."""
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(
+            e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith(".")
+        )
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(
+        directory: str | os.PathLike,
+        class_to_idx: dict[str, int] | None = None,
+        extensions: str | tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        if class_to_idx is None:
+            raise ValueError("class_to_idx is required")
+        if isinstance(extensions, str):
+            extensions = (extensions,)
+        samples = []
+        for name in sorted(class_to_idx):
+            found = FolderWalk(Path(directory) / name, extensions or IMG_EXTENSIONS).files
+            found = [p for p in found if is_valid_file is None or is_valid_file(str(p))]
+            if not found and not allow_empty:
+                raise FileNotFoundError(f"Found no valid file for the class {name}.")
+            samples += [(str(p), class_to_idx[name]) for p in found]
+        return samples
+
+
 def image_folder(root: str | Path, transform: Callable | None = None) -> datasets.ImageFolder:
-    """An ImageFolder split whose errors name the folder; unreadable images name the file."""
+    """An ImageFolder split (:class:`ImageFolder`) whose errors name the folder; unreadable
+    images name the file."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found; expected <root>/<class_name>/<image>")
     try:
-        return datasets.ImageFolder(str(root), transform=transform, loader=load_rgb)
+        return ImageFolder(str(root), transform=transform, loader=load_rgb)
     except FileNotFoundError as exc:
         empty = sorted(
             p.name
             for p in root.iterdir()
-            if p.is_dir() and not any(f.suffix.lower() in IMG_EXTENSIONS for f in p.rglob("*"))
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and not any(f.suffix.lower() in IMG_EXTENSIONS for f in p.rglob("*"))
         )
         found = (
             f"class folder(s) without images: {', '.join(empty[:8])}; add images or remove them"
@@ -187,7 +227,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            images = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+            images = FolderWalk(item, IMG_EXTENSIONS).files
             if not images:
                 raise DataError(f"{item}: no images found (extensions {', '.join(IMG_EXTENSIONS)})")
             found.extend(images)

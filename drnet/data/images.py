@@ -96,6 +96,61 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
+# -- walking folders ------------------------------------------------------------------------------
+
+
+class FolderWalk:
+    """The files under a folder, walked once: links to folders are followed (data is often
+    linked in) but never into a folder already walked (a link to ``.`` multiplied every image,
+    two such links never ended), and hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) are
+    skipped. ``files`` are sorted as torchvision's ImageFolder sorts them (by folder, then
+    name); ``loops`` and ``hidden`` hold what was skipped, for ``drnet data check`` to say
+    so."""
+
+    def __init__(self, root: str | os.PathLike, extensions: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        self.files: list[Path] = []
+        self.loops: list[Path] = []
+        self.hidden: list[Path] = []
+        suffixes = tuple(e.lower() for e in extensions) if extensions else None
+        seen = {os.path.realpath(self.root)}
+        pending = [self.root]
+        while pending:
+            folder = pending.pop()
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.name.startswith("."):
+                    self.hidden.append(path)
+                elif entry.is_dir():
+                    real = os.path.realpath(path)
+                    if real in seen:
+                        self.loops.append(path)
+                    else:
+                        seen.add(real)
+                        pending.append(path)
+                elif entry.is_file() and (suffixes is None or path.suffix.lower() in suffixes):
+                    self.files.append(path)
+        self.files.sort(key=lambda p: (str(p.parent), p.name))  # torchvision's ImageFolder order
+
+    def notes(self) -> list[str]:
+        """One line each for the links and hidden entries that were skipped (none: empty)."""
+        notes = []
+        if self.loops:
+            shown = ", ".join(str(p) for p in self.loops[:3])
+            notes.append(
+                f"{len(self.loops)} link(s) to a folder already read were not followed: {shown}"
+            )
+        hidden = [p for p in self.hidden if p.is_dir()]
+        if hidden:
+            shown = ", ".join(str(p) for p in hidden[:3])
+            notes.append(f"{len(hidden)} hidden folder(s) were skipped: {shown}")
+        return notes
+
+
 # -- output names of predict commands -------------------------------------------------------------
 
 
@@ -107,6 +162,32 @@ def relative_names(paths: Sequence[str | os.PathLike]) -> list[str]:
         return []
     root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
     return [p.relative_to(root).with_suffix("").as_posix() for p in resolved]
+
+
+def list_names(entries: Sequence[str], base: str | os.PathLike) -> list[str]:
+    """Output names of the entries of a list file (paths relative to ``base``, the list's or
+    the dataset's folder): each entry's path relative to ``base`` without its extension; when
+    an entry is absolute or leaves ``base`` (``..``), every entry is named relative to the
+    deepest folder common to all of them (:func:`relative_names`). A name is never absolute
+    and never holds ``..``, so outputs stay inside the output folder."""
+    base = os.path.abspath(base)
+    paths = [os.path.normpath(os.path.join(base, entry)) for entry in entries]
+    inside = all(os.path.commonpath([base, p]) == base and p != base for p in paths)
+    if not inside:
+        return relative_names(paths)
+    return [Path(os.path.relpath(p, base)).with_suffix("").as_posix() for p in paths]
+
+
+def output_path(output_dir: str | os.PathLike, *parts: str) -> Path:
+    """``output_dir/parts...``, refused (:class:`DrnetError`) when a name would lead outside
+    ``output_dir`` (an absolute name, ``..``): no output is ever written over an input."""
+    from drnet.errors import DrnetError
+
+    root = os.path.abspath(output_dir)
+    path = os.path.normpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, path]) != root or path == root:
+        raise DrnetError(f"output name {'/'.join(parts)!r} leads outside {output_dir}")
+    return Path(path)
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

@@ -74,6 +74,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from drnet.engine.rundir import atomic_save_image, atomic_write, atomic_write_text
 from drnet.errors import DataError
 
 __all__ = [
@@ -529,7 +530,8 @@ def _prepare_out_dir(out_dir: Path, owned: Sequence[str], overwrite: bool) -> No
                 "choose a new folder"
             )
         if not overwrite:
-            raise DataError(f"{out_dir}: already holds scenes; pass --overwrite to replace them")
+            what = "scenes" if _marker_complete(out_dir) else "scenes of an interrupted run"
+            raise DataError(f"{out_dir}: already holds {what}; pass --overwrite to replace them")
         for name in (*owned, MARKER_FILE):
             path = out_dir / name
             if path.is_dir():
@@ -539,11 +541,24 @@ def _prepare_out_dir(out_dir: Path, owned: Sequence[str], overwrite: bool) -> No
         for path in out_dir.glob("boxes_*.csv"):
             path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # written first, replaced by the settings at the end: an interrupted run leaves a folder
+    # that says so, and that --overwrite may replace
+    atomic_write_text(
+        out_dir / MARKER_FILE,
+        json.dumps({"complete": False, "note": "drnet data scenes did not finish here"}) + "\n",
+    )
+
+
+def _marker_complete(out_dir: Path) -> bool:
+    try:
+        return json.loads((out_dir / MARKER_FILE).read_text()).get("complete", True) is not False
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _save_png(array: np.ndarray, path: Path, mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array, mode=mode).save(path, format="PNG")
+    atomic_save_image(Image.fromarray(array, mode=mode), path, format="PNG")
 
 
 def _voc_xml(image_path: str, canvas: int, box: tuple[int, int, int, int], name: str) -> bytes:
@@ -570,9 +585,8 @@ def _voc_xml(image_path: str, canvas: int, box: tuple[int, int, int, int], name:
 def _write_marker(out_dir: Path, settings: dict) -> None:
     from drnet import __version__
 
-    settings = {**settings, "drnet_version": __version__}
-    text = json.dumps(settings, indent=2) + "\n"
-    (out_dir / MARKER_FILE).write_text(text, encoding="utf-8")
+    settings = {**settings, "complete": True, "drnet_version": __version__}
+    atomic_write_text(out_dir / MARKER_FILE, json.dumps(settings, indent=2) + "\n")
 
 
 def make_classification_scenes(
@@ -648,11 +662,12 @@ def make_classification_scenes(
             if box_format in ("voc", "both"):
                 xml_path = out_dir / "boxes" / split / name / f"{i:06d}.xml"
                 xml_path.parent.mkdir(parents=True, exist_ok=True)
-                xml_path.write_bytes(_voc_xml(image_path, canvas, placement.box, name))
+                with atomic_write(xml_path, "wb", sync=False) as handle:
+                    handle.write(_voc_xml(image_path, canvas, placement.box, name))
                 files += 1
             bar.update()
         if box_format in ("csv", "both"):
-            (out_dir / f"boxes_{split}.csv").write_text("".join(rows), encoding="utf-8")
+            atomic_write_text(out_dir / f"boxes_{split}.csv", "".join(rows))
             files += 1
     bar.close()
     source_used = datasets["train"].pool.items.source
@@ -751,8 +766,8 @@ def make_segmentation_scenes(
                 total += pixels.sum(axis=0)
                 total_sq += np.square(pixels).sum(axis=0)
             bar.update()
-        (out_dir / f"{split}_images.txt").write_text("".join(image_lines), encoding="utf-8")
-        (out_dir / f"{split}_labels.txt").write_text("".join(label_lines), encoding="utf-8")
+        atomic_write_text(out_dir / f"{split}_images.txt", "".join(image_lines))
+        atomic_write_text(out_dir / f"{split}_labels.txt", "".join(label_lines))
     bar.close()
     n_pixels = n_train * canvas * canvas
     mean = total / n_pixels
@@ -763,7 +778,7 @@ def make_segmentation_scenes(
         "classes": len(SEGMENTATION_CLASS_NAMES),
         "class_names": list(SEGMENTATION_CLASS_NAMES),
     }
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2) + "\n")
     source_used = datasets["train"].pool.items.source
     _write_marker(
         out_dir,

@@ -17,7 +17,6 @@ label, after the ``transforms`` (joint v2 transforms on ``tv_tensors.Image``/``M
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,8 +36,9 @@ from drnet.constants import (
     IMAGENET_STD,
 )
 from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
-from drnet.data.images import as_rgb, failure_message
+from drnet.data.images import FolderWalk, as_rgb, failure_message, list_names
 from drnet.data.palettes import CITYSCAPES_CLASSES
+from drnet.data.text import read_json, read_lines
 from drnet.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -90,6 +90,29 @@ def check_label(label: torch.Tensor, num_classes: int, path: object) -> None:
         raise DataError(
             f"label {path} has values {values} outside [0, {num_classes}) (255 = ignore); "
             f"check --classes or the label files"
+        )
+
+
+def require_labelled_pixels(dataset: SegmentationDataset, split: str) -> None:
+    """Raise DataError when no label of ``dataset`` has a pixel other than 255: training would
+    learn nothing (loss 0) and mIoU would be undefined. Stops at the first labelled pixel (one
+    file for a normal split); unreadable labels are left to the training's own checks."""
+    seen = 0
+    for sample in dataset.samples:
+        if sample.label is None:
+            continue
+        try:
+            label = read_label(sample.label)
+        except DataError:
+            continue
+        seen += 1
+        if (label != IGNORE_INDEX).any():
+            return
+    if seen:
+        raise DataError(
+            f"split {split!r} of {dataset.root or 'the dataset'}: every pixel of its {seen} "
+            f"label(s) is {IGNORE_INDEX} (ignored), nothing to learn from or score; check the "
+            f"label files (class indices, {IGNORE_INDEX} = ignore; drnet data check lists them)"
         )
 
 
@@ -177,10 +200,9 @@ def read_info(data_dir: str | os.PathLike) -> dict | None:
     path = Path(data_dir) / "info.json"
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    info = read_json(path, "dataset description")
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: expected a JSON object with 'mean' and 'std'")
     for key in ("mean", "std"):
         value = info.get(key)
         if not (
@@ -197,11 +219,7 @@ def read_info(data_dir: str | os.PathLike) -> dict | None:
 
 
 def _read_list(path: Path) -> list[str]:
-    try:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-    except OSError as exc:
-        raise DataError(f"cannot read list file {path}: {exc}") from None
-    lines = [line for line in lines if line]
+    lines = read_lines(path, "list file")
     if not lines:
         raise DataError(f"list file {path} is empty")
     return lines
@@ -231,9 +249,10 @@ def list_file_samples(
         raise DataError(f"list file {labels_txt} does not exist (needed for split {split!r})")
     else:
         labels = [None] * len(images)
+    names = list_names(images, data_dir)  # never absolute, never "..": outputs stay in -o
     return [
-        Sample(data_dir / img, data_dir / lab if lab else None, str(Path(img).with_suffix("")))
-        for img, lab in zip(images, labels, strict=True)
+        Sample(data_dir / img, data_dir / lab if lab else None, name)
+        for img, lab, name in zip(images, labels, names, strict=True)
     ]
 
 
@@ -279,11 +298,11 @@ def cityscapes_samples(
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
-    found = {}
-    for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."):
-            found[str(p.relative_to(folder).with_suffix(""))] = p
-    return found
+    # no hidden folders (.ipynb_checkpoints), no link loops: FolderWalk
+    return {
+        str(p.relative_to(folder).with_suffix("")): p
+        for p in FolderWalk(folder, IMAGE_EXTENSIONS).files
+    }
 
 
 def folder_samples(

@@ -219,17 +219,15 @@ class ModelCard:
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names from a text file (one per line) or a JSON list."""
+    from drnet.data.text import read_json, read_lines
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DrnetError(f"{path}: cannot read the class names ({exc})") from exc
     if path.suffix.lower() == ".json":
-        names = json.loads(text)
+        names = read_json(path, "class names file")
         if not isinstance(names, list):
             raise DrnetError(f"{path}: expected a JSON list of class names")
         return [str(n) for n in names]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return read_lines(path, "class names file")
 
 
 # ----------------------------------------------------------------------------- runs

@@ -101,11 +101,46 @@ def _cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def cache_path(url: str, hash_prefix: str | None = None) -> Path:
+    """Where :func:`download` keeps ``url``: a folder named by a digest of the whole URL (and
+    the expected hash), holding the file under its own name, so two URLs ending in the same
+    name (``.../a/checkpoint_best.pth``, ``.../b/checkpoint_best.pth``) never share a file."""
+    key = hashlib.sha256(f"{url}\n{(hash_prefix or '').lower()}".encode()).hexdigest()[:16]
+    name = Path(urllib.parse.urlparse(url).path).name or "download.pth"  # ".../" has no name
+    return _cache_dir() / key / name
+
+
+def checkpoint_kind(path: str | Path) -> str | None:
+    """``"torch"`` (a zip archive or a legacy pickle), ``"safetensors"``, or None when the file
+    is something else (an HTML login or error page, a redirect notice, an empty answer)."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "safetensors"
+    return None
+
+
+def _not_a_checkpoint(url: str, path: Path) -> CheckpointError:
+    with open(path, "rb") as handle:
+        head = handle.read(200)
+    text = head.decode("utf-8", "replace").strip()
+    looks = "an HTML page (a login or error page?)" if text[:1] == "<" else "not a checkpoint"
+    shown = " ".join(text.split())[:60]
+    return CheckpointError(
+        f"the download of {url} is {looks}, starting {shown!r}; nothing was cached: check the "
+        "URL (it must serve the .pth/.safetensors file itself)"
+    )
+
+
 def download(url: str, hash_prefix: str | None = None, progress: bool = True) -> Path:
     """Fetch ``url`` into torch.hub's cache (or use the cached copy), verifying ``hash_prefix``.
 
-    ``file://`` URLs are read in place. The download goes to a temporary file that is renamed
-    only once complete and verified, so an interrupted download never leaves a bad file behind.
+    ``file://`` URLs are read in place. The cache is keyed by the whole URL and the hash
+    (:func:`cache_path`). The download goes to a temporary file that is renamed only once
+    complete, verified and recognised as a checkpoint (:func:`checkpoint_kind`), so neither an
+    interrupted download nor an HTML answer is ever cached.
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
@@ -114,15 +149,21 @@ def download(url: str, hash_prefix: str | None = None, progress: bool = True) ->
             raise CheckpointError(f"weight file not found: {path} (from {url})")
         check_hash(path, hash_prefix)
         return path
-    destination = _cache_dir() / Path(parsed.path).name
+    destination = cache_path(url, hash_prefix)
     if destination.is_file():
-        check_hash(destination, hash_prefix)
-        return destination
+        if checkpoint_kind(destination) is not None:
+            check_hash(destination, hash_prefix)
+            return destination
+        destination.unlink()  # left by an older drnet, which cached anything: fetch it again
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, suffix=".partial")
+    handle, temporary = tempfile.mkstemp(
+        dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial"
+    )
     os.close(handle)
     try:
         torch.hub.download_url_to_file(url, temporary, hash_prefix=None, progress=progress)
+        if checkpoint_kind(temporary) is None:
+            raise _not_a_checkpoint(url, Path(temporary))
         check_hash(temporary, hash_prefix)
         os.replace(temporary, destination)
     except (urllib.error.URLError, OSError) as exc:

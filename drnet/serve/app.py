@@ -16,6 +16,7 @@ import email.policy
 import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,31 @@ def page_html() -> bytes:
     return resources.files("drnet.serve").joinpath("static/index.html").read_bytes()
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(host: str) -> frozenset[str]:
+    """The ``Host`` header names (without port) a server bound to ``host`` answers: the
+    loopback names and ``host`` itself. A page on another site can reach a local server
+    through DNS rebinding (its own name resolving to 127.0.0.1), but then sends its own name
+    as ``Host``: refused. Bound to every address (``0.0.0.0``, ``::``), any IP literal and this
+    machine's names are accepted too (an IP literal cannot be rebound)."""
+    import socket
+
+    names = {*LOOPBACK_NAMES, host.strip("[]").lower()}
+    if host in ("", "0.0.0.0", "::"):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names)
+
+
+def host_of(header: str) -> str:
+    """The name part of a ``Host`` header (``[::1]:8000`` -> ``::1``, ``a:80`` -> ``a``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 class DrnetServer(ThreadingHTTPServer):
     """A threading HTTP server holding the models and the one inference worker."""
 
@@ -67,11 +93,31 @@ class DrnetServer(ThreadingHTTPServer):
     def __init__(
         self, address: tuple[str, int], models: Sequence[ServedModel], settings: ServeSettings
     ) -> None:
-        super().__init__(address, RequestHandler)
+        # set before binding: a failed bind calls server_close(), which needs the worker
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drnet-inference")
         self.models = {m.id: m for m in models}
         self.settings = settings
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drnet-inference")
         self.page = page_html()
+        self.allowed_hosts = allowed_hosts(str(address[0]))
+        self.any_address = str(address[0]) in ("", "0.0.0.0", "::")
+        if ":" in str(address[0]):
+            self.address_family = socket.AF_INET6
+        super().__init__(address, RequestHandler)
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request's ``Host`` header names this server (see :func:`allowed_hosts`)."""
+        if not header:
+            return False
+        name = host_of(header)
+        if name in self.allowed_hosts:
+            return True
+        if self.any_address:
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                return False
+        return False
 
     @property
     def url(self) -> str:
@@ -149,13 +195,39 @@ class RequestHandler(BaseHTTPRequestHandler):
     # -- routes -----------------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self._guarded(self._get)
+        if self._request_ok():
+            self._guarded(self._get)
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._guarded(self._get)
+        if self._request_ok():
+            self._guarded(self._get)
 
     def do_POST(self) -> None:  # noqa: N802
-        self._guarded(self._post)
+        if self._request_ok():
+            self._guarded(self._post)
+
+    def _request_ok(self) -> bool:
+        """Answer (and close) a request this server must not serve: a ``Host`` that is not
+        one of its names (421), a body whose length cannot be known (400, 411). Its body is
+        never read, so it can never be taken for a second request."""
+        if not self.server.host_allowed(self.headers.get("Host")):
+            self.close_connection = True
+            self._error(
+                421,
+                f"Host {self.headers.get('Host')!r} is not an address of this server (it "
+                f"answers {', '.join(sorted(self.server.allowed_hosts))}; --host adds one)",
+            )
+            return False
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._error(411, "chunked uploads are not supported: send a Content-Length")
+            return False
+        if len(set(lengths)) > 1 or any(not v.strip().isdigit() for v in lengths):
+            self.close_connection = True
+            self._error(400, f"invalid Content-Length {', '.join(lengths)!r}")
+            return False
+        return True
 
     def _get(self) -> None:
         path = urlsplit(self.path).path
@@ -209,10 +281,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _length(self) -> int:
-        try:
-            return max(0, int(self.headers.get("Content-Length") or 0))
-        except ValueError:
-            return 0
+        return int(self.headers.get("Content-Length") or 0)  # checked by _request_ok
 
     def _upload(self, filename: str | None) -> tuple[bytes, str]:
         """The image bytes and a name for messages: the raw body, or the first file of a

@@ -9,7 +9,6 @@ Accuracies are fractions in ``[0, 1]``; "top-5" means top-``min(5, num_classes)`
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from drnet.data.classification import (
     train_transform,
 )
 from drnet.engine.distributed import resolve_device
+from drnet.engine.rundir import atomic_csv, atomic_save_image, atomic_write_json
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
 from drnet.errors import DataError, DrnetError
 from drnet.metrics import wilson_interval
@@ -285,7 +285,7 @@ def save_confusion_matrix_png(
                 )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    atomic_save_image(image, path)
     return path
 
 
@@ -299,7 +299,7 @@ def write_classification_report(result: ClassificationResult, output_dir: str | 
     metrics = result.metrics()
     metrics["ten_crop"] = result.ten_crop
     totals = result.confusion.sum(dim=1)
-    with (output_dir / "per_class_accuracy.csv").open("w", newline="") as handle:
+    with atomic_csv(output_dir / "per_class_accuracy.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class", "index", "images", "correct", "accuracy"])
         for i, name in enumerate(result.class_names):
@@ -313,7 +313,7 @@ def write_classification_report(result: ClassificationResult, output_dir: str | 
                     "" if accuracy is None else f"{accuracy:.6f}",
                 ]
             )
-    with (output_dir / "confusion_matrix.csv").open("w", newline="") as handle:
+    with atomic_csv(output_dir / "confusion_matrix.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true \\ predicted", *result.class_names])
         for name, row in zip(result.class_names, result.confusion.tolist(), strict=True):
@@ -331,7 +331,7 @@ def write_classification_report(result: ClassificationResult, output_dir: str | 
     metrics["confusion_matrix"] = result.confusion.tolist()
     metrics["class_names"] = list(result.class_names)
     metrics["files"] = files
-    (output_dir / files["metrics"]).write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(output_dir / files["metrics"], metrics)
     return metrics
 
 
@@ -404,8 +404,8 @@ def write_predictions(predictions: Sequence[dict], output_dir: str | Path) -> di
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = output_dir / "predictions.json", output_dir / "predictions.csv"
-    json_path.write_text(json.dumps(list(predictions), indent=2) + "\n")
-    with csv_path.open("w", newline="") as handle:
+    atomic_write_json(json_path, list(predictions))  # a good file never becomes truncated
+    with atomic_csv(csv_path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "rank", "class", "index", "probability"])
         for item in predictions:

@@ -20,7 +20,6 @@ a check of the cell-to-pixel alignment (near 0 when the rule's alignment suits t
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,9 @@ from drnet.data.classification import (
     relative_key,
 )
 from drnet.data.images import SkipBad, relative_names, unique_names
+from drnet.data.text import read_json
 from drnet.engine.distributed import resolve_device
+from drnet.engine.rundir import atomic_csv, atomic_save_image, atomic_write_json
 from drnet.errors import DataError, DrnetError
 from drnet.models.loading import ModelCard
 from drnet.tasks.boxes import (
@@ -543,7 +544,7 @@ def choose_threshold(curve: Sequence[dict]) -> dict:
 
 
 def _write_curve(path: Path, curves: dict[str, list[dict]]) -> None:
-    with path.open("w", newline="") as handle:
+    with atomic_csv(path) as handle:
         writer = csv.writer(handle)
         keys = ["threshold", "top1_loc_err", "top5_loc_err", "gt_known_loc_err", "fallback_rate"]
         writer.writerow(["split", *keys])
@@ -610,7 +611,7 @@ class _OverlayWriter:
         name = _safe_name("__".join(Path(record["image"]).with_suffix("").parts)) + ".png"
         box = torch.tensor(top["box"])
         overlay = bounded_overlay(path, result, int(result.classes[0]), box, gt, [label])
-        overlay.save(self.directory / name)
+        atomic_save_image(overlay, self.directory / name)
         record["overlay"] = f"overlays/{name}"
         self.written += 1
 
@@ -735,8 +736,8 @@ def _write_localization(
     if held_out is not None:
         curves = {"held_out": held_out.curve(), **curves}
     _write_curve(output_dir / CURVE_FILE, curves)
-    (output_dir / BOXES_FILE).write_text(json.dumps(scores.records, indent=1) + "\n")
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(output_dir / BOXES_FILE, scores.records, indent=1)
+    atomic_write_json(output_dir / METRICS_FILE, metrics)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -751,14 +752,15 @@ def read_threshold(value: float | str) -> tuple[float, str | None]:
         pass
     path = Path(str(value))
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "threshold file")
         value = float(data["threshold"])
         if not math.isfinite(value):
             raise ValueError("not finite")
         return value, data.get("threshold_mode")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, DataError) as exc:
         raise DrnetError(
             f"--threshold {value}: expected a number or a {METRICS_FILE} with a 'threshold'"
+            + (f" ({exc})" if isinstance(exc, DataError) else "")
         ) from exc
 
 
@@ -831,7 +833,7 @@ def predict_localization(
             )
             entry["overlay"] = _save_png(overlay, output_dir, f"overlays/{name}", written)
         entries.append(entry)
-    (output_dir / BOXES_FILE).write_text(json.dumps(entries, indent=1) + "\n")
+    atomic_write_json(output_dir / BOXES_FILE, entries, indent=1)
     return entries
 
 
@@ -865,7 +867,7 @@ def _save_png(image: Image.Image, output_dir: Path, stem: str, written: set[str]
         name = f"{stem}-{number}.png"
     written.add(name.casefold())
     (output_dir / name).parent.mkdir(parents=True, exist_ok=True)
-    image.save(output_dir / name)
+    atomic_save_image(image, output_dir / name)
     return name
 
 

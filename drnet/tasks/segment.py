@@ -15,7 +15,6 @@ Library entry points (the CLI ``drnet segment train|eval|predict`` only calls th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,20 +26,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from drnet.constants import IGNORE_INDEX
+from drnet.data.images import FolderWalk, list_names, output_path
 from drnet.data.palettes import colorize, get_palette, overlay
 from drnet.data.segmentation import (
     IMAGE_EXTENSIONS,
     SegmentationDataset,
     dataset_info,
     open_segmentation_dataset,
+    require_labelled_pixels,
 )
+from drnet.data.text import read_lines
 from drnet.data.transforms import segmentation_train_transform
 from drnet.engine import distributed as D
+from drnet.engine.rundir import atomic_write_json
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.metrics import (
@@ -56,7 +58,7 @@ from drnet.models.loading import (
     logits_of,
     resolve_weights,
 )
-from drnet.tasks.segment_infer import DEFAULT_SCALES, predict_probs
+from drnet.tasks.segment_infer import DEFAULT_SCALES, check_window, predict_probs
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +201,12 @@ class SegmentationTask(Task):
         )
 
         def open_split(split: str, transforms=None) -> SegmentationDataset:
-            return open_segmentation_dataset(
+            dataset = open_segmentation_dataset(
                 o.data_dir, split, num_classes, transforms, layout=info["layout"],
                 list_dir=o.list_dir,
             )  # fmt: skip
+            require_labelled_pixels(dataset, split)  # all 255: loss 0, mIoU nan
+            return dataset
 
         transform = segmentation_train_transform(
             o.crop_size, info["mean"], info["std"], o.random_scale, o.random_rotate, o.hflip
@@ -409,6 +413,7 @@ def run_evaluation(
 
     Runs under ``torchrun`` too: each process scores its shard and rank 0 writes the results.
     """
+    check_window(window, stride)  # before the model and the data are read
     ctx = D.init_distributed(device)
     network, card = load_model(
         weights,
@@ -467,8 +472,7 @@ def run_evaluation(
     }
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.json", "w") as f:
-            json.dump(_json_safe(result), f, indent=2)
+        atomic_write_json(out / "metrics.json", _json_safe(result))
         if print_table:
             logger.info("%s", format_iou_table(metrics, names))
         logger.info("wrote %s", out / "metrics.json")
@@ -482,8 +486,10 @@ SAVE_KINDS = ("labels", "color", "overlay")
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
+    from drnet.engine.rundir import atomic_save_image
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    atomic_save_image(array, path)
 
 
 def _save_prediction(
@@ -498,14 +504,14 @@ def _save_prediction(
     written = {}
     dtype = np.uint8 if pred.max(initial=0) < 256 else np.uint16
     if "labels" in save:
-        written["labels"] = out_dir / "labels" / f"{name}.png"
+        written["labels"] = output_path(out_dir, "labels", f"{name}.png")
         _save_png(pred.astype(dtype), written["labels"])
     colours = colorize(pred, palette) if ("color" in save or "overlay" in save) else None
     if "color" in save:
-        written["color"] = out_dir / "color" / f"{name}.png"
+        written["color"] = output_path(out_dir, "color", f"{name}.png")
         _save_png(colours, written["color"])
     if "overlay" in save and image is not None:
-        written["overlay"] = out_dir / "overlay" / f"{name}.png"
+        written["overlay"] = output_path(out_dir, "overlay", f"{name}.png")
         _save_png(overlay(image, colours, alpha), written["overlay"])
     return {k: str(v) for k, v in written.items()}
 
@@ -515,21 +521,18 @@ def collect_inputs(source: str | os.PathLike) -> list[tuple[Path, str]]:
     (``.txt``, one path per line, relative to the list file's folder)."""
     source = Path(source)
     if source.is_dir():
-        found = sorted(
-            p
-            for p in source.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        found = FolderWalk(source, IMAGE_EXTENSIONS).files  # no hidden folders, no link loops
         if not found:
             raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
         return [(p, str(p.relative_to(source).with_suffix(""))) for p in found]
     if not source.is_file():
         raise DataError(f"input {source} does not exist")
     if source.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in source.read_text().splitlines() if ln.strip()]
+        lines = read_lines(source, "list file")
         if not lines:
             raise DataError(f"list file {source} is empty")
-        return [(source.parent / ln, str(Path(ln).with_suffix(""))) for ln in lines]
+        names = list_names(lines, source.parent)  # absolute and ".." entries stay in -o
+        return [(source.parent / ln, name) for ln, name in zip(lines, names, strict=True)]
     return [(source, source.stem)]
 
 

@@ -35,6 +35,20 @@ def model_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def check_window(window: int | Sequence[int] | None, stride: int | Sequence[int] | None) -> None:
+    """Refuse a ``stride`` larger than the ``window`` (:class:`DrnetError`): the rows and
+    columns between two windows would get no prediction (labelled 0, or a crash)."""
+    if window is None or stride is None:
+        return
+    windows = (window, window) if isinstance(window, int) else tuple(window)
+    strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if any(s > w for s, w in zip(strides, windows, strict=True)):
+        raise DrnetError(
+            f"--stride {stride} is larger than --window {window}: the pixels between two "
+            "windows would get no prediction; give a stride of at most the window"
+        )
+
+
 def _window_starts(length: int, window: int, stride: int) -> list[int]:
     if length <= window:
         return [0]
@@ -54,6 +68,7 @@ def sliding_window_probs(
     ``stride`` defaults to two thirds of the window. A window at least as large as the image is
     a single plain forward pass.
     """
+    check_window(window, stride)
     wh, ww = (window, window) if isinstance(window, int) else tuple(window)
     if stride is None:
         sh, sw = max(1, wh * 2 // 3), max(1, ww * 2 // 3)
@@ -215,6 +230,7 @@ def predict_labels(
     if window is None:
         x = ((image.to(device).float() / 255.0 - mean_t) / std_t)[None]
         return predict_probs(model, x, scales, flip)[0].argmax(0).cpu()
+    check_window(window, stride)
     wh, ww = (window, window) if isinstance(window, int) else tuple(window)
     if stride is None:
         stride = (max(1, wh * 2 // 3), max(1, ww * 2 // 3))
@@ -275,6 +291,46 @@ def _band_of(view: _View, rows: range, height: int, width: int) -> torch.Tensor:
 
 # -- predicting files -----------------------------------------------------------------------------
 
+#: Written into the output folder of :func:`predict_files` while it runs, removed when it ends:
+#: a folder holding it is partial (the run was interrupted); running the command again
+#: completes it.
+INCOMPLETE_MARKER = "INCOMPLETE.txt"
+
+
+class IncompleteMarker:
+    """:data:`INCOMPLETE_MARKER` in ``output_dir`` for the length of a ``with`` block, left in
+    place (with a log line saying so) when the block is interrupted or fails."""
+
+    def __init__(self, output_dir: str | Path, command: str) -> None:
+        self.path = Path(output_dir) / INCOMPLETE_MARKER
+        self.command = command
+        self.done = 0
+
+    def __enter__(self) -> IncompleteMarker:
+        from drnet.engine.rundir import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            self.path,
+            f"{self.command} was interrupted before it finished: the files in this folder are "
+            "whole, but some inputs have none yet. Run the same command again to complete "
+            "it.\n",
+        )
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        import logging
+
+        if kind is None:
+            self.path.unlink(missing_ok=True)
+            return
+        logging.getLogger(__name__).error(
+            "%s stopped after %d image(s): %s marks %s as partial (every file written is "
+            "whole); run the command again to complete it",
+            self.command, self.done, self.path.name, self.path.parent,
+        )  # fmt: skip
+
+
 
 def _capped(array: np.ndarray, resample: int) -> np.ndarray:
     height, width = array.shape[:2]
@@ -297,14 +353,16 @@ def save_segmentation(
     """Write ``labels/NAME.png`` (class indices), ``color/NAME.png`` (palette colours) and
     ``overlay/NAME.png`` (colours over the image, at most :data:`OVERLAY_MAX_SIDE` pixels on
     its longer side) as ``save`` asks; returns the written paths."""
+    from drnet.data.images import output_path
     from drnet.data.palettes import colorize, overlay
+    from drnet.engine.rundir import atomic_save_image
 
     written: dict[str, str] = {}
 
     def write(kind: str, array: np.ndarray) -> None:
-        path = output_dir / kind / f"{name}.png"
+        path = output_path(output_dir, kind, f"{name}.png")  # never outside output_dir
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(array).save(path)
+        atomic_save_image(array, path)  # Ctrl-C never leaves a truncated PNG
         written[kind] = str(path)
 
     if "labels" in save:
@@ -356,6 +414,7 @@ def predict_files(
     from drnet.engine.trainer import autocast_context
     from drnet.speed.inference import fast_inference
 
+    check_window(window, stride)
     names = [name for _, name in items]
     if len(set(names)) != len(names):
         raise DrnetError("predict_files: two inputs have the same output name")
@@ -364,18 +423,20 @@ def predict_files(
     palette = get_palette(num_classes)
     output_dir = Path(output_dir)
     results = []
-    for path, name in tqdm(items, desc="predict", unit="img", disable=not progress):
-        try:
-            raw = read_image(path)
-        except (DataError, Image.DecompressionBombError) as exc:
-            if failed is None:
-                raise
-            failed.append((str(path), failure_message(exc)))
-            continue
-        with autocast_context(device, amp):
-            labels = predict_labels(model, raw, mean, std, scales, flip, window, stride, device)
-        image = raw.permute(1, 2, 0).numpy()
-        results.append(
-            save_segmentation(labels.numpy(), image, output_dir, name, palette, save, alpha)
-        )
+    with IncompleteMarker(output_dir, "segment predict") as marker:
+        for path, name in tqdm(items, desc="predict", unit="img", disable=not progress):
+            try:
+                raw = read_image(path)
+            except (DataError, Image.DecompressionBombError) as exc:
+                if failed is None:
+                    raise
+                failed.append((str(path), failure_message(exc)))
+                continue
+            with autocast_context(device, amp):
+                labels = predict_labels(model, raw, mean, std, scales, flip, window, stride, device)
+            image = raw.permute(1, 2, 0).numpy()
+            results.append(
+                save_segmentation(labels.numpy(), image, output_dir, name, palette, save, alpha)
+            )
+            marker.done = len(results)
     return results
