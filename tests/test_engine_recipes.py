@@ -393,9 +393,7 @@ def test_layout_choice_follows_the_measurement_and_is_cached(tmp_path, monkeypat
     model = ConvTask().build_model()
     x = torch.randn(4, 3, 8, 8)
     timings = {False: 1.0, True: 0.5}
-    monkeypatch.setattr(
-        layout_module, "time_training_step", lambda m, s, e, cl, d, steps=3: timings[cl]
-    )
+    monkeypatch.setattr(layout_module, "measure_layouts", lambda *a, **k: dict(timings))
     step = lambda m, inp: m(inp).sum()  # noqa: E731
     chosen, record = layout_module.choose_channels_last(model, step, x, torch.device("cpu"))
     assert chosen is True and record["cached"] is False
@@ -412,11 +410,26 @@ def test_layout_choice_follows_the_measurement_and_is_cached(tmp_path, monkeypat
     assert chosen is False
 
 
+def test_layouts_are_timed_interleaved_on_copies():
+    model = ConvTask().build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def step(m, x):
+        calls.append(x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1)
+        return m(x).sum()
+
+    timed = layout_module.measure_layouts(
+        model, step, torch.randn(4, 3, 8, 8), torch.device("cpu"), steps=2
+    )
+    assert set(timed) == {False, True} and all(t > 0 for t in timed.values())
+    assert calls == [False, True] * 3  # one untimed step each, then alternating
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_auto_layout_is_recorded_and_followed(tmp_path, monkeypatch):
     monkeypatch.setenv("DRNET_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(
-        layout_module, "time_training_step", lambda m, s, e, cl, d, steps=3: 0.5 if cl else 1.0
-    )
+    monkeypatch.setattr(layout_module, "measure_layouts", lambda *a, **k: {False: 1.0, True: 0.5})
     summary = train(ConvTask(), config(tmp_path, epochs=1, channels_last="auto"))
     resolved = json.loads(open(summary["config_json"]).read())
     assert resolved["channels_last"] is True and resolved["layout"]["measured"] is True

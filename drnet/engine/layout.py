@@ -32,6 +32,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 MARGIN = 1.05  # channels-last must be this much faster to be chosen
+STEPS = 5  # timed steps per layout (interleaved), after one untimed step each
 CACHE_FILE = "layouts.json"
 
 
@@ -98,32 +99,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training_step(
+def measure_layouts(
     model: nn.Module,
     step: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     example: torch.Tensor,
-    channels_last: bool,
     device: torch.device,
-    steps: int = 3,
-) -> float:
-    """Median seconds of a forward + backward of ``step(model, x)`` on a copy of ``model``
-    (its weights and statistics stay as they are), after one untimed step."""
-    trial = copy.deepcopy(model).train()
-    x = example
-    if channels_last:
-        trial = trial.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = []
+    layouts: tuple[bool, ...] = (False, True),
+    steps: int = 5,
+) -> dict[bool, float]:
+    """Median seconds per step of each layout, the layouts' steps interleaved (a moment of
+    contention on a shared machine then hits both alike), after one untimed step each."""
+    trials = {}
+    for channels_last in layouts:
+        trial = copy.deepcopy(model).train()
+        x = example
+        if channels_last:
+            trial = trial.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        trials[channels_last] = (trial, x)
+    times: dict[bool, list[float]] = {layout: [] for layout in layouts}
     for i in range(steps + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        trial.zero_grad(set_to_none=True)
-        step(trial, x).backward()
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    del trial
-    return sorted(times)[len(times) // 2]
+        for channels_last, (trial, x) in trials.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            trial.zero_grad(set_to_none=True)
+            step(trial, x).backward()
+            _sync(device)
+            if i:
+                times[channels_last].append(time.perf_counter() - t0)
+    return {layout: sorted(t)[len(t) // 2] for layout, t in times.items()}
 
 
 def choose_channels_last(
@@ -142,8 +146,8 @@ def choose_channels_last(
         cached = _read_cache().get(key)
         if isinstance(cached, dict) and "channels_last" in cached:
             return bool(cached["channels_last"]), {**cached, "cached": True}
-    nchw = time_training_step(model, step, example, False, device)
-    nhwc = time_training_step(model, step, example, True, device)
+    timed = measure_layouts(model, step, example, device, (False, True), STEPS)
+    nchw, nhwc = timed[False], timed[True]
     chosen = nhwc * MARGIN < nchw
     record = {"channels_last": chosen, "nchw_s": round(nchw, 5), "channels_last_s": round(nhwc, 5)}
     if use_cache:

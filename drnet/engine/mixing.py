@@ -42,7 +42,8 @@ class BatchMixer:
         rank: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(seed + 7919 * rank, epoch, iteration))
+            # the CPU generator alone (see drnet.engine.data.SeededDataset._get)
+            torch.default_generator.manual_seed(sample_seed(seed + 7919 * rank, epoch, iteration))
             mixed, soft = self.transform(images, labels)
         return mixed, soft
 
