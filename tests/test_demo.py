@@ -397,3 +397,56 @@ def test_quick_demo_scores_both_box_resolutions(quick_run: Path) -> None:
     low, high = loc["top1_accuracy_ci95"]
     assert low <= loc["top1_accuracy"] <= high
     assert "Cell and pixel boxes on the same model" in (quick_run / "report.html").read_text()
+
+
+def _floors(top1: float, miou: float, loc: float) -> dict:
+    return {
+        "classification_top1": {"value": top1, "ci95": [top1 - 0.03, top1 + 0.03],
+                                "floor": 0.70, "pass": top1 >= 0.70},
+        "localization_top1_vs_prior": {"value": loc, "ci95": [loc - 0.03, loc + 0.03],
+                                       "prior": 0.2, "margin": 0.05, "floor": 0.25,
+                                       "pass": loc >= 0.25},
+        "segmentation_miou": {"value": miou, "ci95": [miou - 0.01, miou + 0.01], "floor": 0.2,
+                              "background_baseline": 0.07, "pass": miou >= 0.2},
+    }  # fmt: skip
+
+
+def test_a_missed_floor_says_why_and_how_to_fix_it() -> None:
+    from drnet.demo.run import DemoConfig, missed_floors
+
+    cls = {"images_seen": 15360, "images_per_s": 101.4}
+    seg = {"images_seen": 2880, "images_per_s": 60.0}
+    missed = missed_floors(_floors(0.596, 0.25, 0.33), cls, seg, DemoConfig(seed=2), 360, [2.1])
+    assert [m["floor"] for m in missed] == ["classification_top1"]
+    why = missed[0]["why"]
+    for part in ("0.596", "0.700", "15,360 training scenes", "101 scenes/s", "torch thread",
+                 "load 2.1", "6 min"):  # fmt: skip
+        assert part in why, part
+    assert missed[0]["fix"] == "drnet demo --budget-minutes 12 --seed 2"
+    assert missed_floors(_floors(0.8, 0.3, 0.5), cls, seg, DemoConfig(), 360, None) == []
+
+
+def test_summary_shows_intervals_and_the_reason_under_a_missed_floor() -> None:
+    from drnet.demo.run import summary_lines
+
+    metrics = {
+        "floors": _floors(0.596, 0.223, 0.333), "drnet_demo": "default", "main_model": "drn_d_22",
+        "wall_seconds": 316, "budget_seconds": 360, "comparison": [{}],
+        "floors_missed": [{"floor": "classification_top1", "why": "because", "fix": "drnet demo"}],
+    }  # fmt: skip
+    lines = summary_lines(metrics, "out")
+    assert "0.596 [0.566, 0.626]" in lines[1] and "BELOW FLOOR" in lines[1]
+    assert "0.223 [0.213, 0.233]" in lines[3]
+    assert "  why: because; fix: drnet demo" in lines
+
+
+@pytest.mark.slow
+def test_quick_demo_explains_missed_floors_in_the_report(quick_run: Path) -> None:
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    text = (quick_run / "report.html").read_text()
+    missed = {m["floor"] for m in metrics["floors_missed"]}
+    assert missed == {k for k, f in metrics["floors"].items() if not f["pass"]}
+    assert ("Why below" in text) == bool(missed)
+    top1 = metrics["floors"]["classification_top1"]
+    low, high = top1["ci95"]
+    assert f"{100 * low:.1f}%, {100 * high:.1f}%" in text  # the interval beside the headline

@@ -70,6 +70,8 @@ OWNED = (METRICS_FILE, REPORT_FILE, "data", "models", "figures", "seeds.json", M
 FLOORS = {"classification_top1": 0.70, "segmentation_miou": 0.20, "localization_margin": 0.05}
 PER_IMAGE_BOX_OVERHEAD_S = 0.003  # PNG decode + box sweep of one localization image (measured)
 REPORT_OVERHEAD_S = 4.0  # activation maps, figures, report
+# the activation probe's canvas at least: final maps of 16x16, where a gridding score can show
+ACTIVATION_CANVAS = 128
 # the engine's own work per iteration (loss sync, schedule, progress bar, checkpoints), beyond
 # the probed step and data pipeline: about 10% on 2 cores
 ENGINE_OVERHEAD = 1.1
@@ -242,8 +244,8 @@ class SceneData:
     loc_dir: Path  # ImageFolder val/ and holdout/ with boxes (drnet data scenes, classification)
     seg_dir: Path  # list-file layout with info.json (drnet data scenes, segmentation)
     item_source: str
-    # val scenes on a canvas twice the training one (items at the training scale): the final
-    # feature maps are 16x16 there, where a gridding score can show (8x8 maps are too small)
+    # val scenes on a canvas of at least ACTIVATION_CANVAS (items at the training scale): the
+    # final feature maps are 16x16 there, where a gridding score can show (6x6 maps are too small)
     activation_probe: ClassificationSceneData | None = None
 
     def cls_train(self, recipe: Recipe, length: int, seed: int) -> ClassificationSceneData:
@@ -343,7 +345,7 @@ def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bo
             ClassificationScenes(
                 "val",
                 _lcm(recipe.activation_images, 10),
-                canvas=2 * recipe.cls_canvas,
+                canvas=max(2 * recipe.cls_canvas, ACTIVATION_CANVAS),
                 scale=recipe.cls_scale,
                 seed=seed,
                 source=source,
