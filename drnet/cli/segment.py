@@ -349,10 +349,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.cli.vocab import load_from_args
     from drnet.data.segmentation import dataset_info
     from drnet.engine.distributed import resolve_device
+    from drnet.tasks.segment import check_save_kinds
     from drnet.tasks.segment_infer import predict_files
 
     if not args.inputs and not (args.data_dir and args.split):
         raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
+    check_save_kinds(args.save)  # before the model is loaded and any image predicted
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "segmentation")
     mean, std = card.mean, card.std
@@ -372,7 +374,7 @@ def run_predict(args: argparse.Namespace) -> int:
         flip=args.flip,
         window=args.window,
         stride=args.stride,
-        save=_save_kinds(args.save),
+        save=args.save,
         alpha=args.alpha,
         amp=args.amp,
         progress=not args.no_progress,
@@ -382,14 +384,3 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     print(f"wrote predictions of {len(results)} image(s) to {args.output_dir}")
     return report_failures(failed, len(results), args.output_dir)
-
-
-def _save_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
-    from drnet.tasks.segment import SAVE_KINDS
-
-    unknown = set(kinds) - set(SAVE_KINDS)
-    if unknown:
-        raise DrnetError(
-            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
-        )
-    return kinds

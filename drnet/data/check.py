@@ -43,6 +43,7 @@ from drnet.data.segmentation import (
     Sample,
     check_label,
     check_label_size,
+    cityscapes_label_hint,
     cityscapes_samples,
     dataset_info,
     detect_layout,
@@ -52,6 +53,7 @@ from drnet.data.segmentation import (
     read_image,
     read_label,
 )
+from drnet.data.walk import broken_link_message, broken_links, image_files
 from drnet.errors import DataError
 
 ERROR, INFO = "error", "info"
@@ -181,6 +183,18 @@ def _check_segmentation_sample(
     except DataError as exc:
         result.problems.append(Problem(str(sample.label), str(exc), ERROR, split))
         return result
+    lossy = _lossy_format(sample.label)
+    if lossy:
+        result.problems.append(
+            Problem(
+                str(sample.label),
+                f"label {sample.label} is a {lossy} file: lossy compression changes class "
+                "indices near edges (wrong classes even where they stay below --num-classes); "
+                "save labels as PNG",
+                ERROR,
+                split,
+            )
+        )
     try:  # the size and the values are checked independently: report both
         if image is not None:
             check_label_size(image, label, sample)
@@ -195,6 +209,18 @@ def _check_segmentation_sample(
     except DataError as exc:
         result.problems.append(Problem(str(sample.label), str(exc), ERROR, split))
     return result
+
+
+def _lossy_format(path: Path) -> str | None:
+    """``"JPEG"`` when the label file at ``path`` is stored lossily (whatever its extension),
+    else None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return "JPEG" if im.format in ("JPEG", "MPO") else None
+    except OSError:
+        return None
 
 
 def _check_classification_image(path: Path, split: str) -> _Result:
@@ -269,12 +295,11 @@ def _segmentation_samples(
             )
         )
     elif unlabeled:
-        hint = (
-            f"; run: drnet data cityscapes-prepare {root}"
-            if layout == "cityscapes"
-            else " (same relative path, any image extension)"
-        )
         for s in unlabeled:
+            if layout == "cityscapes":
+                hint = cityscapes_label_hint(root, root / "leftImg8bit" / split, s.image)
+            else:
+                hint = " (same relative path, any image extension)"
             problems.append(
                 Problem(str(s.image), f"image {s.image} has no label{hint}", ERROR, split)
             )
@@ -301,7 +326,7 @@ def _paired_list_lines(root: Path, split: str, list_dir: Path | None) -> list[Sa
 
 
 def _has_images(folder: Path) -> bool:
-    return any(p.is_file() and p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob("*"))
+    return bool(image_files(folder, IMG_EXTENSIONS))
 
 
 def _imagefolder_splits(root: Path) -> dict[str, Path]:
@@ -321,9 +346,9 @@ def _imagefolder_splits(root: Path) -> dict[str, Path]:
 def _imagefolder_images(split_dir: Path, split: str, problems: list[Problem]) -> list[Path]:
     images = []
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        found = sorted(
-            p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-        )
+        found = image_files(class_dir, IMG_EXTENSIONS)
+        for link, reason in broken_links(class_dir, IMG_EXTENSIONS):
+            problems.append(Problem(str(link), broken_link_message(link, reason), ERROR, split))
         if not found:
             problems.append(
                 Problem(
@@ -538,10 +563,13 @@ def check_dataset(
     report = CheckReport(str(root), layout)
     problems = report.problems
     jobs: list[tuple[str, Callable[[], _Result], Path]] = []  # (split, check, image)
+    known_images: list[Path] = []  # every image box files may name, checked splits or not
 
     if layout == "imagefolder":
         found = _imagefolder_splits(root)
         names = _select_splits(list(found), splits, root, problems)
+        # boxes of the splits not checked (--splits) still name existing images
+        known_images = [p for folder in found.values() for p in image_files(folder, IMG_EXTENSIONS)]
         classes: dict[str, list[str]] = {}
         for split in names:
             images = _imagefolder_images(found[split], split, problems)
@@ -597,7 +625,7 @@ def check_dataset(
             Problem(
                 str(root),
                 f"the number of classes of {root} is unknown (no info.json 'classes'): label "
-                f"values go up to {max_label}; pass --classes N to check them",
+                f"values go up to {max_label}; pass --num-classes N to check them",
                 INFO,
             )
         )
@@ -606,7 +634,7 @@ def check_dataset(
         p for p in _find_box_sources(root) if p not in [Path(b) for b in boxes]
     ]
     if sources:
-        index = _ImageIndex(root, [image for _, _, image in jobs], sizes)
+        index = _ImageIndex(root, known_images or [image for _, _, image in jobs], sizes)
         for source in sources:
             if source.is_dir():
                 found_problems, count = _check_xml_dir(source, index)

@@ -8,6 +8,7 @@ ten-crop testing, the four corner crops, the centre crop and their horizontal fl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torchvision.transforms import v2
 
 from drnet.constants import IMAGENET_MEAN, IMAGENET_STD
 from drnet.data.images import as_rgb, failure_message
+from drnet.data.walk import image_files, is_image_name
 from drnet.errors import DataError
 
 
@@ -138,12 +140,12 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> dataset
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found; expected <root>/<class_name>/<image>")
     try:
-        return datasets.ImageFolder(str(root), transform=transform, loader=load_rgb)
+        return datasets.ImageFolder(
+            str(root), transform=transform, loader=load_rgb, is_valid_file=_is_listed_image
+        )
     except FileNotFoundError as exc:
         empty = sorted(
-            p.name
-            for p in root.iterdir()
-            if p.is_dir() and not any(f.suffix.lower() in IMG_EXTENSIONS for f in p.rglob("*"))
+            p.name for p in root.iterdir() if p.is_dir() and not image_files(p, IMG_EXTENSIONS)
         )
         found = (
             f"class folder(s) without images: {', '.join(empty[:8])}; add images or remove them"
@@ -154,6 +156,12 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> dataset
             f"{root}: {found} (expected <root>/<class_name>/<image>, extensions "
             f"{', '.join(IMG_EXTENSIONS)})"
         ) from exc
+
+
+def _is_listed_image(path: str) -> bool:
+    """ImageFolder's file rule: :func:`drnet.data.walk.is_image_name` (no ``._x.png``). By
+    name, as torchvision lists files: a broken link stays in, so that it is reported."""
+    return is_image_name(os.path.basename(path), IMG_EXTENSIONS)
 
 
 def relative_key(path: str | Path, root: str | Path) -> str:
@@ -167,7 +175,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            images = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+            images = image_files(item, IMG_EXTENSIONS)
             if not images:
                 raise DataError(f"{item}: no images found (extensions {', '.join(IMG_EXTENSIONS)})")
             found.extend(images)

@@ -40,6 +40,7 @@ from drnet.data.segmentation import (
     open_segmentation_dataset,
 )
 from drnet.data.transforms import segmentation_train_transform
+from drnet.data.walk import image_files
 from drnet.engine import distributed as D
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
 from drnet.errors import CheckpointError, DataError, DrnetError
@@ -460,6 +461,23 @@ def run_evaluation(
 SAVE_KINDS = ("labels", "color", "overlay")
 
 
+def check_save_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` (what ``segment predict --save`` writes) when each is one of
+    :data:`SAVE_KINDS` and there is at least one; else :class:`DrnetError` (an empty ``--save``
+    would predict every image and write nothing)."""
+    unknown = set(kinds) - set(SAVE_KINDS)
+    if unknown:
+        raise DrnetError(
+            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
+        )
+    if not kinds:
+        raise DrnetError(
+            f"--save is empty: nothing would be written; give one or more of "
+            f"{', '.join(SAVE_KINDS)} (comma-separated)"
+        )
+    return tuple(kinds)
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
@@ -494,11 +512,7 @@ def collect_inputs(source: str | os.PathLike) -> list[tuple[Path, str]]:
     (``.txt``, one path per line, relative to the list file's folder)."""
     source = Path(source)
     if source.is_dir():
-        found = sorted(
-            p
-            for p in source.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        found = image_files(source, IMAGE_EXTENSIONS)
         if not found:
             raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
         return [(p, str(p.relative_to(source).with_suffix(""))) for p in found]
@@ -553,11 +567,7 @@ def predict_segmentation(
     ``fast``: the inference fast path (see :func:`evaluate_segmentation`). One image at a time
     through :func:`drnet.tasks.segment_infer.predict_files` (memory bounded with ``window``).
     """
-    unknown = set(save) - set(SAVE_KINDS)
-    if unknown:
-        raise DrnetError(
-            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
-        )
+    check_save_kinds(save)
     from drnet.data.images import unique_names
     from drnet.tasks.segment_infer import predict_files
 

@@ -358,7 +358,9 @@ def predict_files(
     from drnet.data.segmentation import read_image
     from drnet.engine.trainer import autocast_context
     from drnet.speed.inference import fast_inference
+    from drnet.tasks.segment import check_save_kinds
 
+    save = check_save_kinds(save)
     names = [name for _, name in items]
     if len(set(names)) != len(names):
         raise DrnetError("predict_files: two inputs have the same output name")
