@@ -242,6 +242,19 @@ def add_output_dir(
         hidden(parser, *old, dest="output_dir", metavar="DIR")
 
 
+#: What a predict command's --overwrite does (drnet.engine.predict_folder has the rule).
+PREDICT_OVERWRITE_HELP = (
+    "write into an -o/--output-dir that holds another predict's results (its predict.json "
+    "names another command or other inputs), deleting the files that predict wrote; without "
+    "it such a folder is refused. The same command on the same inputs needs no flag"
+)
+
+
+def add_predict_overwrite(parser: Container) -> None:
+    """``--overwrite`` of the predict commands (see :data:`PREDICT_OVERWRITE_HELP`)."""
+    parser.add_argument("--overwrite", action="store_true", help=PREDICT_OVERWRITE_HELP)
+
+
 def add_json(parser: Container, what: str) -> None:
     """``--json [PATH]``: write ``what`` as JSON to PATH; with no PATH (or ``-``) print it on
     stdout instead of the text output (the older flag form of ``--json``)."""

@@ -61,6 +61,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -518,6 +519,26 @@ class SceneSummary:
         )
 
 
+# the names the scene writers give files inside their folders (000123.png, 000123.xml), and
+# the temporary files of an atomic write they may have left when interrupted
+_SCENE_FILE = re.compile(r"\d{6}\.(png|xml)|\.\d{6}\.(png|xml)\..+\.tmp")
+
+
+def _foreign_files(out_dir: Path, owned: Sequence[str]) -> list[Path]:
+    """Files inside the folders of ``owned`` that a scene writer would not have written (a
+    user's notes, an image of their own): ``--overwrite`` must not delete them unnamed."""
+    found = []
+    for name in owned:
+        folder = out_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            found += [
+                p
+                for p in sorted(folder.rglob("*"))
+                if not p.is_dir() and not _SCENE_FILE.fullmatch(p.name)
+            ]
+    return found
+
+
 def _prepare_out_dir(out_dir: Path, owned: Sequence[str], overwrite: bool) -> None:
     """Make ``out_dir``; refuse a non-empty one unless it holds earlier scenes and overwrite."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -530,6 +551,14 @@ def _prepare_out_dir(out_dir: Path, owned: Sequence[str], overwrite: bool) -> No
             )
         if not overwrite:
             raise DataError(f"{out_dir}: already holds scenes; pass --overwrite to replace them")
+        foreign = _foreign_files(out_dir, owned)
+        if foreign:
+            shown = ", ".join(str(p.relative_to(out_dir)) for p in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise DataError(
+                f"{out_dir}: --overwrite would delete {len(foreign)} file(s) that drnet data "
+                f"scenes did not write: {shown}{more}; move them out of {out_dir} first"
+            )
         for name in (*owned, MARKER_FILE):
             path = out_dir / name
             if path.is_dir():
