@@ -177,13 +177,14 @@ class RunFolderLock:
 
 def _read_owner(fd: int) -> tuple[str, str]:
     """The pid and kind ("training", "segment predict") another process wrote into the lock
-    file (pid "unknown" while it is being written; kind "process" when not recorded)."""
+    file (pid "unknown" while it is being written; an older drnet, which wrote the pid alone,
+    locked only for training)."""
     try:
         text = os.pread(fd, 128, 0).decode(errors="replace").strip()
     except OSError:
         text = ""
     pid, _, owner = text.partition(" ")
-    return (pid if pid.isdigit() else "unknown"), (owner.strip() or "process")
+    return (pid if pid.isdigit() else "unknown"), (owner.strip() or "training")
 
 
 def claim_run_folder(
