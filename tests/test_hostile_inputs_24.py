@@ -244,6 +244,7 @@ def test_data_check_unknown_split_is_said_once_without_box_errors(tmp_path, caps
     argv = ["data", "scenes", "classification", root, "--train", "10", "--test", "2",
             "--canvas", "48", "--no-progress"]  # fmt: skip
     assert cli(capsys, *argv)[0] == 0
+    (root / "boxes/train/._000000.xml").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # no XML
     for splits in ("foo", "val"):
         rc, out, _ = cli(capsys, "data", "check", root, "--splits", splits, "--no-progress")
         errors = [line for line in out.splitlines() if line.startswith("error:")]

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from drnet.data.walk import visible_files
 from drnet.errors import DataError
 
 BOX_KEYS = ("image", "x1", "y1", "x2", "y2", "label")
@@ -213,7 +214,7 @@ def read_xml_dir(
     directory = Path(directory)
     by_relative: dict[str, Path] = {}
     by_stem: dict[str, Path] = {}
-    for xml in sorted(directory.rglob("*.xml")):
+    for xml in visible_files(directory, "*.xml"):
         by_relative[xml.relative_to(directory).with_suffix("").as_posix()] = xml
         by_stem.setdefault(xml.stem, xml)
     table = {}

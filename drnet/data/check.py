@@ -53,7 +53,7 @@ from drnet.data.segmentation import (
     read_image,
     read_label,
 )
-from drnet.data.walk import broken_link_message, broken_links, image_files
+from drnet.data.walk import broken_link_message, broken_links, image_files, visible_files
 from drnet.errors import DataError
 
 ERROR, INFO = "error", "info"
@@ -457,7 +457,7 @@ def _check_box_table(path: Path, index: _ImageIndex) -> tuple[list[Problem], int
 
 def _check_xml_dir(directory: Path, index: _ImageIndex) -> tuple[list[Problem], int]:
     problems: list[Problem] = []
-    files = sorted(directory.rglob("*.xml"))
+    files = visible_files(directory, "*.xml")
     for xml in files:
         try:
             boxes = read_voc_xml(xml)

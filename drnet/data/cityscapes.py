@@ -17,6 +17,7 @@ from PIL import Image
 # re-exported: drnet.cli.segment imports the Cityscapes statistics from here
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
+from drnet.data.walk import visible_files
 from drnet.errors import DataError
 
 CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
@@ -81,7 +82,7 @@ def prepare_cityscapes(
     for d in dirs:
         if not d.is_dir():
             raise DataError(f"{d} does not exist")
-    files = sorted(p for d in dirs for p in d.rglob("*_gtFine_labelIds.png"))
+    files = sorted(p for d in dirs for p in visible_files(d, "*_gtFine_labelIds.png"))
     if not files:
         raise DataError(f"no *_gtFine_labelIds.png files under {', '.join(map(str, dirs))}")
     lut = train_id_lut()

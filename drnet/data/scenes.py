@@ -75,6 +75,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from drnet.data.walk import visible_files
 from drnet.errors import DataError
 
 __all__ = [
@@ -837,7 +838,7 @@ def read_boxes(data_dir: str | os.PathLike, split: str) -> dict[str, list[tuple]
     xml_dir = data_dir / "boxes" / split
     if not xml_dir.is_dir():
         raise DataError(f"{data_dir}: has neither boxes_{split}.csv nor boxes/{split}/")
-    for xml_path in sorted(xml_dir.rglob("*.xml")):
+    for xml_path in visible_files(xml_dir, "*.xml"):
         try:
             root = ElementTree.parse(xml_path).getroot()
             image = (

@@ -39,7 +39,7 @@ from drnet.constants import (
 from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
 from drnet.data.images import as_rgb, failure_message
 from drnet.data.palettes import CITYSCAPES_CLASSES
-from drnet.data.walk import image_files
+from drnet.data.walk import image_files, visible_files
 from drnet.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -262,7 +262,7 @@ def cityscapes_samples(
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
         raise DataError(f"{image_dir} does not exist (Cityscapes split {split!r})")
-    images = sorted(image_dir.rglob("*_leftImg8bit.png"))
+    images = visible_files(image_dir, "*_leftImg8bit.png")
     if not images:
         raise DataError(f"no *_leftImg8bit.png images under {image_dir}")
     samples = []

@@ -34,6 +34,13 @@ def image_files(folder: str | os.PathLike, extensions: Iterable[str]) -> list[Pa
     return sorted(p for p in Path(folder).rglob("*") if is_image_file(p, extensions))
 
 
+def visible_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """The entries under ``folder`` (recursive) matching the glob ``pattern``
+    (``"*_leftImg8bit.png"``, ``"*.xml"``) that are not hidden (no ``._x.xml``), sorted. Broken
+    links stay in, so that reading them reports them."""
+    return sorted(p for p in Path(folder).rglob(pattern) if not p.name.startswith("."))
+
+
 def broken_links(folder: str | os.PathLike, extensions: Iterable[str]) -> list[tuple[Path, str]]:
     """``(path, reason)`` of every symbolic link under ``folder`` named like an image that
     cannot be read: its target does not exist (``"dangling"``) or it resolves to itself
