@@ -239,8 +239,9 @@ def _check_classification_image(path: Path, split: str) -> _Result:
 def _segmentation_splits(root: Path, layout: str, list_dir: Path | None) -> list[str]:
     if layout == "list":
         folder = list_dir or root
-        names = {p.name[: -len("_images.txt")] for p in folder.glob("*_images.txt")}
-        names |= {p.name[: -len("_labels.txt")] for p in folder.glob("*_labels.txt")}
+        lists = [p.name for p in folder.glob("*_*.txt") if not p.name.startswith(".")]
+        names = {n[: -len("_images.txt")] for n in lists if n.endswith("_images.txt")}
+        names |= {n[: -len("_labels.txt")] for n in lists if n.endswith("_labels.txt")}
         return sorted(names)
     if layout == "cityscapes":
         return sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())
