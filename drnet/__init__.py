@@ -1,14 +1,57 @@
-"""drnet: Dilated Residual Networks (Yu, Koltun, Funkhouser, CVPR 2017)."""
+"""drnet: Dilated Residual Networks (Yu, Koltun, Funkhouser, CVPR 2017).
+
+The public API (:func:`create_model`, :func:`list_models`, ...) is imported on first use
+(PEP 562), so ``import drnet`` and ``drnet --help`` stay cheap: torch is only imported when a
+model is asked for.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from drnet.models import (  # noqa: E402
-    create_model,
-    create_segmentation_model,
-    list_models,
-    load_model,
+# name -> the module that defines it
+_LAZY = {
+    "create_model": "drnet.models.registry",
+    "create_segmentation_model": "drnet.models.registry",
+    "list_models": "drnet.models.registry",
+    "load_model": "drnet.models.loading",
+}
+_SUBPACKAGES = frozenset(
+    {
+        "analysis",
+        "cli",
+        "constants",
+        "data",
+        "demo",
+        "engine",
+        "errors",
+        "metrics",
+        "models",
+        "serve",
+        "speed",
+        "tasks",
+    }
 )
 
 __all__ = ["__version__", "create_model", "create_segmentation_model", "list_models", "load_model"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from drnet.models.loading import load_model
+    from drnet.models.registry import create_model, create_segmentation_model, list_models
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"drnet.{name}")
+    raise AttributeError(f"module 'drnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBPACKAGES)

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY_ARG, TINY_CHANNELS
+from helpers import TINY_ARG, TINY_CHANNELS
 
 from drnet.cli import main
 from drnet.speed.benchmark import BenchmarkConfig, markdown_table, run_benchmark

@@ -422,7 +422,7 @@ def test_json_alone_prints_json_and_json_path_writes_it(tmp_path, capsys):
 
 
 def test_data_check_json_alone_prints_the_report(tmp_path, capsys):
-    from conftest import make_list_dataset
+    from helpers import make_list_dataset
 
     root = make_list_dataset(tmp_path / "d", n_train=2, n_val=1, size=16)
     assert main(["data", "check", str(root), "--json", "--no-progress"]) == 0
@@ -430,17 +430,23 @@ def test_data_check_json_alone_prints_the_report(tmp_path, capsys):
     assert report["errors"] == 0 and report["files_checked"] > 0
 
 
-def test_readme_command_lines_use_the_canonical_flags():
+def test_documented_command_lines_use_the_canonical_flags():
+    """The command lines of README.md and of every page under docs/."""
     from pathlib import Path
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    lines, joined = readme.read_text().splitlines(), []
-    for line in lines:
-        if joined and joined[-1].endswith("\\"):
-            joined[-1] = joined[-1][:-1] + " " + line.strip()
-        elif line.startswith(("drnet ", "torchrun ")):
-            joined.append(line)
-    assert len(joined) > 20
-    for command in joined:
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    assert len(pages) > 10
+    joined = []
+    for page in pages:
+        lines, start = page.read_text().splitlines(), len(joined)
+        for line in lines:
+            if len(joined) > start and joined[-1][1].endswith("\\"):
+                joined[-1] = (page.name, joined[-1][1][:-1] + " " + line.strip())
+            elif line.startswith(("drnet ", "torchrun ")):
+                joined.append((page.name, line))
+    assert len(joined) > 40
+    assert {"README.md", "segmentation.md", "localization.md"} <= {name for name, _ in joined}
+    for name, command in joined:
         tokens = set(command.split("#")[0].split())
-        assert not tokens & RETIRED, command
+        assert not tokens & RETIRED, (name, command)

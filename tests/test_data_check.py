@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import make_imagefolder, make_list_dataset, run_cli, save_image, truncate
+from helpers import make_imagefolder, make_list_dataset, run_cli, save_image, truncate
 
 from drnet.data.check import check_dataset
 

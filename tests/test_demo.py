@@ -26,6 +26,9 @@ from drnet.demo.run import (
 )
 from drnet.errors import DrnetError
 
+# the module-scoped quick demo runs in the set-up of the first test that uses it
+pytestmark = pytest.mark.timeout(600)
+
 # ----------------------------------------------------------------------------- recipes and plans
 
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import run_torchrun
+from helpers import run_torchrun
 
 SCRIPT = textwrap.dedent(
     """

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     CPU,
     TINY_ARG,
     _child_env,
@@ -389,7 +389,7 @@ def test_save_every_checkpoints_mid_epoch_and_rows_cover_the_whole_epoch(tmp_pat
 
 
 def test_save_every_and_dist_timeout_options_are_range_checked(capsys):
-    from conftest import run_cli
+    from helpers import run_cli
 
     for option, value in (("--save-every", "0"), ("--dist-timeout", "0"),
                           ("--dist-timeout", "nan"), ("--dist-timeout", "inf")):  # fmt: skip
@@ -407,7 +407,7 @@ def test_save_every_and_dist_timeout_options_are_range_checked(capsys):
 def test_cli_under_torchrun_records_errors_and_prints_on_rank_0_only(tmp_path, capsys, monkeypatch):
     import json
 
-    from conftest import run_cli
+    from helpers import run_cli
 
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))

@@ -78,7 +78,7 @@ def test_white_noise_scores_zero(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_single_smooth_maps_score_zero(size):
-    # 8x8 is the weak case (DESIGN.md section 4): a wider band there
+    # 8x8 is the weak case (docs/design.md, "The gridding score"): a wider band there
     bound = 0.08 if size == 8 else 0.03
     for sigma in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0):
         for centre in positions(size):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     CPU,
     TINY_ARG,
     _child_env,
@@ -24,7 +24,7 @@ from conftest import (
     save_tiny_model,
     usage_error_line,
 )
-from conftest import run_cli as cli
+from helpers import run_cli as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -324,7 +324,7 @@ def test_data_check_on_a_file(tmp_path, capsys):
 
 
 def test_data_check_checks_the_labels_of_a_split_with_mismatched_lists(tmp_path, capsys):
-    from conftest import make_list_dataset
+    from helpers import make_list_dataset
 
     data = make_list_dataset(tmp_path / "d", n_train=2, n_val=2, size=16)
     (data / "val_labels.txt").write_text("labels/val_0.png\n")  # one line short

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     CPU,
     TINY_ARG,
     make_imagefolder,
@@ -24,7 +24,7 @@ from conftest import (
     save_image,
     save_tiny_model,
 )
-from conftest import run_cli as cli
+from helpers import run_cli as cli
 from PIL import Image
 
 from drnet.engine.rundir import RunFolderLock

@@ -78,7 +78,7 @@ def test_logits_of_every_output_convention():
 def test_commands_refuse_a_checkpoint_of_the_other_task(tmp_path, capsys):
     """`segment predict`/`segment eval` with a classifier (once predicted with an untrained head,
     or blamed the labels) and `classify eval` with a segmenter: one line naming the file."""
-    from conftest import TINY_ARG, make_list_dataset, run_cli, save_tiny_model
+    from helpers import TINY_ARG, make_list_dataset, run_cli, save_tiny_model
 
     data = make_list_dataset(tmp_path / "data")
     classifier, segmenter = tmp_path / "cls.pth", tmp_path / "seg.pth"

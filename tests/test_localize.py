@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHAPE_COLOURS, make_shape_tree
+from helpers import SHAPE_COLOURS, make_shape_tree
 from PIL import Image
 from torch import nn
 

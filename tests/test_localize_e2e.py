@@ -1,6 +1,6 @@
 """End to end through the ``drnet`` command line: train a tiny classifier on a generated tree of
 coloured rectangles with boxes, then classify eval/predict and localize eval/predict, checking the
-files and JSON fields the README documents."""
+files and JSON fields docs/localization.md documents."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_shape_tree, save_tiny_model
+from helpers import make_shape_tree, save_tiny_model
 from PIL import Image
 
 from drnet.cli import main

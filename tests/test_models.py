@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from conftest import TINY_CHANNELS
+from helpers import TINY_CHANNELS
 from torch import nn
 
 import drnet
@@ -14,7 +14,7 @@ from drnet.models.loading import ModelCard, build_model
 from drnet.models.registry import DRN_A_SCHEDULES, SPECS
 from drnet.models.summary import count_flops
 
-# DESIGN.md section 1, with 1000 classes.
+# docs/design.md ("The spec format"): the paper's counts, with 1000 classes.
 PAPER_PARAMS = {
     "drn_c_26": 21_126_584,
     "drn_c_42": 31_234_744,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_CHANNELS
+from helpers import TINY_CHANNELS
 
 import drnet
 from drnet.cli import main

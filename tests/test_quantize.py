@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_ARG, TINY_CHANNELS, relative_error, save_tiny_model
+from helpers import TINY_ARG, TINY_CHANNELS, relative_error, save_tiny_model
 
 import drnet
 from drnet.errors import DrnetError

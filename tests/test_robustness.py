@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     CPU,
     TINY_ARG,
     make_imagefolder,
@@ -22,7 +22,7 @@ from conftest import (
     truncate,
     usage_error_line,
 )
-from conftest import run_cli as cli
+from helpers import run_cli as cli
 from PIL import Image
 
 from drnet.cli import main

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CPU, TINY_ARG, make_imagefolder, make_list_dataset, one_error_line, truncate
-from conftest import run_cli as cli
+from helpers import CPU, TINY_ARG, make_imagefolder, make_list_dataset, one_error_line, truncate
+from helpers import run_cli as cli
 
 from drnet.cli import main
 from drnet.engine import rundir

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_list_dataset, save_image
+from helpers import make_list_dataset, save_image
 from PIL import Image
 from torchvision import tv_tensors
 

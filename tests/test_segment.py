@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CHANNELS, make_list_dataset
+from helpers import TINY_CHANNELS, make_list_dataset
 from PIL import Image
 
 import drnet
@@ -271,3 +271,63 @@ def test_eval_fast_path_gives_the_eager_numbers(trained, data_dir, tmp_path):
     ]
     assert results[0]["confusion_matrix"] == results[1]["confusion_matrix"]
     assert results[0]["miou"] == pytest.approx(results[1]["miou"])
+
+
+class _MixedSizes(torch.utils.data.Dataset):
+    """Five random images: three 32 x 32, then two 24 x 40 (labels 0..2, some ignored)."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        sizes = [(32, 32)] * 3 + [(24, 40)] * 2
+        self.items = [
+            (torch.randn(3, h, w, generator=gen), torch.randint(0, 4, (h, w), generator=gen))
+            for h, w in sizes
+        ]
+        for _, label in self.items:
+            label[label == 3] = 255
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def name(self, i: int) -> str:
+        return f"image_{i}"
+
+
+def test_eval_batches_consecutive_images_of_one_size():
+    """``batch_size`` groups consecutive images of one size; the numbers are the one-by-one
+    numbers."""
+    from drnet.tasks.segment import evaluate_segmentation
+
+    torch.manual_seed(0)
+    model = drnet.create_segmentation_model("drn_d_22", num_classes=3, channels=TINY_CHANNELS)
+    batches = []
+    model.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[0].shape[0]))
+    dataset = _MixedSizes()
+    one = evaluate_segmentation(model, dataset, fast=False, batch_size=1)
+    assert batches == [1, 1, 1, 1, 1]
+    batches.clear()
+    grouped = evaluate_segmentation(model, dataset, fast=False, batch_size=2)
+    assert batches == [2, 1, 2]  # never two sizes in one batch
+    assert grouped["confusion_matrix"] == one["confusion_matrix"]
+    assert grouped["miou"] == pytest.approx(one["miou"]) and grouped["num_images"] == 5
+
+
+def test_cli_eval_batch_size(data_dir, tmp_path, capsys):
+    from helpers import TINY_ARG, run_cli, save_tiny_model
+
+    weights = tmp_path / "tiny.pth"
+    save_tiny_model(weights, 3, segmentation=True)
+    common = ["--weights", weights, "--model", "drn_d_22", "--channels", TINY_ARG,
+              "--device", "cpu", "--no-progress", "-j", "0"]  # fmt: skip
+    matrices = []
+    for flag in ([], ["-b", "2"], ["--batch", "2"]):  # --batch: the hidden old spelling
+        out = tmp_path / f"eval{len(matrices)}"
+        rc, stdout, err = run_cli(capsys, "segment", "eval", data_dir, *common, *flag, "-o", out)
+        assert rc == 0 and "mIoU" in stdout, err
+        matrices.append(json.loads((out / "metrics.json").read_text())["confusion_matrix"])
+    assert matrices[0] == matrices[1] == matrices[2]

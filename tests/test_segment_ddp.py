@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_list_dataset, run_torchrun
+from helpers import make_list_dataset, run_torchrun
 
 from drnet.engine import load_checkpoint
 from drnet.tasks.segment import run_evaluation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CHANNELS
+from helpers import TINY_CHANNELS
 from torch import nn
 
 import drnet

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_CHANNELS, _child_env, save_tiny_model
+from helpers import REPO, TINY_CHANNELS, _child_env, save_tiny_model
 from PIL import Image
 
 from drnet.models.loading import ModelCard, load_model
@@ -402,7 +402,7 @@ def test_cli_serves_runs_side_by_side(runs, tmp_path):
 
 
 def test_cli_needs_weights(capsys):
-    from conftest import run_cli
+    from helpers import run_cli
 
     rc, _, err = run_cli(capsys, "serve", "--port", "0")
     assert rc == 2 and "--weights" in err

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CHANNELS, relative_error
+from helpers import TINY_CHANNELS, relative_error
 from torch import nn
 
 import drnet

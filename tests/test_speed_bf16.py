@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from conftest import relative_error
+from helpers import relative_error
 from test_speed import randomize_batchnorm, tiny_channels
 
 import drnet

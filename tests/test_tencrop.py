@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, TINY_ARG, make_imagefolder, run_cli, save_tiny_model
+from helpers import CPU, TINY_ARG, make_imagefolder, run_cli, save_tiny_model
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_CHANNELS
+from helpers import TINY_CHANNELS
 
 import drnet
 from drnet.errors import CheckpointError, DrnetError

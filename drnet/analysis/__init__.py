@@ -1,4 +1,5 @@
-"""Analysis tools: the gridding score and per-level activation maps (DESIGN.md section 4)."""
+"""Analysis tools: the gridding score and per-level activation maps (docs/design.md, "The
+gridding score")."""
 
 from drnet.analysis.activations import (
     activation_image,

@@ -21,9 +21,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from torch.distributed import DistError
-from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
-
 from drnet.errors import DrnetError
 
 # Order is the order shown by ``drnet --help``.
@@ -317,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     process).
     """
     if os.environ.get(_UNDER_TORCHRUN):  # record() also turns on faulthandler: only there
+        from torch.distributed.elastic.multiprocessing.errors import record
+
         return record(_main)(argv)
     return _main(argv)
 
@@ -353,6 +352,8 @@ COLLATERAL_DELAY_S = 2.0  # see _run
 def _record_for_torchrun(exc: BaseException) -> None:
     """Write ``exc`` to torchrun's error file (caught errors too: that names the failing rank)."""
     if os.environ.get(_UNDER_TORCHRUN):
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
         get_error_handler().record_exception(exc)
 
 
@@ -360,6 +361,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2 if args.command is None else 0
+    # The library is imported only here, once a command runs: building the parser and --help
+    # never import torch (tests/test_cli_startup.py)
     from PIL import Image
 
     from drnet.data import images
@@ -377,7 +380,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _record_for_torchrun(exc)
         print(f"drnet: error: {_error_line(exc)}", file=sys.stderr)
         return 2
-    except DistError as exc:
+    except Exception as exc:
+        if not _lost_other_processes(exc):
+            raise
         # Another process of the torchrun job failed (or hung) and this one lost it. torchrun
         # blames the first process it sees exit, so this one waits: the real failure comes first.
         if args.debug:
@@ -392,6 +397,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     finally:
         images.set_max_pixels(budget)
     return int(result or 0)
+
+
+def _lost_other_processes(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.distributed's ``DistError`` (only possible once a command has
+    imported torch.distributed, so an argument error never imports it)."""
+    distributed = sys.modules.get("torch.distributed")
+    return distributed is not None and isinstance(exc, distributed.DistError)
 
 
 def _error_line(exc: BaseException) -> str:

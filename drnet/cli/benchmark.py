@@ -17,7 +17,7 @@ from drnet.cli.vocab import (
     add_output_dir,
     add_weights,
 )
-from drnet.speed.benchmark import INFERENCE_VARIANTS, TRAINING_VARIANTS
+from drnet.constants import INFERENCE_VARIANTS, TRAINING_VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--train-variants",
         type=_names(TRAINING_VARIANTS),
-        default=("eager", "channels_last", "grad_checkpoint"),
+        default=("eager", "engine", "channels_last", "grad_checkpoint"),
         help=f"training variants ({', '.join(TRAINING_VARIANTS)}; amp and bf16: autocast on GPU, "
         "or bf16 + channels_last on CPUs with native bf16, skipped elsewhere)",
     )

@@ -38,6 +38,7 @@ from drnet.cli.vocab import (
     group,
     load_from_args,
 )
+from drnet.constants import AUTO_AUGMENT_POLICIES
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         lr_mode="step",
         lr_step=30,
     )
+    train.add_argument(
+        "--auto-augment",
+        choices=AUTO_AUGMENT_POLICIES,
+        help="automatic augmentation after the crop and flip, as torchvision's reference "
+        "names it: ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, or an AutoAugment "
+        "policy (imagenet, cifar10, svhn); default none",
+    )
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser(
@@ -202,6 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
         crop_size=args.crop_size,
         resize_size=args.resize_size,
         min_scale=args.crop_scale,
+        auto_augment=args.auto_augment,
     )
     if task.card.num_classes == 1:
         log.warning(

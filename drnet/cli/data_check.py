@@ -14,7 +14,7 @@ from drnet.cli.vocab import (
     hidden,
     write_json,
 )
-from drnet.data.check import LAYOUTS
+from drnet.constants import DATA_CHECK_LAYOUTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data(parser, "dataset root")
     parser.add_argument(
-        "--layout", choices=LAYOUTS, default="auto", help="dataset layout; auto detects it"
+        "--layout",
+        choices=DATA_CHECK_LAYOUTS,
+        default="auto",
+        help="dataset layout; auto detects it",
     )
     add_num_classes(
         parser,

@@ -26,7 +26,7 @@ Items come from --fashion-mnist DIR (the four canonical idx .gz files), else $DR
 else /usr/share/datasets/fashion-mnist/ (Debian's dataset-fashion-mnist), else the subset packaged
 with drnet (800 training and 200 test items per class); --fashion-mnist packaged forces the subset.
 Train scenes use training items only, val scenes test items only; the same arguments and item
-source always give byte-identical files. See README.md, "Built-in data", for the formats.
+source always give byte-identical files. See docs/data.md, "Scenes", for the formats.
 """
 
 

@@ -16,11 +16,21 @@ from drnet.cli import (
     report_failures,
 )
 from drnet.cli.classify import CROP_RANGE, add_inference_arguments, add_model_arguments
-from drnet.cli.vocab import add_data, add_predict_overwrite, load_from_args
-from drnet.data.images import NAMES_HELP
+from drnet.cli.vocab import NAMES_HELP, add_data, add_predict_overwrite, load_from_args
+from drnet.constants import (
+    BOX_RESOLUTIONS,
+    DEFAULT_BOX_RESOLUTION,
+    MAX_INPUT_PIXELS,
+    MAX_INPUT_SIDE,
+    OVERLAY_MAX_SIDE,
+)
 from drnet.errors import DrnetError
-from drnet.tasks.boxes import BOX_RESOLUTIONS, DEFAULT_BOX_RESOLUTION
-from drnet.tasks.localize import SIZE_HELP
+
+SIZE_HELP = (
+    f"The network input is scaled down to at most {MAX_INPUT_PIXELS:,} pixels and "
+    f"{MAX_INPUT_SIDE} px a side (boxes still refer to the original image); overlays and "
+    f"heatmaps are drawn at most {OVERLAY_MAX_SIDE} px on their longer side."
+)
 
 RULE = (
     "Box rule (the paper's): for a predicted class c, the smallest box enclosing every position "

@@ -6,7 +6,6 @@ import argparse
 
 from drnet.cli import positive_int
 from drnet.cli.vocab import add_json, write_json
-from drnet.models.summary import model_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drnet.models import list_models
+    from drnet.models.summary import model_table
 
     names = list_models(args.filter)
     if not names:

@@ -25,7 +25,9 @@ from drnet.cli import (
 )
 from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.cli.vocab import (
+    NAMES_HELP,
     Parser,
+    add_batch_size,
     add_channels,
     add_data,
     add_device,
@@ -43,9 +45,8 @@ from drnet.cli.vocab import (
     group,
     hidden,
 )
-from drnet.data.images import NAMES_HELP, relative_names, unique_names
+from drnet.constants import OVERLAY_MAX_SIDE
 from drnet.errors import DrnetError
-from drnet.tasks.segment_infer import OVERLAY_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_model_arguments(evaluate, training=False)
     _add_inference_arguments(evaluate)
     add_workers(evaluate, 2)
+    add_batch_size(
+        evaluate,
+        1,
+        "images per forward pass: consecutive images of one size go through the network "
+        "together (memory grows with N)",
+    )
     add_output_dir(evaluate, "runs/segment-eval")
     evaluate.add_argument(
         "--save-predictions", action="store_true", help="also write label and colour PNGs"
@@ -307,6 +314,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model=args.model,
         pretrained=bool(args.pretrained),
         workers=args.workers,
+        batch_size=args.batch_size,
         num_classes=args.num_classes,
         layout=args.layout,
         list_dir=args.list_dir,
@@ -329,6 +337,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _predict_items(args: argparse.Namespace, num_classes: int) -> list:
     """``(path, output name)`` of every input: files and folders named by :data:`NAMES_HELP`,
     list files and --split by their own names, repeats suffixed."""
+    from drnet.data.images import relative_names, unique_names
     from drnet.tasks.segment import collect_inputs, split_inputs
 
     items = []

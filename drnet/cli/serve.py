@@ -16,20 +16,19 @@ from drnet.cli.vocab import (
     hidden,
     load_from_args,
 )
+from drnet.constants import (
+    SEGMENT_MAX_SIDE,
+    SERVE_HOST,
+    SERVE_MAX_PIXELS,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_PORT,
+)
 from drnet.errors import DrnetError
 
 logger = logging.getLogger("drnet")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from drnet.serve.api import SEGMENT_MAX_SIDE
-    from drnet.serve.app import (
-        DEFAULT_HOST,
-        DEFAULT_MAX_PIXELS,
-        DEFAULT_MAX_UPLOAD_MB,
-        DEFAULT_PORT,
-    )
-
     parser = subparsers.add_parser(
         "serve",
         help="a local web page: class maps, boxes, label maps and activations of your images",
@@ -55,20 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     add_no_fast(parser)
     add_dtype(parser, default="auto")
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    parser.add_argument("--host", default=SERVE_HOST, help="address to listen on")
     parser.add_argument(
-        "--port", type=non_negative_int, default=DEFAULT_PORT, help="port; 0 picks a free one"
+        "--port", type=non_negative_int, default=SERVE_PORT, help="port; 0 picks a free one"
     )
     parser.add_argument(
         "--max-upload-mb",
         type=float,
-        default=DEFAULT_MAX_UPLOAD_MB,
+        default=SERVE_MAX_UPLOAD_MB,
         help="largest upload accepted, in MiB",
     )
     parser.add_argument(
         "--max-pixels",
         type=positive_int,
-        default=DEFAULT_MAX_PIXELS,
+        default=SERVE_MAX_PIXELS,
         help="largest image accepted, in pixels (width x height)",
     )
     parser.add_argument(

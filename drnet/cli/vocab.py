@@ -18,11 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from drnet.cli import int_in, list_of, non_negative_int, positive_int
+from drnet.constants import DTYPE_CHOICES
 
 SUPPRESS = argparse.SUPPRESS
 
 # The inference fast path, as every eval/predict command describes it.
 FAST_HELP = "plain eager model instead of the inference fast path (BN folding, fused convs)"
+
+# How every predict command names its outputs (drnet.data.images.relative_names, unique_names)
+NAMES_HELP = (
+    "Output names: each input's path relative to the deepest folder common to all inputs, "
+    "without its extension (d1/x.jpg and d2/x.png -> d1/x, d2/x); inputs that still share a "
+    "name (x.jpg and x.png in one folder) get -2, -3, ... in input order, so no output is "
+    "overwritten."
+)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -341,8 +350,6 @@ DTYPE_HELP = (
 def add_dtype(parser: Container, default: str = "float32", help: str = DTYPE_HELP) -> None:
     """``--dtype auto|float32|bfloat16``: inference precision (see
     :func:`drnet.engine.precision.inference_dtype`)."""
-    from drnet.engine.precision import DTYPE_CHOICES
-
     parser.add_argument(
         "--dtype", choices=DTYPE_CHOICES, default=default, help=f"{help} (default: {default})"
     )

@@ -36,7 +36,7 @@ from typing import Any
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from drnet.constants import IGNORE_INDEX
+from drnet.constants import DATA_CHECK_LAYOUTS, IGNORE_INDEX
 from drnet.data.boxes import BOX_KEYS, _check_box, _read_rows, read_voc_xml
 from drnet.data.classification import load_rgb
 from drnet.data.segmentation import (
@@ -57,7 +57,6 @@ from drnet.data.walk import broken_link_message, broken_links, image_files, visi
 from drnet.errors import DataError
 
 ERROR, INFO = "error", "info"
-LAYOUTS = ("auto", "list", "cityscapes", "folder", "imagefolder")
 LABELED_SPLITS = ("train", "val")  # splits that must have labels (others may be predict-only)
 BOX_DIR_NAMES = ("boxes", "bbox", "Annotations")
 
@@ -557,8 +556,8 @@ def check_dataset(
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist")
     list_dir = Path(list_dir) if list_dir else None
-    if layout not in LAYOUTS:
-        raise DataError(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout not in DATA_CHECK_LAYOUTS:
+        raise DataError(f"--layout {layout!r} is not one of {', '.join(DATA_CHECK_LAYOUTS)}")
     if layout == "auto":
         layout = detect_dataset_layout(root, list_dir)
     report = CheckReport(str(root), layout)

@@ -20,7 +20,7 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from drnet.constants import IMAGENET_MEAN, IMAGENET_STD
+from drnet.constants import AUTO_AUGMENT_POLICIES, IMAGENET_MEAN, IMAGENET_STD
 from drnet.data.images import as_rgb, failure_message
 from drnet.data.walk import image_files, is_image_name
 from drnet.errors import DataError
@@ -49,15 +49,35 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     min_scale: float = 0.08,
+    auto_augment: str | None = None,
 ) -> v2.Compose:
     """RandomResizedCrop to ``crop_size`` (area ``min_scale``..1 of the image, the ImageNet
-    recipe's 0.08 by default) + random horizontal flip, then normalise."""
+    recipe's 0.08 by default) + random horizontal flip, then ``auto_augment`` (see
+    :func:`auto_augment_transform`), then normalise."""
     return v2.Compose(
         [
             v2.RandomResizedCrop(crop_size, scale=(min_scale, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
+            *([auto_augment_transform(auto_augment)] if auto_augment else []),
             *_to_normalized_tensor(mean, std),
         ]
+    )
+
+
+def auto_augment_transform(policy: str) -> v2.Transform:
+    """torchvision's automatic augmentation ``policy``: ``ta_wide`` (TrivialAugmentWide),
+    ``ra`` (RandAugment), ``augmix`` (AugMix), or an AutoAugment policy (``imagenet``,
+    ``cifar10``, ``svhn``). It works on uint8 images, before normalisation."""
+    if policy == "ta_wide":
+        return v2.TrivialAugmentWide()
+    if policy == "ra":
+        return v2.RandAugment()
+    if policy == "augmix":
+        return v2.AugMix()
+    if policy in ("imagenet", "cifar10", "svhn"):
+        return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
+    raise DataError(
+        f"--auto-augment {policy!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}"
     )
 
 

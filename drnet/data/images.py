@@ -98,17 +98,10 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 # -- output names of predict commands -------------------------------------------------------------
 
-NAMES_HELP = (
-    "Output names: each input's path relative to the deepest folder common to all inputs, "
-    "without its extension (d1/x.jpg and d2/x.png -> d1/x, d2/x); inputs that still share a "
-    "name (x.jpg and x.png in one folder) get -2, -3, ... in input order, so no output is "
-    "overwritten."
-)
-
 
 def relative_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Each path relative to the deepest folder common to all of them, without its extension
-    (``/``-separated); see :data:`NAMES_HELP`."""
+    (``/``-separated); :func:`unique_names` then renames repeats."""
     resolved = [Path(os.path.abspath(p)) for p in paths]
     if not resolved:
         return []

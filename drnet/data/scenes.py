@@ -628,7 +628,11 @@ def make_classification_scenes(
         n_test: scenes in ``val/`` (test items only).
         n_holdout: scenes in ``holdout/`` (reserved training items), for choosing thresholds;
             None means ``n_test``.
-        canvas, scale, background, seed, source: see :class:`ClassificationScenes`.
+        canvas: see :class:`ClassificationScenes`.
+        scale: see :class:`ClassificationScenes`.
+        background: see :class:`ClassificationScenes`.
+        seed: see :class:`ClassificationScenes`.
+        source: see :class:`ClassificationScenes`.
         box_format: ``"voc"`` (XML per image), ``"csv"`` (one CSV per split) or ``"both"``.
         overwrite: replace the scenes of an earlier run in ``out_dir``.
         progress: show a tqdm progress bar.
@@ -721,7 +725,12 @@ def make_segmentation_scenes(
         out_dir: output folder; must be new or empty, or hold earlier scenes with ``overwrite``.
         n_train: training scenes (training items only).
         n_test: ``val`` scenes (test items only).
-        canvas, items, scale, background, seed, source: see :class:`SegmentationScenes`.
+        canvas: see :class:`SegmentationScenes`.
+        items: see :class:`SegmentationScenes`.
+        scale: see :class:`SegmentationScenes`.
+        background: see :class:`SegmentationScenes`.
+        seed: see :class:`SegmentationScenes`.
+        source: see :class:`SegmentationScenes`.
         overwrite: replace the scenes of an earlier run in ``out_dir``.
         progress: show a tqdm progress bar.
 

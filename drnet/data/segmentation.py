@@ -116,7 +116,8 @@ class SegmentationDataset(Dataset):
     Args:
         samples: the pairs (``label`` None for unlabeled images: the label is all 255).
         num_classes: labels are checked to lie in ``[0, num_classes)`` or be 255.
-        mean, std: normalisation of this dataset (used by the default transforms and by callers).
+        mean: normalisation of this dataset (used by the default transforms and by callers).
+        std: the same, the standard deviation.
         transforms: callable ``(Image, Mask) -> (image, label)``; default: normalise only.
         class_names: optional names of the classes.
     """

@@ -48,6 +48,12 @@ class Recipe:
     cls_lr: float = 0.1
     cls_lr_mode: str = "cosine"
     cls_weight_decay: float = 1e-4
+    cls_opt: str = "sgd"
+    cls_warmup_epochs: float = 0.0  # linear warm-up from 1% of the lr
+    cls_label_smoothing: float = 0.0
+    cls_ema_decay: float = 0.0  # weight EMA per step (0: none); the demo evaluates the EMA
+    cls_mixup_alpha: float = 0.0
+    cls_cutmix_alpha: float = 0.0
     cls_epochs: int = 8
     cls_val: int = 1000  # val scenes (test items): top-1 and localization are reported on them
     cls_holdout: int = 500  # holdout scenes (reserved training items): the threshold is chosen here
@@ -60,6 +66,10 @@ class Recipe:
     seg_lr: float = 0.05
     seg_lr_mode: str = "poly"
     seg_weight_decay: float = 1e-4
+    seg_opt: str = "sgd"
+    seg_warmup_epochs: float = 0.0
+    seg_label_smoothing: float = 0.0
+    seg_ema_decay: float = 0.0
     seg_epochs: int = 6
     seg_val: int = 300
     seg_monitor: int = 100

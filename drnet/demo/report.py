@@ -253,21 +253,21 @@ def _summary(metrics: dict) -> str:
     rows = [
         [
             "classification top-1 (val scenes, test items)",
-            _pct(c["value"]),
+            _pct(c["value"]) + _interval(c.get("ci95")),
             f"&ge; {_pct(c['floor'], 0)}",
             "",
             verdict(c["pass"]),
         ],
         [
             "top-1 localization accuracy (IoU &gt; 0.5, class right)",
-            _pct(lf["value"]),
+            _pct(lf["value"]) + _interval(lf.get("ci95")),
             f"&ge; prior + {lf['margin'] * 100:.0f} pts = {_pct(lf['floor'])}",
             f"centred box: {_pct(lf['prior'])} (box alone: {_pct(lf['prior_box_only'])})",
             verdict(lf["pass"]),
         ],
         [
             "segmentation mIoU (val scenes)",
-            _pct(s["value"]),
+            _pct(s["value"]) + _interval(s.get("ci95")),
             f"&ge; {_pct(s['floor'], 0)}",
             f"all background: {_pct(s['background_baseline'])}",
             verdict(s["pass"]),
@@ -288,7 +288,14 @@ def _summary(metrics: dict) -> str:
         f"t = {loc['threshold']:.2f} chosen on the holdout scenes; centred-box prior of "
         f"{prior['box_size'][0]:.2f} x {prior['box_size'][1]:.2f} of the image.</p>"
     )
-    return f"<h2>Summary: {_e(metrics['main_model'])}</h2>{quick}{table}{extra}"
+    why = "".join(
+        f'<p class="note why"><b>Why below:</b> {_e(m["why"])}. <b>Fix:</b> '
+        f"<code>{_e(m['fix'])}</code></p>"
+        for m in metrics.get("floors_missed", [])
+    )
+    intervals = '<p class="note">[brackets]: 95% intervals (Wilson for accuracies, bootstrap '
+    intervals += "over images for mIoU).</p>"
+    return f"<h2>Summary: {_e(metrics['main_model'])}</h2>{quick}{table}{why}{intervals}{extra}"
 
 
 def _interval(interval: list[float] | None) -> str:

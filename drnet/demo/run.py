@@ -55,6 +55,7 @@ from drnet.demo.data import (
 )
 from drnet.demo.recipes import Recipe, check_recipe, get_recipe
 from drnet.engine import TrainConfig
+from drnet.engine.checkpoint import CHECKPOINT_EMA, CHECKPOINT_LAST
 from drnet.engine.distributed import resolve_device
 from drnet.engine.precision import amp_dtype, autocast_context
 from drnet.errors import DrnetError
@@ -671,7 +672,8 @@ def _train_run(train_fn, task, train_config: TrainConfig) -> dict:
         "stopped_early": summary["stopped_early"],
         "history": summary["history"],
         "images_seen": summary["samples_seen"],
-        "checkpoint": Path(summary["checkpoint_last"]),
+        # with --model-ema the average is the model the demo evaluates (and builds on)
+        "checkpoint": Path(summary.get("checkpoint_ema") or summary["checkpoint_last"]),
         "run_dir": Path(summary["output_dir"]),
         "seconds": time.monotonic() - t0,
     }
@@ -705,6 +707,7 @@ def _train_config(
     time_limit: float | None,
 ) -> TrainConfig:
     cls = kind == "classification"
+    ema = recipe.cls_ema_decay if cls else recipe.seg_ema_decay
     return TrainConfig(
         output_dir=str(out),
         epochs=recipe.cls_epochs if cls else recipe.seg_epochs,
@@ -712,6 +715,13 @@ def _train_config(
         lr=recipe.cls_lr if cls else recipe.seg_lr,
         lr_mode=recipe.cls_lr_mode if cls else recipe.seg_lr_mode,
         weight_decay=recipe.cls_weight_decay if cls else recipe.seg_weight_decay,
+        opt=recipe.cls_opt if cls else recipe.seg_opt,
+        lr_warmup_epochs=recipe.cls_warmup_epochs if cls else recipe.seg_warmup_epochs,
+        label_smoothing=recipe.cls_label_smoothing if cls else recipe.seg_label_smoothing,
+        model_ema=ema > 0,
+        model_ema_decay=ema or 0.999,
+        mixup_alpha=recipe.cls_mixup_alpha if cls else 0.0,
+        cutmix_alpha=recipe.cls_cutmix_alpha if cls else 0.0,
         momentum=0.9,
         workers=config.workers,
         device=str(device),
@@ -719,7 +729,8 @@ def _train_config(
         seed=config.seed,
         progress=config.progress,
         handle_signals=True,
-        channels_last=use_channels_last(recipe, model_name),
+        # measured by the engine (and cached per machine) where the recipe allows it
+        channels_last="auto" if use_channels_last(recipe, model_name) else False,
         time_limit=time_limit,
         overwrite=True,  # each demo replaces the previous demo's models
     )
@@ -1283,7 +1294,9 @@ def _segmentation_stage(run: _DemoRun, index: int, m: str) -> None:
     planned = run.plan.seg_images * rates[m].seg_train * slowdown
     backbone = None
     if recipe.seg_from_classifier:
-        backbone = run.models_dir / m / "classification" / "checkpoint_last.pth"
+        folder = run.models_dir / m / "classification"
+        ema = folder / CHECKPOINT_EMA  # the classifier the demo evaluated
+        backbone = ema if ema.is_file() else folder / CHECKPOINT_LAST
     _say(f"[5/6] training segmenter {m} ({index + 1}/{len(models)}): ~{_fmt_s(planned)}")
     run_dir = run.models_dir / m / "segmentation"
     with run.clock.stage("segmentation_training"):
@@ -1343,6 +1356,7 @@ def _run_record(run: dict, images: int, images_per_s: float) -> dict:
         "epochs": len(run["history"]),
         "stopped_early": run["stopped_early"],
         "training_seconds": round(run["seconds"], 2),
+        "images_per_s": round(run["images_seen"] / max(run["seconds"], 1e-9), 1),
         "history": run["history"],
         "probed_images_per_s": round(images_per_s, 1),
     }
@@ -1364,17 +1378,20 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
     floors = {
         "classification_top1": {
             "value": cls["top1"],
+            "ci95": cls.get("top1_ci95"),
             "floor": FLOORS["classification_top1"],
             "pass": cls["top1"] >= FLOORS["classification_top1"],
         },
         "segmentation_miou": {
             "value": seg["miou"],
+            "ci95": seg.get("miou_ci95"),
             "floor": FLOORS["segmentation_miou"],
             "background_baseline": seg["background_baseline_miou"],
             "pass": seg["miou"] >= FLOORS["segmentation_miou"],
         },
         "localization_top1_vs_prior": {
             "value": loc["top1_accuracy"],
+            "ci95": loc.get("top1_accuracy_ci95"),
             "prior": prior["top1_accuracy"],
             "prior_box_only": prior["gt_known_accuracy"],
             "margin": FLOORS["localization_margin"],
@@ -1462,10 +1479,53 @@ def _assemble(config, recipe, plan, rates, per_model, data, device, clock, load_
         "segmentation": seg,
         "gridding": top.get("gridding", {}),
         "floors": floors,
+        "floors_missed": missed_floors(floors, cls, seg, config, clock.budget_s, load_start),
         "comparison": comparison,
         "models": public,
         "timings": dict(clock.stages),
     }
+
+
+_FLOOR_WORDS = {
+    "classification_top1": ("classification top-1", "classification"),
+    "localization_top1_vs_prior": ("top-1 localization accuracy", "classification"),
+    "segmentation_miou": ("segmentation mIoU", "segmentation"),
+}
+
+
+def missed_floors(
+    floors: dict, cls: dict, seg: dict, config: DemoConfig, budget_s: float, load: list | None
+) -> list[dict[str, str]]:
+    """For each floor the run missed: one sentence saying why (the training scenes seen, their
+    rate, the machine and its load) and the command that gives the model more training."""
+    from drnet.engine.layout import cpu_signature
+
+    missed = []
+    machine = f"{torch.get_num_threads()} torch thread(s) of {cpu_signature()}"
+    if load:
+        machine += f", load {load[0]:.1f} at the start"
+    minutes = max(2 * budget_s / 60, 1.0)
+    command = f"drnet demo --budget-minutes {minutes:.0f}"
+    if config.seed:
+        command += f" --seed {config.seed}"
+    for key, (label, stage) in _FLOOR_WORDS.items():
+        entry = floors[key]
+        if entry["pass"]:
+            continue
+        run = cls if stage == "classification" else seg
+        seen, rate = run.get("images_seen") or 0, run.get("images_per_s") or 0.0
+        missed.append(
+            {
+                "floor": key,
+                "why": (
+                    f"{label} {entry['value']:.3f} is below its floor {entry['floor']:.3f}: the "
+                    f"{stage} model saw {seen:,} training scenes at {rate:.0f} scenes/s on "
+                    f"{machine}, too few for this budget ({budget_s / 60:.0f} min) on this machine"
+                ),
+                "fix": command,
+            }
+        )
+    return missed
 
 
 def _error_interval(accuracy_interval: list[float] | None) -> list[float] | None:
@@ -1518,16 +1578,21 @@ def summary_lines(metrics: dict, output_dir: str | os.PathLike) -> list[str]:
     def mark(ok: bool) -> str:
         return "ok" if ok else "BELOW FLOOR"
 
+    def value(entry: dict) -> str:
+        interval = entry.get("ci95")
+        shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "[no interval]"
+        return f"{entry['value']:.3f} {shown}"
+
     lines = [
         f"drnet demo ({metrics['drnet_demo']}): {metrics['main_model']}, "
         f"{metrics['wall_seconds']:.0f} s (budget {metrics['budget_seconds']:.0f} s)",
-        f"  classification top-1        {c['value']:.3f}   floor {c['floor']:.2f}   "
-        f"{mark(c['pass'])}",
-        f"  top-1 localization accuracy {lf['value']:.3f}   centred-box prior {lf['prior']:.3f}"
+        f"  classification top-1        {value(c)}   floor {c['floor']:.2f}   {mark(c['pass'])}",
+        f"  top-1 localization accuracy {value(lf)}   centred-box prior {lf['prior']:.3f}"
         f" (+{lf['margin']:.2f} needed)   {mark(lf['pass'])}",
-        f"  segmentation mIoU           {s['value']:.3f}   floor {s['floor']:.2f}   "
+        f"  segmentation mIoU           {value(s)}   floor {s['floor']:.2f}   "
         f"all-background {s['background_baseline']:.3f}   {mark(s['pass'])}",
     ]
+    lines += [f"  why: {m['why']}; fix: {m['fix']}" for m in metrics.get("floors_missed", [])]
     if len(metrics["comparison"]) > 1:
         lines.append("")
         lines.append(

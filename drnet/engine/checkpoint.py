@@ -26,6 +26,7 @@ from drnet.errors import CheckpointError
 
 CHECKPOINT_LAST = "checkpoint_last.pth"
 CHECKPOINT_BEST = "checkpoint_best.pth"
+CHECKPOINT_EMA = "checkpoint_ema.pth"  # the weights' moving average (--model-ema)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from drnet.constants import DTYPE_CHOICES
+
 NATIVE_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -70,7 +72,6 @@ def autocast_context(device: torch.device, amp: bool):
 
 
 #: the ``--dtype`` choices of evaluation and prediction (and the demo)
-DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

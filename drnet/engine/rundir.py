@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".drnet.lock"
 # a folder holding one of these holds a run (model.json alone is left by a start that failed)
-RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "log.csv")
+RUN_FILES = ("checkpoint_last.pth", "checkpoint_best.pth", "checkpoint_ema.pth", "log.csv")
 
 
 def _file_mode() -> int:

@@ -4,6 +4,11 @@
 * ``step``: ``lr * gamma ** (epoch // step)``, the DRN classification schedule (x0.1 every 30).
 * ``cosine``: ``lr * 0.5 * (1 + cos(pi * it / total))``.
 
+A warm-up (``warmup_iters`` > 0, as torchvision's references' ``--lr-warmup-epochs``) runs first:
+``linear`` ramps the factor from ``warmup_decay`` to 1, ``constant`` holds it at ``warmup_decay``;
+the chosen schedule then runs over the remaining iterations (as torchvision's ``SequentialLR`` of
+a ``LinearLR``/``ConstantLR`` and the main schedule does).
+
 The schedule is an :class:`IterationLR`: the lr is a pure function of the step count and of the
 config it was built from, and its ``state_dict`` holds only the step count. A resumed run thus
 continues at the exact position of the interrupted one while following its *current* config
@@ -23,6 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from drnet.errors import DrnetError
 
 LR_MODES = ("poly", "step", "cosine")
+WARMUP_METHODS = ("linear", "constant")
 
 
 @dataclass
@@ -35,9 +41,22 @@ class LRFactor:
     step: int = 30
     gamma: float = 0.1
     power: float = 0.9
+    warmup_iters: int = 0
+    warmup_method: str = "linear"
+    warmup_decay: float = 0.01  # the factor at the first warm-up iteration
 
     def __call__(self, iteration: int) -> float:
-        total = max(1, self.iters_per_epoch * self.epochs)
+        if iteration < self.warmup_iters:
+            if self.warmup_method == "constant":
+                return self.warmup_decay
+            if self.warmup_method != "linear":
+                raise DrnetError(
+                    f"--lr-warmup-method {self.warmup_method!r} is not one of "
+                    f"{', '.join(WARMUP_METHODS)}"
+                )
+            return self.warmup_decay + (1.0 - self.warmup_decay) * iteration / self.warmup_iters
+        iteration -= self.warmup_iters  # the main schedule starts after the warm-up
+        total = max(1, self.iters_per_epoch * self.epochs - self.warmup_iters)
         progress = min(iteration, total) / total
         if self.mode == "poly":
             return (1.0 - progress) ** self.power
@@ -96,8 +115,27 @@ def build_scheduler(
     step: int = 30,
     gamma: float = 0.1,
     power: float = 0.9,
+    warmup_iters: int = 0,
+    warmup_method: str = "linear",
+    warmup_decay: float = 0.01,
 ) -> IterationLR:
-    """A per-iteration scheduler for ``optimizer``; call ``.step()`` after every optimizer step."""
+    """A per-iteration scheduler for ``optimizer``; call ``.step()`` after every optimizer step.
+
+    ``warmup_iters`` iterations of warm-up (``warmup_method``, from ``warmup_decay``) come first,
+    then ``mode`` over the rest of ``iters_per_epoch * epochs``."""
     if mode not in LR_MODES:
         raise DrnetError(f"--lr-mode {mode!r} is not one of {', '.join(LR_MODES)}")
-    return IterationLR(optimizer, LRFactor(mode, iters_per_epoch, epochs, step, gamma, power))
+    if warmup_method not in WARMUP_METHODS:
+        raise DrnetError(
+            f"--lr-warmup-method {warmup_method!r} is not one of {', '.join(WARMUP_METHODS)}"
+        )
+    if warmup_iters < 0 or not 0.0 < warmup_decay <= 1.0:
+        raise DrnetError(
+            f"warm-up needs iterations >= 0 and --lr-warmup-decay in (0, 1]; got {warmup_iters} "
+            f"and {warmup_decay}"
+        )
+    factor = LRFactor(
+        mode, iters_per_epoch, epochs, step, gamma, power, warmup_iters, warmup_method,
+        warmup_decay,
+    )  # fmt: skip
+    return IterationLR(optimizer, factor)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -33,12 +34,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from drnet.engine import distributed as D
 from drnet.engine.checkpoint import (
     CHECKPOINT_BEST,
+    CHECKPOINT_EMA,
     CHECKPOINT_LAST,
     capture_rng_state,
     load_checkpoint,
@@ -46,10 +48,14 @@ from drnet.engine.checkpoint import (
     save_checkpoint,
 )
 from drnet.engine.data import SeededDataset, ShardedSampler, stop_signals_held, worker_init
+from drnet.engine.ema import create_ema
+from drnet.engine.layout import choose_channels_last
+from drnet.engine.mixing import BatchMixer, mixing_enabled
+from drnet.engine.optim import OPTIMIZERS, build_optimizer
 from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
 from drnet.engine.resume_checks import check_resume_position
 from drnet.engine.rundir import RunFolderLock, atomic_write, check_run_folder, claim_run_folder
-from drnet.engine.schedule import IterationLR, build_scheduler
+from drnet.engine.schedule import WARMUP_METHODS, IterationLR, build_scheduler
 from drnet.engine.stop import SIGNAL, SignalFlag, StopCheck
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.models.weights import load_into
@@ -67,10 +73,24 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    opt: str = "sgd"  # "sgd" | "adamw" (see drnet.engine.optim)
+    nesterov: bool = False
     lr_mode: str = "poly"  # "poly" (per iteration, power 0.9) | "step" | "cosine"
     lr_step: int = 30  # epochs between x lr_gamma for "step"
     lr_gamma: float = 0.1
     poly_power: float = 0.9
+    lr_warmup_epochs: float = 0.0  # warm-up length in epochs (fractions allowed) ...
+    lr_warmup_iters: int = 0  # ... or in iterations (wins when > 0)
+    lr_warmup_method: str = "linear"  # "linear" | "constant"
+    lr_warmup_decay: float = 0.01  # the lr factor the warm-up starts from
+    label_smoothing: float = 0.0
+    model_ema: bool = False  # keep an EMA of the weights: evaluated, saved as checkpoint_ema.pth
+    model_ema_decay: float = 0.999  # per update, with timm's warm-up (see drnet.engine.ema)
+    model_ema_steps: int = 1  # iterations between EMA updates
+    model_ema_best: bool = False  # checkpoint_best.pth: the EMA, chosen on the EMA's metric
+    mixup_alpha: float = 0.0  # classification: MixUp (torchvision.transforms.v2)
+    cutmix_alpha: float = 0.0  # classification: CutMix; with both, one per batch at random
+    log_interval: int = 10  # iterations between host syncs (loss, stop votes, progress text)
     workers: int = 2
     device: str = "auto"  # auto -> cuda if available else cpu
     amp: bool = False  # autocast: GPU bf16 (else fp16 + GradScaler), CPU bf16 where native
@@ -80,7 +100,7 @@ class TrainConfig:
     bn_sync: bool = False
     max_iters: int | None = None  # cap on iterations per epoch (tests, quick runs)
     eval_every: int = 1
-    channels_last: bool = False
+    channels_last: bool | str = "auto"  # True | False | "auto" (measured: drnet.engine.layout)
     grad_checkpoint: bool = False  # hook: calls model.set_grad_checkpointing(True) if it exists
     compile: bool = False
     skip_bad_samples: bool = False
@@ -93,6 +113,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: The :class:`TrainConfig` fields that make up a training recipe (the model card keeps them).
+RECIPE_FIELDS = (
+    "epochs", "batch_size", "opt", "lr", "momentum", "nesterov", "weight_decay", "lr_mode",
+    "lr_step", "lr_gamma", "lr_warmup_epochs", "lr_warmup_iters", "lr_warmup_method",
+    "lr_warmup_decay", "label_smoothing", "model_ema", "model_ema_decay", "model_ema_steps",
+    "mixup_alpha", "cutmix_alpha", "amp", "seed",
+)  # fmt: skip
+
+
+def recipe_of(config: TrainConfig) -> dict[str, Any]:
+    """The recipe part of ``config``, for the model card (``model.json``'s ``training``)."""
+    return {name: getattr(config, name) for name in RECIPE_FIELDS}
 
 
 class Task:
@@ -118,8 +152,15 @@ class Task:
     def val_dataset(self) -> Dataset | None:
         return None
 
-    def loss(self, output: Any, target: Any) -> torch.Tensor:
+    def loss(self, output: Any, target: Any, label_smoothing: float = 0.0) -> torch.Tensor:
+        """The training loss. ``target`` may be class probabilities ``[B, classes]`` when the
+        task supports MixUp/CutMix (:meth:`mixing_classes`). A task whose ``loss`` has no
+        ``label_smoothing`` parameter refuses ``--label-smoothing``."""
         raise NotImplementedError
+
+    def mixing_classes(self) -> int | None:
+        """The number of classes MixUp/CutMix mix targets over; None: the task cannot mix."""
+        return None
 
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
@@ -235,8 +276,8 @@ def _train(
         stops = StopCheck(signals, config.time_limit, should_stop, started)
         for epoch in range(run.start_epoch, config.epochs):
             done = _train_one_epoch(run, epoch, stops)
-            if done.cut_short:
-                _save(run, epoch, done.iteration, done.skipped, sums=done.sums())
+            if done.cut_short:  # the EMA file too: a stopped run's average is usable as it is
+                _save(run, epoch, done.iteration, done.skipped, sums=done.sums(), ema_file=True)
                 D.barrier()
                 return _stop(run, done, signals)
             metrics = _evaluate(run, epoch)
@@ -268,6 +309,10 @@ class _Run:
     paths: dict[str, Any]
     resolved: dict[str, Any]  # config.json, and "config" in checkpoints
     model_for_train: nn.Module | None = None  # DDP and/or compiled wrapper of model
+    ema: nn.Module | None = None  # AveragedModel of model (--model-ema)
+    mixer: BatchMixer | None = None  # MixUp/CutMix (--mixup-alpha, --cutmix-alpha)
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # label_smoothing when set
+    best_is_ema: bool = False  # checkpoint_best.pth holds the EMA
     start_epoch: int = 0  # where training starts (a checkpoint's epoch and iteration)
     start_iter: int = 0
     skip_carry: int = 0  # bad samples skipped in the part of an epoch done before a restart
@@ -341,6 +386,40 @@ def _check_config(config: TrainConfig) -> None:
         raise DrnetError(f"--lr must be a finite number >= 0, got {config.lr}")
     if config.time_limit is not None and not config.time_limit >= 0:
         raise DrnetError(f"time_limit must be a number of seconds >= 0, got {config.time_limit}")
+    _check_recipe_options(config)
+
+
+def _check_recipe_options(config: TrainConfig) -> None:
+    """The recipe options (optimizer, warm-up, smoothing, EMA, mixing) in range, by flag name."""
+    if config.opt not in OPTIMIZERS:
+        raise DrnetError(f"--opt {config.opt!r} is not one of {', '.join(OPTIMIZERS)}")
+    if config.lr_warmup_method not in WARMUP_METHODS:
+        raise DrnetError(
+            f"--lr-warmup-method {config.lr_warmup_method!r} is not one of "
+            f"{', '.join(WARMUP_METHODS)}"
+        )
+
+    def refuse(option: str, bound: str, value: float) -> None:
+        raise DrnetError(f"{option} must be {bound}, got {value}")
+
+    for option, value, lowest in (
+        ("--lr-warmup-epochs", config.lr_warmup_epochs, 0),
+        ("--lr-warmup-iters", config.lr_warmup_iters, 0),
+        ("--mixup-alpha", config.mixup_alpha, 0),
+        ("--cutmix-alpha", config.cutmix_alpha, 0),
+        ("--model-ema-steps", config.model_ema_steps, 1),
+        ("--log-interval", config.log_interval, 1),
+    ):
+        if not (math.isfinite(value) and value >= lowest):
+            refuse(option, f">= {lowest}", value)
+    if not 0.0 < config.lr_warmup_decay <= 1.0:
+        refuse("--lr-warmup-decay", "in (0, 1]", config.lr_warmup_decay)
+    if not 0.0 <= config.label_smoothing < 1.0:
+        refuse("--label-smoothing", "in [0, 1)", config.label_smoothing)
+    if not 0.0 <= config.model_ema_decay < 1.0:
+        refuse("--model-ema-decay", "in [0, 1)", config.model_ema_decay)
+    if config.channels_last not in (True, False, "auto"):
+        raise DrnetError(f"channels_last must be True, False or 'auto', got {config.channels_last}")
 
 
 def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
@@ -365,23 +444,29 @@ def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
     )
     iters_per_epoch = _iters_per_epoch(len(train_set), len(sampler), batch_per_rank, config)
     model = task.build_model()
-    if config.channels_last and device.type == "cpu" and not channels_last_is_safe(model):
+    safe = device.type != "cpu" or channels_last_is_safe(model)
+    if config.channels_last is True and not safe:
         _warn(
             ctx,
             "note: --channels-last ignored: this model has a 1x1 stride-2 convolution on fewer "
             "than 16 channels, whose channels-last backward corrupts memory on torch's CPU kernels",
         )
-        config = dataclasses.replace(config, channels_last=False)  # inputs stay NCHW too
+    loss_kwargs = _loss_kwargs(task, config)
+    use_cl = bool(config.channels_last) and safe
+    layout = {"channels_last": use_cl, "measured": False}
+    if config.channels_last == "auto" and safe:
+        use_cl, layout = _measure_layout(task, model, train_set, batch_per_rank, ctx, use_amp)
+    config = dataclasses.replace(config, channels_last=use_cl)  # inputs follow the model
     model = _prepare_model(model, config, ctx)
-    optimizer = torch.optim.SGD(
-        task.optim_parameters(model),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = build_optimizer(
+        task.optim_parameters(model), config.opt, config.lr, config.momentum,
+        config.weight_decay, config.nesterov,
+    )  # fmt: skip
+    warmup_iters = config.lr_warmup_iters or round(config.lr_warmup_epochs * iters_per_epoch)
     scheduler = build_scheduler(
         optimizer, config.lr_mode, iters_per_epoch, config.epochs,
         config.lr_step, config.lr_gamma, config.poly_power,
+        warmup_iters, config.lr_warmup_method, config.lr_warmup_decay,
     )  # fmt: skip
     scaler = torch.amp.GradScaler(
         device.type, enabled=use_amp and amp_dtype(device) == torch.float16
@@ -393,11 +478,70 @@ def _set_up(task: Task, config: TrainConfig, ctx: D.DistributedContext) -> _Run:
         "log_csv": str(out_dir / "log.csv"),
         "config_json": str(out_dir / "config.json"),
     }
+    if config.model_ema:
+        paths["checkpoint_ema"] = str(out_dir / CHECKPOINT_EMA)
     resolved = _resolved_config(task, config, ctx, use_amp, batch_per_rank, iters_per_epoch)
-    return _Run(
+    resolved.update(lr_warmup_iters_resolved=warmup_iters, layout=layout)
+    run = _Run(
         task, config, ctx, use_amp, batch_per_rank, iters_per_epoch, train_set, val_set, sampler,
         model, optimizer, scheduler, scaler, out_dir, paths, resolved,
     )  # fmt: skip
+    run.loss_kwargs = loss_kwargs
+    if config.model_ema:
+        run.ema = create_ema(model, config.model_ema_decay)
+    if mixing_enabled(config.mixup_alpha, config.cutmix_alpha):
+        run.mixer = _mixer(task, config)
+    return run
+
+
+def _loss_kwargs(task: Task, config: TrainConfig) -> dict[str, Any]:
+    """``{"label_smoothing": ...}`` for the task's loss when asked (refused if it cannot)."""
+    if not config.label_smoothing:
+        return {}
+    if "label_smoothing" not in inspect.signature(task.loss).parameters:
+        raise DrnetError(f"--label-smoothing: the {task.name} task's loss does not support it")
+    return {"label_smoothing": config.label_smoothing}
+
+
+def _mixer(task: Task, config: TrainConfig) -> BatchMixer:
+    classes = task.mixing_classes()
+    if not classes:
+        raise DrnetError(
+            f"--mixup-alpha/--cutmix-alpha: the {task.name} task cannot mix its targets "
+            "(classification only)"
+        )
+    return BatchMixer(classes, config.mixup_alpha, config.cutmix_alpha)
+
+
+def _measure_layout(
+    task: Task,
+    model: nn.Module,
+    train_set: SeededDataset,
+    batch_per_rank: int,
+    ctx: D.DistributedContext,
+    use_amp: bool,
+) -> tuple[bool, dict[str, Any]]:
+    """Rank 0 times NCHW against channels-last on the first batch (or reads the cached
+    choice, :mod:`drnet.engine.layout`) and every rank follows it."""
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False, {"channels_last": False, "measured": False}
+    record: dict[str, Any] | None = None
+    if ctx.is_main:
+        collate = task.collate_fn() or default_collate
+        batch = collate([train_set[i] for i in range(min(batch_per_rank, len(train_set)))])
+        inputs, target = task.batch_to_device(batch, ctx.device)
+        probe = model.to(ctx.device)
+
+        def step(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            with autocast_context(ctx.device, use_amp):
+                return task.loss(m(x), target)
+
+        record = {"channels_last": False, "measured": False}
+        if inputs.dim() == 4:
+            _, record = choose_channels_last(probe, step, inputs, ctx.device, use_amp)
+            record = {**record, "measured": True}
+    record = D.broadcast_object(record)
+    return bool(record["channels_last"]), record
 
 
 def _iters_per_epoch(
@@ -561,6 +705,8 @@ def _restore(run: _Run) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("model_ema"):
+        load_into(run.ema, state["model_ema"], strict=True, source=f"--resume {path} (EMA)")
     run.start_epoch, run.start_iter = int(state["epoch"]), int(state.get("iteration", 0))
     run.best_metric, run.best_epoch = state.get("best_metric"), state.get("best_epoch")
     run.skip_carry = int(state.get("skipped_samples") or 0) if run.start_iter else 0
@@ -607,7 +753,13 @@ def _open_logs(
 
 
 def _train_one_epoch(run: _Run, epoch: int, stops: StopCheck) -> _EpochPass:
-    """Train from ``run.start_iter`` to the end of ``epoch``, or until a stop is agreed."""
+    """Train from ``run.start_iter`` to the end of ``epoch``, or until a stop is agreed.
+
+    The host waits for the device (and the processes for each other) only every
+    ``config.log_interval`` iterations, before a checkpoint and at the epoch's end: the losses
+    of the iterations in between are summed then, checked for NaN/inf (the error names the
+    first bad batch) and the stop votes counted. A single process looks at its own stop votes
+    every iteration, which costs no collective."""
     run.train_set.epoch = epoch
     skip_start = run.train_set.skipped_count()
     run.sampler.set_epoch(epoch, start=run.start_iter * run.batch_per_rank)
@@ -618,24 +770,32 @@ def _train_one_epoch(run: _Run, epoch: int, stops: StopCheck) -> _EpochPass:
     if run.epoch_sums:  # resumed mid-epoch: the row covers the part before the restart too
         done.before, done.first_lr = run.epoch_sums, float(run.epoch_sums["first_lr"])
     bar = _progress_bar(run, epoch)
-    t_start = t_last = done.started = time.perf_counter()
+    pending = _PendingLosses(run.config.log_interval)
+    t_start = done.started = time.perf_counter()
     try:
         for batch in batches:
             if done.iteration >= run.iters_per_epoch:
                 break
-            inputs, target = run.task.batch_to_device(batch, run.device, run.config.channels_last)
-            loss, lr, done.stop = _train_step(run, inputs, target, stops, epoch, done.iteration)
+            inputs, target = _prepare_batch(run, batch, epoch, done.iteration)
+            pending.add(_train_step(run, inputs, target, epoch, done.iteration), done.iteration)
             n_batch = run.task.batch_size_of(inputs) * run.ctx.world_size
             done.iteration += 1
             done.iterations += 1
             done.samples += n_batch
-            done.loss_sum += loss * n_batch
-            if bar is not None:
-                t_last = _show_step(bar, t_last, loss, lr, n_batch)
+            save_due = _save_due(run, epoch, done.iteration)
+            sync_due = pending.full() or save_due or done.iteration >= run.iters_per_epoch
+            votes = stops.votes() if sync_due or not run.ctx.is_distributed else None
+            if sync_due or (votes is not None and any(votes)):
+                loss_sum, done.stop = _sync(run, pending, votes, stops, epoch)
+                done.loss_sum += loss_sum * n_batch
+                if bar is not None:
+                    _show_steps(bar, done, pending.last_mean, run.optimizer)
+            elif bar is not None:
+                bar.update(1)
             if done.stop and done.iteration < run.iters_per_epoch:
                 done.cut_short = True
                 break
-            if _save_due(run, epoch, done.iteration):
+            if save_due:
                 skipped = 0
                 if run.config.skip_bad_samples:  # a collective: every rank saves here
                     skipped = run.skip_carry + _skipped_since(run, skip_start)
@@ -655,6 +815,51 @@ def _train_one_epoch(run: _Run, epoch: int, stops: StopCheck) -> _EpochPass:
     return done
 
 
+class _PendingLosses:
+    """The per-iteration losses (device tensors) since the last host sync."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+        self.losses: list[torch.Tensor] = []
+        self.first_iteration = 0
+        self.last_mean = math.nan  # mean loss over processes of the last synced stretch
+
+    def add(self, loss: torch.Tensor, iteration: int) -> None:
+        if not self.losses:
+            self.first_iteration = iteration
+        self.losses.append(loss)
+
+    def full(self) -> bool:
+        return len(self.losses) >= self.interval
+
+
+def _sync(run: _Run, pending: _PendingLosses, votes: list[float], stops: StopCheck, epoch: int):
+    """One host sync and one collective: the pending losses summed over processes (checked for
+    NaN/inf) and this process's stop ``votes``. Returns ``(sum of the mean losses, agreed stop
+    reason)``."""
+    votes = torch.tensor(votes, dtype=torch.float64)
+    losses = torch.stack(pending.losses).to("cpu", torch.float64) if pending.losses else votes[:0]
+    stats = D.all_reduce_sum(torch.cat([losses, votes]))
+    per_step = stats[: len(losses)] / run.ctx.world_size
+    bad = (~torch.isfinite(per_step)).nonzero()
+    if len(bad):
+        index = int(bad[0])
+        raise _non_finite(run, float(per_step[index]), epoch, pending.first_iteration + index)
+    pending.last_mean = float(per_step.mean()) if len(per_step) else math.nan
+    pending.losses = []
+    return float(per_step.sum()), stops.agreed(stats[len(losses) :].tolist())
+
+
+def _prepare_batch(run: _Run, batch, epoch: int, iteration: int):
+    """The batch on the device in the run's layout, mixed (MixUp/CutMix) when asked."""
+    inputs, target = run.task.batch_to_device(batch, run.device, run.config.channels_last)
+    if run.mixer is not None:
+        inputs, target = run.mixer(inputs, target, run.config.seed, epoch, iteration, run.ctx.rank)
+        if run.config.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, target
+
+
 def _save_due(run: _Run, epoch: int, iteration: int) -> bool:
     """Whether ``--save-every`` asks for a checkpoint after ``iteration`` iterations of
     ``epoch`` (counted over the run, so restarts keep the rhythm; an epoch's end always saves)."""
@@ -664,24 +869,22 @@ def _save_due(run: _Run, epoch: int, iteration: int) -> bool:
     return (epoch * run.iters_per_epoch + iteration) % every == 0
 
 
-def _train_step(run: _Run, inputs, target, stops: StopCheck, epoch: int, iteration: int):
-    """Forward, backward, step; returns ``(mean loss over processes, lr used, stop reason)``."""
+def _train_step(run: _Run, inputs, target, epoch: int, iteration: int) -> torch.Tensor:
+    """Forward, backward, step (and the EMA update when due); returns the loss, detached, on
+    the device (no host sync)."""
     with autocast_context(run.device, run.use_amp):
         output = run.model_for_train(inputs)
-        loss = run.task.loss(output, target)
+        loss = run.task.loss(output, target, **run.loss_kwargs)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
-    # one collective per step: the summed loss and every process's votes to stop
-    stats = torch.tensor([loss.detach().float().item(), *stops.votes()], dtype=torch.float64)
-    D.all_reduce_sum(stats)
-    loss_value = stats[0].item() / run.ctx.world_size
-    if not math.isfinite(loss_value):
-        raise _non_finite(run, loss_value, epoch, iteration)
-    lr_used = run.optimizer.param_groups[0]["lr"]
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
-    return loss_value, lr_used, stops.agreed(stats[1:].tolist())
+    if run.ema is not None:
+        step = epoch * run.iters_per_epoch + iteration + 1  # counted over the run: resumable
+        if step % run.config.model_ema_steps == 0:
+            run.ema.update_parameters(run.model)
+    return loss.detach().float()
 
 
 def _loader(run: _Run, epoch: int) -> DataLoader:
@@ -710,12 +913,12 @@ def _progress_bar(run: _Run, epoch: int) -> tqdm | None:
     )
 
 
-def _show_step(bar: tqdm, t_last: float, loss: float, lr: float, n_batch: int) -> float:
-    now = time.perf_counter()
-    dt = max(now - t_last, 1e-9)  # includes data loading
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{n_batch / dt:.1f}", refresh=False)
-    bar.update(1)
-    return now
+def _show_steps(bar: tqdm, done: _EpochPass, loss: float, optimizer) -> None:
+    """The bar after a sync: the last stretch's mean loss, the lr, images/s so far."""
+    rate = done.samples / max(time.perf_counter() - done.started, 1e-9)  # data loading included
+    lr = optimizer.param_groups[0]["lr"]
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.1f}", refresh=False)
+    bar.update(done.iteration - bar.n)
 
 
 def _skipped_since(run: _Run, start: int) -> int:
@@ -743,6 +946,8 @@ def _non_finite(run: _Run, loss: float, epoch: int, iteration: int) -> DrnetErro
 def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
     """The task's metrics on the validation set when due (empty dict otherwise)."""
     D.broadcast_buffers(run.model)  # every rank evaluates and saves rank 0's statistics
+    if run.ema is not None:
+        D.broadcast_buffers(run.ema)
     config = run.config
     due = (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == config.epochs
     if run.val_set is None or not due:
@@ -751,6 +956,9 @@ def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if run.task.distributed_eval or run.ctx.is_main:
         metrics = run.task.evaluate(run.model, run.val_set, config, run.device)
+        if run.ema is not None:  # the average, under the same names with "ema_" in front
+            ema_metrics = run.task.evaluate(run.ema.module, run.val_set, config, run.device)
+            metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
     D.barrier()
     run.model.train()
     run.last_metrics = metrics
@@ -760,7 +968,8 @@ def _evaluate(run: _Run, epoch: int) -> dict[str, float]:
 def _log_epoch(run: _Run, done: _EpochPass, metrics: dict[str, float]) -> None:
     """Track the best metric; rank 0 checkpoints, appends to ``log.csv`` and logs the epoch."""
     epoch = done.epoch + 1
-    value = metrics.get(run.task.main_metric)
+    prefix = "ema_" if run.ema is not None and run.config.model_ema_best else ""
+    value = metrics.get(prefix + run.task.main_metric)
     is_best = value is not None and (  # a nan best (e.g. mIoU of no pixels) is beaten by any value
         run.best_metric is None or math.isnan(run.best_metric) or value > run.best_metric
     )
@@ -789,6 +998,7 @@ def _save(
     skipped: int = 0,
     best: bool = False,
     sums: dict[str, float] | None = None,
+    ema_file: bool | None = None,
 ) -> None:
     """Rank 0 writes ``checkpoint_last.pth`` (and ``checkpoint_best.pth`` when ``best``):
     ``epoch`` epochs and ``iteration`` more iterations done, ``skipped`` bad samples in them;
@@ -810,9 +1020,19 @@ def _save(
         "skipped_samples": skipped,  # inside a partly done epoch
         "epoch_sums": sums if iteration else None,
     }
+    if run.ema is not None:
+        state["model_ema"] = run.ema.state_dict()  # the average and its update count
     save_checkpoint(state, run.paths["checkpoint_last"])
+    ema_state = None
+    if ema_file is None:
+        ema_file = not iteration  # epoch ends (and stops): the average as a model of its own
+    if run.ema is not None and ema_file:
+        ema_state = {k: v for k, v in state.items() if k != "model_ema"}
+        ema_state.update(model=run.ema.module.state_dict(), ema=True)
+        save_checkpoint(ema_state, run.paths["checkpoint_ema"])
     if best:
-        save_checkpoint(state, run.out_dir / CHECKPOINT_BEST)
+        use_ema = ema_state is not None and run.config.model_ema_best
+        save_checkpoint(ema_state if use_ema else state, run.out_dir / CHECKPOINT_BEST)
 
 
 # ------------------------------------------------------------------------------ the end

@@ -1,9 +1,9 @@
 """The one builder: turns a :class:`~drnet.models.spec.ModelSpec` into a network.
 
-The module names reproduce the official key layouts (DESIGN.md section 2): DRN-C and the
-torchvision ResNets name their stem ``conv1``/``bn1``, DRN-D calls it ``layer0``; levels are
-``layer1`` ... ``layerN``; the classifier is ``fc`` (a 1x1 conv for DRN-B/C/D, a Linear for ResNet
-and DRN-A).
+The module names reproduce the official key layouts (docs/design.md, "Checkpoint keys"): DRN-C
+and the torchvision ResNets name their stem ``conv1``/``bn1``, DRN-D calls it ``layer0``; levels
+are ``layer1`` ... ``layerN``; the classifier is ``fc`` (a 1x1 conv for DRN-B/C/D, a Linear for
+ResNet and DRN-A).
 """
 
 from __future__ import annotations

@@ -149,6 +149,7 @@ class ModelCard:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     crop_size: int | None = 224
     resize_size: int | None = 256
+    training: dict[str, Any] | None = None  # the recipe it was trained with (engine.recipe_of)
 
     def __post_init__(self) -> None:
         self.task = _TASK_ALIASES.get(self.task, self.task)
@@ -425,8 +426,10 @@ def load_model(
             (ImageNet, or Cityscapes for ``task="segmentation"``).
         task: ``"classification"`` or ``"segmentation"``: what the caller needs; a checkpoint of
             the other task is refused with one line.
-        num_classes, channels, class_names: for checkpoints that do not record them (checked
-            against the checkpoint when it does).
+        num_classes: for checkpoints that do not record it (checked against the checkpoint
+            when it does); ``channels`` and ``class_names`` likewise.
+        channels: see ``num_classes``.
+        class_names: see ``num_classes``.
         default_model: the architecture of a checkpoint that records none when ``model`` is not
             given (the default of commands that always assumed one, e.g. ``drn_d_22``).
     """

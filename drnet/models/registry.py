@@ -46,7 +46,7 @@ RESNET_CHANNELS = (64, 128, 256, 512)
 
 
 def drn_spec(family: str, layers: Sequence[int], block: str = "basic") -> ModelSpec:
-    """DRN-B/C/D: eight levels, output stride 8 (DESIGN.md section 1).
+    """DRN-B/C/D: eight levels, output stride 8 (docs/design.md, "The spec format").
 
     Levels 5 and 6 dilate every conv by 2 and 4 (the released code; the paper draws the first
     conv of level 6 with dilation 2, which is ``first_dilation=(2, 4)`` on that level).
@@ -373,7 +373,8 @@ def create_segmentation_model(
         pretrained: load the published segmentation weights (``True``/"cityscapes").
         backbone_checkpoint: a classification checkpoint for the backbone.
         output: ``"dict"`` -> ``{"out": logits}``; ``"official"`` -> ``(log_softmax, low-res)``.
-        channels, width_mult: backbone widths (see :func:`create_model`).
+        channels: backbone widths (see :func:`create_model`).
+        width_mult: backbone width multiplier (see :func:`create_model`).
     """
     model_backbone = create_model(
         backbone,

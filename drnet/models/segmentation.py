@@ -1,4 +1,4 @@
-"""DRNSeg: a DRN backbone, a 1x1 ``seg`` classifier and a fixed bilinear ``up`` (DESIGN.md 3).
+"""DRNSeg: a DRN backbone, a 1x1 ``seg`` classifier and a fixed bilinear ``up`` (docs/design.md).
 
 State-dict layout is the official one: ``base.<k>.*`` (the backbone without pool and fc),
 ``seg.weight``/``seg.bias`` and ``up.weight``.

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
+from drnet.constants import SEGMENT_MAX_SIDE
 from drnet.data.images import as_rgb
 from drnet.errors import DrnetError
 from drnet.models.loading import ModelCard
@@ -45,7 +46,6 @@ MIN_SIDE = 8  # one cell of the stride-8 class map
 # float32); a larger head (ImageNet's 1000 classes) sends its top-k classes only
 MAX_MAP_VALUES = 1 << 20
 ACTIVATION_SIDE = 512  # activations are collected on the input reduced to this longer side
-SEGMENT_MAX_SIDE = 1024  # default: larger images are reduced before the segmenter
 BOX_FALLBACK = "peak"
 BOX_MODE = "minmax"
 

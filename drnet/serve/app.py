@@ -25,9 +25,15 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from drnet.constants import (
+    SEGMENT_MAX_SIDE,
+    SERVE_HOST,
+    SERVE_MAX_PIXELS,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_PORT,
+)
 from drnet.serve.api import (
     DEFAULT_THRESHOLD,
-    SEGMENT_MAX_SIDE,
     TOP_K,
     ServedModel,
     UploadError,
@@ -37,18 +43,13 @@ from drnet.serve.api import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_MAX_UPLOAD_MB = 20.0
-DEFAULT_MAX_PIXELS = 12_000_000  # a 12 MP phone photo
-
 
 @dataclass
 class ServeSettings:
     """Limits and defaults of one server."""
 
-    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_upload_bytes: int = int(SERVE_MAX_UPLOAD_MB * 1024 * 1024)
+    max_pixels: int = SERVE_MAX_PIXELS
     threshold: float = DEFAULT_THRESHOLD
     max_side: int | None = SEGMENT_MAX_SIDE
 
@@ -268,8 +269,8 @@ def is_loopback(host: str) -> bool:
 
 def make_server(
     models: Sequence[ServedModel],
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = SERVE_HOST,
+    port: int = SERVE_PORT,
     settings: ServeSettings | None = None,
 ) -> DrnetServer:
     """A server bound to ``host:port`` (port 0: a free one; see ``server.url``), not yet

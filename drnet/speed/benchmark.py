@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import drnet
-from drnet.constants import IGNORE_INDEX
+from drnet.constants import IGNORE_INDEX, INFERENCE_VARIANTS, TRAINING_VARIANTS
+from drnet.engine.layout import choose_channels_last
 from drnet.engine.precision import (
     amp_dtype,
     amp_unavailable_reason,
@@ -46,14 +47,9 @@ from drnet.speed.timing import measure, median, synchronize
 
 _LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
 
-INFERENCE_VARIANTS = (
-    "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
-)  # fmt: skip
-# "bf16" is "amp" by its CPU name: bf16 autocast (bf16/fp16 on CUDA)
-TRAINING_VARIANTS = ("eager", "channels_last", "grad_checkpoint", "amp", "bf16", "compile")
 LOW_PRECISION_VARIANTS = ("bf16",)  # their % of peak is against the bf16 conv peak
 DEFAULT_INFERENCE = ("eager", "fast")
-DEFAULT_TRAINING = ("eager", "channels_last", "grad_checkpoint")
+DEFAULT_TRAINING = ("eager", "engine", "channels_last", "grad_checkpoint")
 
 
 @dataclass
@@ -492,12 +488,24 @@ def benchmark_training(
     states = {}
     for variant in variants:
         runner, trained, channels_last, amp = training_setup(model, variant, device)
+        if variant == "engine" and channels_last_is_safe(trained):
+            channels_last, record = choose_channels_last(
+                trained, lambda m, inp: _loss(config.task, m(inp), target), x, device
+            )
+            log(f"training engine: channels-last {channels_last} ({record})")
+            if channels_last:
+                trained = runner = trained.to(memory_format=torch.channels_last)
         xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         optimizer = torch.optim.SGD(
             [p for p in trained.parameters() if p.requires_grad], lr=1e-3, momentum=0.9
         )
+        read_every = 10 if variant == "engine" else 1
+        count = [0]
 
-        def step(runner=runner, optimizer=optimizer, xx=xx, amp=amp, apply=True):
+        def step(
+            runner=runner, optimizer=optimizer, xx=xx, amp=amp, apply=True, every=read_every,
+            count=count,
+        ):  # fmt: skip
             with autocast_context(device, amp):
                 output = runner(xx)
             loss = _loss(config.task, output, target)
@@ -505,6 +513,9 @@ def benchmark_training(
             loss.backward()
             if apply:
                 optimizer.step()
+            count[0] += 1
+            if count[0] % every == 0:
+                loss.item()  # the host sync of the loss check
             return loss
 
         # first step without the update: loss, gradients and BN buffers vs the baseline

@@ -5,7 +5,7 @@ A classifier run without global pooling gives a dense class map ``f`` of shape `
 paper's box is the smallest box enclosing every position where ``c`` is the dominant class
 (``g = argmax_c f``) and ``f(c) > t``, mapped back to image coordinates.
 
-Choices this module makes (and the README documents):
+Choices this module makes (and docs/localization.md documents):
 
 - **Threshold** ``t``: with ``mode="minmax"`` (the default) the map of class ``c`` is rescaled to
   ``[0, 1]`` by its own minimum and maximum over the image, so ``t`` is a fraction of that class's
@@ -44,16 +44,13 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou, masks_to_boxes
 
+from drnet.constants import BOX_RESOLUTIONS, DEFAULT_BOX_RESOLUTION
+
 ThresholdMode = Literal["minmax", "raw"]
 Fallback = Literal["peak", "image"]
 BoxResolution = Literal["cell", "pixel"]
 THRESHOLD_MODES: tuple[str, ...] = ("minmax", "raw")
 FALLBACKS: tuple[str, ...] = ("peak", "image")
-BOX_RESOLUTIONS: tuple[str, ...] = ("cell", "pixel")
-# what localization evaluation and prediction use unless told otherwise: chosen on the demo's
-# held-out scenes (trained DRN-D-22 classifier, t chosen per resolution): pixel boxes 0.346 top-1
-# localization accuracy against 0.300 for cell boxes (val: 0.354 against 0.292)
-DEFAULT_BOX_RESOLUTION: BoxResolution = "pixel"
 OUTPUT_STRIDE = 8
 # pixel boxes: at most this many up-sampled values (float32, 64 MiB) are held at once
 PIXEL_BAND_ELEMENTS = 1 << 24

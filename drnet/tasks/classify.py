@@ -32,7 +32,7 @@ from drnet.data.classification import (
     train_transform,
 )
 from drnet.engine.distributed import resolve_device
-from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
+from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
 from drnet.errors import DataError, DrnetError
 from drnet.metrics import wilson_interval
 from drnet.models.loading import ModelCard, logits_of
@@ -473,6 +473,7 @@ class ClassificationTask(Task):
         self.pretrained = pretrained
         self.weights = weights
         self.eval_batch_size = eval_batch_size
+        self.augmentation: dict | None = None  # what from_dirs trains with (config.json)
 
     @classmethod
     def from_dirs(
@@ -489,9 +490,11 @@ class ClassificationTask(Task):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         min_scale: float = 0.08,
+        auto_augment: str | None = None,
     ) -> ClassificationTask:
         """ImageFolder splits: RandomResizedCrop(``crop_size``, area ``min_scale``..1) + flip
-        for training; resize ``resize_size`` + centre crop for validation."""
+        (+ ``auto_augment``: :func:`drnet.data.classification.auto_augment_transform`) for
+        training; resize ``resize_size`` + centre crop for validation."""
         import drnet.models
 
         drnet.models.get_spec(model)
@@ -500,7 +503,8 @@ class ClassificationTask(Task):
             mean, std = mean or registered.mean, std or registered.std
         mean, std = list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)
         train_set = image_folder(
-            train_dir, train_transform(crop_size, mean, std, min_scale=min_scale)
+            train_dir,
+            train_transform(crop_size, mean, std, min_scale=min_scale, auto_augment=auto_augment),
         )
         classes = list(train_set.classes)
         val_set = None
@@ -521,7 +525,9 @@ class ClassificationTask(Task):
             crop_size=crop_size,
             resize_size=resize_size or default_resize_size(crop_size),
         )
-        return cls(card, train_set, val_set, pretrained=pretrained, weights=weights)
+        task = cls(card, train_set, val_set, pretrained=pretrained, weights=weights)
+        task.augmentation = {"min_scale": min_scale, "auto_augment": auto_augment}
+        return task
 
     def build_model(self) -> nn.Module:
         import drnet
@@ -541,8 +547,12 @@ class ClassificationTask(Task):
     def val_dataset(self) -> Dataset | None:
         return self.val_set
 
-    def loss(self, output: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(output, target)
+    def loss(self, output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Cross-entropy; ``target`` holds class indices, or class probabilities (MixUp)."""
+        return F.cross_entropy(output.float(), target, label_smoothing=label_smoothing)
+
+    def mixing_classes(self) -> int:
+        return self.card.num_classes
 
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
@@ -566,7 +576,10 @@ class ClassificationTask(Task):
         }
 
     def describe(self) -> dict:
-        return {"name": self.name, **self.card.to_dict(), "pretrained": self.pretrained}
+        described = {"name": self.name, **self.card.to_dict(), "pretrained": self.pretrained}
+        if self.augmentation is not None:
+            described["augmentation"] = self.augmentation
+        return described
 
 
 def train_classifier(
@@ -576,4 +589,5 @@ def train_classifier(
     ``config.output_dir`` so eval/predict/localize rebuild the model from the run directory
     alone (only once the engine has checked everything: a failed start leaves an earlier run
     intact). ``should_stop``: see :func:`drnet.engine.train`. Returns the engine's summary."""
+    task.card.training = recipe_of(config)
     return train(task, config, should_stop=should_stop, write_files=task.card.save)

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import draw_bounding_boxes
 from tqdm.auto import tqdm
 
+from drnet.constants import MAX_INPUT_PIXELS, MAX_INPUT_SIDE, OVERLAY_MAX_SIDE
 from drnet.data.boxes import ImageBoxes, load_boxes
 from drnet.data.classification import (
     ImageFiles,
@@ -147,19 +148,6 @@ def output_stride(image_size: tuple[int, int], map_size: tuple[int, int]) -> int
 
 
 # ----------------------------------------------------------------------------- bounded sizes
-
-#: The network input of one image is scaled down (uniformly) to at most this many pixels and
-#: :data:`MAX_INPUT_SIDE` on its longer side: the shorter-side resize of a 2 x 60000 image would
-#: otherwise ask for 256 x 7.7 million pixels. Boxes are mapped back to the original image.
-MAX_INPUT_PIXELS = 2048 * 2048
-MAX_INPUT_SIDE = 8192
-#: Overlays and heatmaps are drawn at most this many pixels on their longer side.
-OVERLAY_MAX_SIDE = 2048
-SIZE_HELP = (
-    f"The network input is scaled down to at most {MAX_INPUT_PIXELS:,} pixels and "
-    f"{MAX_INPUT_SIDE} px a side (boxes still refer to the original image); overlays and "
-    f"heatmaps are drawn at most {OVERLAY_MAX_SIDE} px on their longer side."
-)
 
 
 def network_input_size(image_size: tuple[int, int], resize_size: int | None) -> tuple[int, int]:
@@ -797,7 +785,7 @@ def predict_localization(
     Writes ``boxes.json``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box in red)
     and, with ``save_heatmaps``, ``heatmaps/<name>_<class>.png`` (the min-max normalised class
     response over the image, jet colours) for every top-k class; names follow
-    :data:`drnet.data.images.NAMES_HELP`, overlays and heatmaps are drawn at
+    :data:`drnet.cli.vocab.NAMES_HELP`, overlays and heatmaps are drawn at
     :func:`display_size`. Returns the ``boxes.json`` entries: ``{"image", "width", "height",
     "predictions": [{"rank", "class", "index", "probability", "box", "fallback",
     "heatmap"?}], "overlay"?}``. ``fast``: the inference fast path (see

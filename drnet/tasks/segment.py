@@ -42,7 +42,7 @@ from drnet.data.segmentation import (
 from drnet.data.transforms import segmentation_train_transform
 from drnet.data.walk import image_files
 from drnet.engine import distributed as D
-from drnet.engine.trainer import Task, TrainConfig, autocast_context, train
+from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.metrics import (
     ConfusionMatrix,
@@ -98,16 +98,21 @@ class SegmentOptions:
     val_window: int | None = None
 
 
-def segmentation_loss(output: Any, target: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(
+    output: Any, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Pixel-wise cross entropy ignoring label 255, for ``{"out": logits}``, the official
-    ``(log_softmax, low_res)`` pair or plain logits. A batch whose pixels are all ignored gives
-    a zero loss (not NaN)."""
+    ``(log_softmax, low_res)`` pair or plain logits; ``label_smoothing`` as torch's
+    ``cross_entropy`` has it. A batch whose pixels are all ignored gives a zero loss (not NaN)."""
     logits, is_log_prob = logits_of(output), isinstance(output, (tuple, list))
     if not (target != IGNORE_INDEX).any():
         return logits.sum() * 0.0
-    if is_log_prob:
+    if is_log_prob and not label_smoothing:
         return F.nll_loss(logits.float(), target, ignore_index=IGNORE_INDEX)
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+    # (log-probabilities are logits whose log-sum-exp is 0: cross_entropy takes them as they are)
+    return F.cross_entropy(
+        logits.float(), target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
 
 
 def init_from_weights(model: nn.Module, weights: str | os.PathLike) -> None:
@@ -246,8 +251,8 @@ class SegmentationTask(Task):
     def val_dataset(self) -> Dataset | None:
         return self.val_set
 
-    def loss(self, output, target) -> torch.Tensor:
-        return segmentation_loss(output, target)
+    def loss(self, output, target, label_smoothing: float = 0.0) -> torch.Tensor:
+        return segmentation_loss(output, target, label_smoothing)
 
     def evaluate(self, model, dataset, config: TrainConfig, device) -> dict[str, float]:
         metrics = evaluate_segmentation(
@@ -276,6 +281,7 @@ def train_segmentation(
     leaves an earlier run intact) and returns the engine's summary."""
     if isinstance(task, SegmentOptions):
         task = SegmentationTask.from_options(task)
+    task.card.training = recipe_of(config)
     return train(task, config, should_stop=should_stop, write_files=task.card.save)
 
 
@@ -299,9 +305,11 @@ def evaluate_segmentation(
     dtype: str | torch.dtype | None = None,
     num_classes: int | None = None,
     workers: int = 0,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Score ``model`` on every image of ``dataset`` (``(image, label)`` pairs, one full image at
-    a time; ``workers`` processes read them ahead).
+    """Score ``model`` on every image of ``dataset`` (``(image, label)`` pairs of full images;
+    ``workers`` processes read them ahead). Up to ``batch_size`` consecutive images of one size
+    go through the network together (the images of a split may differ in size).
 
     Returns :func:`drnet.metrics.segmentation_metrics` (``miou``, ``pixel_accuracy``,
     ``mean_accuracy``, per-class ``iou``/``accuracy``/``pixels``) plus ``confusion_matrix``,
@@ -326,15 +334,25 @@ def evaluate_segmentation(
         iterator = tqdm(iterator, total=len(indices), desc="eval", unit="img", dynamic_ncols=True)
     palette = get_palette(num_classes)
     per_image = []
-    for i, (image, label) in iterator:
-        images = image[None].to(device)
+    batch: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (index, image, label)
+
+    def score_batch() -> None:
+        images = torch.stack([image for _, image, _ in batch]).to(device)
         with autocast_context(device, amp):
             probs = predict_probs(model, images, scales, flip, window, stride)
-        pred = probs.argmax(1)[0].cpu()
-        per_image.append(confusion_matrix(pred, label, num_classes, IGNORE_INDEX))
-        cm.hist += per_image[-1]
-        if save_dir is not None:
-            _save_prediction(pred.numpy(), Path(save_dir), dataset.name(i), palette)
+        for (i, _, label), pred in zip(batch, probs.argmax(1).cpu(), strict=True):
+            per_image.append(confusion_matrix(pred, label, num_classes, IGNORE_INDEX))
+            cm.hist += per_image[-1]
+            if save_dir is not None:
+                _save_prediction(pred.numpy(), Path(save_dir), dataset.name(i), palette)
+        batch.clear()
+
+    for i, (image, label) in iterator:
+        if batch and (len(batch) == batch_size or image.shape != batch[0][1].shape):
+            score_batch()
+        batch.append((i, image, label))
+    if batch:
+        score_batch()
     if distributed:
         cm.all_reduce()
     metrics = cm.compute()
@@ -378,12 +396,14 @@ def run_evaluation(
     channels: Sequence[int] | None = None,
     fast: bool = True,
     dtype: str | torch.dtype | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (anything :func:`drnet.models.loading.load_model` takes) on a split
     of a dataset folder; writes ``output_dir/metrics.json`` and logs the per-class table.
     ``model``, ``num_classes``, ``channels``: for checkpoints that do not record them;
     ``pretrained`` with ``model`` and no ``weights``: the published Cityscapes weights.
-    ``workers``: processes reading the images ahead of the model.
+    ``workers``: processes reading the images ahead of the model; ``batch_size``: consecutive
+    images of one size scored together (see :func:`evaluate_segmentation`).
     ``fast``: run the inference fast path (BN folded, fused convs, measured layout; same numbers
     within 1e-4 relative). ``dtype``: ``--dtype`` (``"bfloat16"`` where the device has it natively,
     see :func:`drnet.engine.precision.inference_dtype`).
@@ -418,6 +438,7 @@ def run_evaluation(
         fast=fast,
         dtype=dtype,
         workers=workers,
+        batch_size=batch_size,
     )
     names = dataset.class_names or card.class_names or None
     result = {

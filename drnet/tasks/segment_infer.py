@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from drnet.constants import OVERLAY_MAX_SIDE
 from drnet.errors import DataError, DrnetError
 from drnet.models.loading import logits_of
 
@@ -273,10 +274,6 @@ def _band_of(view: _View, rows: range, height: int, width: int) -> torch.Tensor:
 
 
 # -- predicting files -----------------------------------------------------------------------------
-
-#: Overlays are written at most this many pixels on their longer side (labels and colours at
-#: full size): a blended float copy of a 80-megapixel image alone would take 1 GB.
-OVERLAY_MAX_SIDE = 2048
 
 
 def _capped(array: np.ndarray, resample: int) -> np.ndarray:
