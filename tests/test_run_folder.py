@@ -204,7 +204,7 @@ def test_a_folder_in_use_is_refused(cls_data, cls_run, run, capsys):
 def test_lock_is_exclusive_and_released(tmp_path):
     first = RunFolderLock(tmp_path)
     first.acquire()
-    assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert (tmp_path / LOCK_FILE).read_text().split() == [str(os.getpid()), "training"]
     in_use = f"{tmp_path} is in use by another drnet training \\(pid {os.getpid()}\\)"
     with pytest.raises(DrnetError, match=in_use):
         RunFolderLock(tmp_path).acquire()

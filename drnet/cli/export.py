@@ -18,11 +18,14 @@ from drnet.cli.vocab import (
 
 
 def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("x", " ").split()
+    """HEIGHTxWIDTH, HEIGHT,WIDTH (as --help shows the default) or SIZE (square)."""
+    parts = text.lower().replace("x", " ").replace(",", " ").split()
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH or SIZE, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected HEIGHTxWIDTH, HEIGHT,WIDTH or SIZE, got {text!r}"
+        )
     return int(parts[0]), int(parts[1])
 
 

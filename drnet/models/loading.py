@@ -489,6 +489,10 @@ def read_run(
     state_dict = extract_state_dict(obj, resolved.checkpoint)
     card = _card_for_checkpoint(obj, state_dict, resolved.card, model, default_model)
     source = resolved.checkpoint
+    # the task first: a classifier given where a segmenter is needed is said to be one, not
+    # blamed on a class count
+    card.task = _task_of_state(state_dict)  # the tensors decide, whatever a card says
+    _check_task(card, task, source)
     _apply_overrides(
         card,
         model=model,
@@ -497,8 +501,6 @@ def read_run(
         class_names=class_names,
         source=source,
     )
-    card.task = _task_of_state(state_dict)  # the tensors decide, whatever a card says
-    _check_task(card, task, source)
     return LoadedRun(resolved.checkpoint, state_dict, card)
 
 

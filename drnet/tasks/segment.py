@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from drnet.constants import IGNORE_INDEX
-from drnet.data.images import FolderWalk, list_names, output_path
+from drnet.data.images import list_names, output_path
 from drnet.data.palettes import colorize, get_palette, overlay
 from drnet.data.segmentation import (
     IMAGE_EXTENSIONS,
@@ -41,6 +41,7 @@ from drnet.data.segmentation import (
 )
 from drnet.data.text import read_lines
 from drnet.data.transforms import segmentation_train_transform
+from drnet.data.walk import FolderWalk
 from drnet.engine import distributed as D
 from drnet.engine.rundir import atomic_write_json
 from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
@@ -485,6 +486,23 @@ def run_evaluation(
 SAVE_KINDS = ("labels", "color", "overlay")
 
 
+def check_save_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` (what ``segment predict --save`` writes) when each is one of
+    :data:`SAVE_KINDS` and there is at least one; else :class:`DrnetError` (an empty ``--save``
+    would predict every image and write nothing)."""
+    unknown = set(kinds) - set(SAVE_KINDS)
+    if unknown:
+        raise DrnetError(
+            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
+        )
+    if not kinds:
+        raise DrnetError(
+            f"--save is empty: nothing would be written; give one or more of "
+            f"{', '.join(SAVE_KINDS)} (comma-separated)"
+        )
+    return tuple(kinds)
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     from drnet.engine.rundir import atomic_save_image
 
@@ -577,11 +595,7 @@ def predict_segmentation(
     ``fast``: the inference fast path (see :func:`evaluate_segmentation`). One image at a time
     through :func:`drnet.tasks.segment_infer.predict_files` (memory bounded with ``window``).
     """
-    unknown = set(save) - set(SAVE_KINDS)
-    if unknown:
-        raise DrnetError(
-            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
-        )
+    check_save_kinds(save)
     from drnet.data.images import unique_names
     from drnet.tasks.segment_infer import predict_files
 
