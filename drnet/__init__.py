@@ -12,3 +12,7 @@ from drnet.models import (  # noqa: E402
 )
 
 __all__ = ["__version__", "create_model", "create_segmentation_model", "list_models", "load_model"]
+
+from drnet.integrations import install as _install_integrations  # noqa: E402
+
+_install_integrations()  # timm / SMP registrations, when (and if) they are imported

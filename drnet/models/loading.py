@@ -379,15 +379,24 @@ def _apply_overrides(
 
 
 def build_model(card: ModelCard) -> nn.Module:
-    """A fresh (untrained) model as ``card`` describes it."""
+    """A fresh (untrained) model as ``card`` describes it; its ``pretrained_cfg`` carries the
+    card's preprocessing (crop size, mean/std, classes), so timm's ``resolve_data_config`` and
+    the Hub export read the run's values."""
     import drnet
+    from drnet.models.pretrained_cfg import cfg_from_card
 
     channels = tuple(card.channels) if card.channels else None
     if card.task == "segmentation":
-        return drnet.create_segmentation_model(
+        network: nn.Module = drnet.create_segmentation_model(
             card.model, num_classes=card.num_classes, channels=channels
         )
-    return drnet.create_model(card.model, num_classes=card.num_classes, channels=channels)
+    else:
+        network = drnet.create_model(card.model, num_classes=card.num_classes, channels=channels)
+    cfg = network.pretrained_cfg
+    network.pretrained_cfg = cfg_from_card(
+        card, cfg["first_conv"], classifier=cfg["classifier"], url=cfg["url"], tag=cfg["tag"]
+    )
+    return network
 
 
 def _check_task(card: ModelCard, task: str | None, source: str) -> None:

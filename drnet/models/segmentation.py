@@ -70,6 +70,16 @@ class DRNSeg(nn.Module):
         self.backbone_spec = backbone.spec
         self.num_stem_modules = len(backbone.stem_modules())
         self.grad_checkpointing = False
+        from drnet.models.pretrained_cfg import make_pretrained_cfg
+
+        stem_conv = "base.0.0" if backbone.spec.stem.layout == "sequential" else "base.0"
+        self.pretrained_cfg = make_pretrained_cfg(
+            backbone.pretrained_cfg["architecture"],
+            num_classes=num_classes,
+            first_conv=stem_conv,
+            classifier="seg",
+            crop_size=None,
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in backward, per level (the stem counts as one level)."""

@@ -1,0 +1,133 @@
+"""drnet inside the libraries its users already use: timm, segmentation_models_pytorch,
+Lightning-style checkpoints, torch.export (docs/integrations.md). Tiny widths, small inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import drnet
+from drnet.models.loading import ModelCard, load_model
+
+# Levels 5 and 6 change width, so output_stride 16/32 (which restores their strides) keeps
+# every state_dict key (a strided level always has a projection shortcut).
+TINY = (4, 8, 16, 16, 32, 48, 48, 48)
+
+
+def tiny_run(tmp_path, num_classes=3, **card):
+    """A classification run folder (checkpoint + model.json with its own preprocessing)."""
+    torch.manual_seed(0)
+    model = drnet.create_model("drn_d_22", num_classes=num_classes, channels=TINY).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": model.state_dict()}, run / "checkpoint_best.pth")
+    fields = dict(crop_size=64, resize_size=72, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
+    ModelCard("drn_d_22", num_classes, channels=list(TINY), **{**fields, **card}).save(run)
+    return run, model
+
+
+# ------------------------------------------------------------------------------------- timm
+def test_timm_protocol_without_timm():
+    model = drnet.create_model("drn_d_22", num_classes=5, channels=TINY)
+    cfg = model.pretrained_cfg
+    assert isinstance(cfg, dict) and model.default_cfg is cfg
+    assert cfg["architecture"] == "drn_d_22" and cfg["num_classes"] == 5
+    assert (cfg["input_size"], cfg["first_conv"], cfg["classifier"]) == (
+        (3, 224, 224),
+        "layer0.0",
+        "fc",
+    )
+    assert (model.in_chans, model.drop_rate, model.global_pool, model.num_features) == (
+        3,
+        0.0,
+        "avg",
+        48,
+    )
+    x = torch.randn(2, 3, 40, 40)
+    model.eval()
+    features = model.forward_features(x)
+    torch.testing.assert_close(model.forward_head(features), model(x))
+    assert model.forward_head(features, pre_logits=True).shape == (2, 48)
+    final, maps = model.forward_intermediates(x)
+    torch.testing.assert_close(final, features)
+    assert [m.shape[-1] for m in maps] == [20, 10, 5, 5, 5]
+    only = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert len(only) == 2 and torch.equal(only[-1], maps[-1])
+    assert model.get_classifier() is model.fc
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 48) and isinstance(model.get_classifier(), torch.nn.Identity)
+    model.reset_classifier(7, global_pool="max")
+    assert model(x).shape == (2, 7) and model.pretrained_cfg["num_classes"] == 7
+
+
+def test_output_stride_keeps_the_weights():
+    base = drnet.create_model("drn_d_22", num_classes=3, channels=TINY).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for stride, side in ((16, 4), (32, 2)):
+        coarse = drnet.create_model(
+            "drn_d_22", num_classes=3, channels=TINY, output_stride=stride
+        ).eval()
+        coarse.load_state_dict(base.state_dict())  # strict: same keys and shapes
+        assert coarse.output_stride == stride
+        assert coarse.forward_features(x).shape[-1] == side
+        assert coarse.feature_info.reduction() == [2, 4, 8, 16, 32][:3] + [
+            min(16, stride),
+            stride,
+        ]
+    with pytest.raises(ValueError, match="output_stride 4 is not available"):
+        drnet.create_model("drn_d_22", channels=TINY, output_stride=4)
+
+
+def test_timm_creates_drnet_models_and_keeps_its_own():
+    timm = pytest.importorskip("timm")
+    assert "drn_d_22" in timm.list_models("drn_*")
+    assert "drn_d_22.imagenet" in timm.list_models("drn_d_22*", pretrained=True)
+    assert type(timm.create_model("resnet18")).__module__.startswith("timm.")
+    model = timm.create_model("drn_d_22", pretrained=False, num_classes=4, channels=TINY)
+    assert isinstance(model, drnet.models.DRN) and model.num_classes == 4
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+    features = timm.create_model(
+        "drn_d_22", features_only=True, out_indices=(1, 2, 3, 4), output_stride=16, channels=TINY
+    )
+    maps = features(torch.randn(1, 3, 64, 64))
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 4]
+    assert features.feature_info.channels() == [16, 16, 32, 48]
+    assert features.feature_info.reduction() == [4, 8, 16, 16]
+    model.reset_classifier(2)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_timm_data_config_is_the_run_cards(tmp_path):
+    timm = pytest.importorskip("timm")
+    run, _ = tiny_run(tmp_path)
+    model, card = load_model(run)
+    config = timm.data.resolve_data_config(model=model)
+    assert config["input_size"] == (3, 64, 64)
+    assert config["mean"] == pytest.approx((0.5, 0.4, 0.3))
+    assert config["std"] == pytest.approx((0.2, 0.25, 0.3))
+    assert config["crop_pct"] == pytest.approx(64 / 72)
+    assert config["interpolation"] == "bilinear"
+    # the published weights' values too (no file needed to read the config)
+    registered = timm.models.get_pretrained_cfg("drn_d_22.imagenet")
+    assert registered.url.endswith("drn_d_22-4bd2f8ea.pth") and registered.num_classes == 1000
+
+
+def test_drnet_works_without_the_optional_libraries():
+    # None of them is imported by drnet itself (timm alone adds seconds to every command), and
+    # with them absent (an import of None fails) drnet builds, loads and runs as before.
+    code = (
+        "import sys\n"
+        "for name in ('timm', 'segmentation_models_pytorch', 'huggingface_hub', 'safetensors'):\n"
+        "    sys.modules[name] = None\n"
+        "import drnet, torch\n"
+        "m = drnet.create_model('drn_d_22', num_classes=2, channels=(4,) * 8)\n"
+        "assert m(torch.zeros(1, 3, 16, 16)).shape == (1, 2)\n"
+        "assert m.pretrained_cfg['architecture'] == 'drn_d_22'\n"
+    )
+    import subprocess
+    import sys
+
+    from conftest import _child_env
+
+    done = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
