@@ -131,3 +131,22 @@ def test_drnet_works_without_the_optional_libraries():
 
     done = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+# ------------------------------------------------------------------------------ torch.export
+def test_torch_export_dynamic_height_and_width():
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    model = drnet.create_segmentation_model("drn_d_22", num_classes=3, channels=TINY).eval()
+    h, w = Dim("h", min=16, max=512), Dim("w", min=16, max=512)
+    program = torch.export.export(
+        model, (torch.randn(2, 3, 64, 64),), dynamic_shapes={"x": {2: h, 3: w}}
+    )
+    exported = program.module()
+    for size in ((90, 70), (64, 64), (33, 47)):  # not multiples of 8, and one that is
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            got, expected = exported(x)["out"], model(x)["out"]
+        assert got.shape == (2, 3, *size)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

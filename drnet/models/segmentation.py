@@ -99,8 +99,14 @@ class DRNSeg(nn.Module):
         return self.seg(self._run_base(x))
 
     def upsample(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Up-sample low-resolution scores with ``up`` and crop to ``size``."""
-        return self.up(low)[..., : size[0], : size[1]]
+        """Up-sample low-resolution scores with ``up`` and crop to ``size``.
+
+        ``up`` gives ``stride * ceil(size / stride)``, never less than ``size``; saying so with
+        ``torch._check`` lets ``torch.export`` keep height and width symbolic (it cannot prove
+        it from the floor division, and would otherwise specialise on multiples of 8).
+        """
+        full = self.up(low)
+        return F.pad(full, (0, size[1] - full.shape[-1], 0, size[0] - full.shape[-2]))
 
     def forward(self, x: torch.Tensor):
         low = self.forward_logits_lowres(x)
