@@ -150,3 +150,70 @@ def test_torch_export_dynamic_height_and_width():
             got, expected = exported(x)["out"], model(x)["out"]
         assert got.shape == (2, 3, *size)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------- checkpoints of other libraries
+def _same(a, b, x):
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_lightning_timm_and_ddp_checkpoints_load(tmp_path):
+    from drnet.errors import CheckpointError
+
+    torch.manual_seed(0)
+    seg = drnet.create_segmentation_model("drn_d_22", num_classes=3, channels=TINY).eval()
+    state = seg.state_dict()
+    x = torch.randn(1, 3, 32, 32)
+    lightning = {
+        "epoch": 3,
+        "global_step": 30,
+        "pytorch-lightning_version": "2.5.0",
+        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "hyper_parameters": {"lr": 0.01},
+    }
+    path = tmp_path / "last.ckpt"
+    torch.save(lightning, path)
+    loaded, card = load_model(path, model="drn_d_22", channels=TINY)
+    assert card.task == "segmentation"
+    _same(loaded, seg, x)
+    # a LightningModule that also holds a loss with a buffer: the keys under model. are taken
+    lightning["state_dict"]["criterion.weight"] = torch.ones(3)
+    torch.save(lightning, path)
+    _same(load_model(path, model="drn_d_22", channels=TINY)[0], seg, x)
+    # DDP inside Lightning, and timm's train.py layout with EMA weights
+    cls = drnet.create_model("drn_d_22", num_classes=4, channels=TINY).eval()
+    ema = drnet.create_model("drn_d_22", num_classes=4, channels=TINY).eval()
+    timm_ckpt = {
+        "epoch": 9,
+        "arch": "drn_d_22",
+        "state_dict": {f"module.{k}": v for k, v in cls.state_dict().items()},
+        "state_dict_ema": ema.state_dict(),
+        "version": 2,
+    }
+    torch.save(timm_ckpt, tmp_path / "timm.pth.tar")
+    _same(load_model(tmp_path / "timm.pth.tar", model="drn_d_22", channels=TINY)[0], cls, x)
+    _same(
+        load_model(tmp_path / "timm.pth.tar", model="drn_d_22", channels=TINY, ema=True)[0], ema, x
+    )
+    torch.save({"state_dict": cls.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="holds no EMA weights"):
+        load_model(tmp_path / "plain.pth", model="drn_d_22", channels=TINY, ema=True)
+
+
+def test_keys_that_still_do_not_fit_name_their_prefix(tmp_path):
+    from drnet.errors import CheckpointError
+
+    state = drnet.create_model("drn_d_22", num_classes=4, channels=TINY).state_dict()
+    mixed = {
+        **{f"student.{k}": v for k, v in state.items()},
+        **{f"teacher.{k}": v for k, v in state.items()},
+    }
+    torch.save({"state_dict": mixed}, tmp_path / "two.ckpt")
+    with pytest.raises(CheckpointError, match=r"prefix 'student\.', 'teacher\.'"):
+        load_model(tmp_path / "two.ckpt", model="drn_d_22", channels=TINY, num_classes=4)
+    # stripped, but then another architecture's keys: the error says what was stripped
+    other = drnet.create_model("drn_c_26", num_classes=4, channels=TINY).state_dict()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in other.items()}}, tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match=r"'net\.' was stripped"):
+        load_model(tmp_path / "c.ckpt", model="drn_d_22", channels=TINY, num_classes=4)
