@@ -42,6 +42,11 @@ def create_timm_model(
     from drnet.models.registry import _load_classifier_weights
 
     kwargs.pop("pretrained_model_args", None)
+    if kwargs.pop("drnet_task", "classification") != "classification":
+        raise DrnetError(
+            f"{name}: this Hub model is a drnet segmentation model (DRNSeg), not a timm "
+            "classifier: load it with drnet.from_pretrained"
+        )
     if kwargs.pop("drop_path_rate", 0.0) or kwargs.pop("drop_block_rate", 0.0):
         raise DrnetError(f"{name}: drop_path_rate/drop_block_rate are not supported by DRNs")
     cfg = {**_as_dict(pretrained_cfg), **(pretrained_cfg_overlay or {})}

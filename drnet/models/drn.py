@@ -278,6 +278,13 @@ class DRN(nn.Module):
         """Stem then levels: the official ``children()[:-2]`` that DRNSeg keeps as ``base``."""
         return self.stem_modules() + self.levels()
 
+    def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
+        """Write the Hugging Face Hub layout (``model.safetensors``, ``config.json``,
+        ``README.md``) into ``directory``; see :func:`drnet.integrations.hub.save_pretrained`."""
+        from drnet.integrations.hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each level's activations in backward instead of storing them."""
         self.grad_checkpointing = enable

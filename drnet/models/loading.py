@@ -52,6 +52,14 @@ def read_checkpoint(location: str | os.PathLike, hash_prefix: str | None = None)
     from drnet.models.weights import check_hash, download, hash_prefix_from_name, is_url
 
     location = str(location)
+    if location.lower().endswith(".safetensors") and not is_url(location):
+        from drnet.integrations.hub import load_safetensors
+
+        path = Path(location).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        check_hash(path, hash_prefix)
+        return load_safetensors(path)
     if is_url(location):
         if hash_prefix is None:
             hash_prefix = hash_prefix_from_name(urllib.parse.urlparse(location).path)
@@ -294,20 +302,29 @@ class ResolvedWeights:
 
 def resolve_weights(weights: str | os.PathLike) -> ResolvedWeights:
     """A run directory stands for its ``checkpoint_best.pth`` (else ``checkpoint_last.pth``) and
-    its ``model.json``; a file for itself (with a ``model.json`` beside it, if any); a URL for
-    itself."""
+    its ``model.json``; a Hub folder for its ``model.safetensors`` and ``config.json``;
+    ``hf-hub:owner/name`` for that repository's folder in huggingface_hub's cache (fetched when
+    online); a file for itself (with a ``model.json`` or Hub ``config.json`` beside it, if any);
+    a URL for itself."""
+    from drnet.integrations import hub
     from drnet.models.weights import is_url
 
     text = str(weights)
     if is_url(text):
         return ResolvedWeights(text, None)
+    if text.startswith(hub.HUB_PREFIX):
+        folder = hub.hub_folder(text)
+        return ResolvedWeights(str(folder / hub.WEIGHTS_NAME), _card_in(folder))
     path = Path(text).expanduser()
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
             if (path / name).is_file():
                 return ResolvedWeights(str(path / name), _card_in(path))
+        if hub.is_hub_folder(path):
+            return ResolvedWeights(str(path / hub.WEIGHTS_NAME), _card_in(path))
         raise CheckpointError(
-            f"--weights {path} is a folder without {' or '.join(CHECKPOINT_NAMES)}"
+            f"--weights {path} is a folder without {' or '.join(CHECKPOINT_NAMES)} "
+            f"(or {hub.WEIGHTS_NAME} and {hub.CONFIG_NAME})"
         )
     if not path.is_file():
         raise CheckpointError(f"--weights {path}: does not exist (no such file or run directory)")
@@ -315,7 +332,14 @@ def resolve_weights(weights: str | os.PathLike) -> ResolvedWeights:
 
 
 def _card_in(directory: Path) -> ModelCard | None:
-    return ModelCard.read(directory / MODEL_CARD) if (directory / MODEL_CARD).is_file() else None
+    """``model.json`` in ``directory``, else the card in a Hub ``config.json``."""
+    if (directory / MODEL_CARD).is_file():
+        return ModelCard.read(directory / MODEL_CARD)
+    from drnet.integrations.hub import CONFIG_NAME, card_in_config
+
+    if (directory / CONFIG_NAME).is_file():
+        return card_in_config(directory / CONFIG_NAME)
+    return None
 
 
 def _registered(weights: str) -> tuple[str, str] | None:

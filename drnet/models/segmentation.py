@@ -6,7 +6,7 @@ State-dict layout is the official one: ``base.<k>.*`` (the backbone without pool
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,13 @@ class DRNSeg(nn.Module):
             classifier="seg",
             crop_size=None,
         )
+
+    def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
+        """Write the Hugging Face Hub layout (``model.safetensors``, ``config.json``,
+        ``README.md``) into ``directory``; see :func:`drnet.integrations.hub.save_pretrained`."""
+        from drnet.integrations.hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in backward, per level (the stem counts as one level)."""
