@@ -217,3 +217,61 @@ def test_keys_that_still_do_not_fit_name_their_prefix(tmp_path):
     torch.save({"state_dict": {f"net.{k}": v for k, v in other.items()}}, tmp_path / "c.ckpt")
     with pytest.raises(CheckpointError, match=r"'net\.' was stripped"):
         load_model(tmp_path / "c.ckpt", model="drn_d_22", channels=TINY, num_classes=4)
+
+
+# -------------------------------------------------------------- segmentation_models_pytorch
+@pytest.fixture
+def tiny_encoder():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from drnet.integrations.smp_encoders import _registered, register_smp_encoder
+
+    name = register_smp_encoder("drn_d_22_tiny_test", "drn_d_22", channels=TINY)
+    yield smp, name
+    smp.encoders.encoders.pop(name, None)
+    _registered.remove(name)
+
+
+def test_smp_knows_every_drn_and_keeps_its_own():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    names = smp.encoders.get_encoder_names()
+    assert {"drn_d_22", "drn_c_26", "drn_a_50"} <= set(names)
+    assert smp.encoders.encoders["resnet18"]["encoder"].__module__.startswith("segmentation")
+    encoder = smp.encoders.get_encoder("drn_d_22", depth=5, output_stride=8)
+    assert encoder.out_channels == [3, 32, 64, 128, 256, 512] and encoder.output_stride == 8
+    with pytest.raises(ValueError, match="output_stride 4 is not available"):
+        smp.encoders.get_encoder("drn_d_22", output_stride=4)
+
+
+@pytest.mark.parametrize(
+    "decoder, kwargs, stride",
+    [
+        ("Unet", {}, 32),
+        ("DeepLabV3Plus", {"encoder_output_stride": 8}, 8),
+        ("DeepLabV3", {}, 8),
+    ],
+)
+def test_smp_decoders_train_on_drn_weights(
+    tiny_encoder, monkeypatch, tmp_path, decoder, kwargs, stride
+):
+    smp, name = tiny_encoder
+    hf_constants = pytest.importorskip("huggingface_hub.constants")
+    from drnet.integrations.smp_encoders import cache_encoder_weights
+
+    torch.manual_seed(0)
+    backbone = drnet.create_model("drn_d_22", num_classes=10, channels=TINY)
+    torch.save(backbone.state_dict(), tmp_path / "tiny.pth")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # nothing may download
+    cache_encoder_weights(name, "imagenet", path=tmp_path / "tiny.pth")
+    model = getattr(smp, decoder)(name, encoder_weights="imagenet", classes=3, **kwargs)
+    assert model.encoder.output_stride == stride
+    expected = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    got = model.encoder.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    model.train()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3, 64, 64)
+    out.mean().backward()
+    assert model.encoder.layer0[0].weight.grad is not None
+    assert smp.encoders.get_preprocessing_params(name)["mean"] == [0.485, 0.456, 0.406]
