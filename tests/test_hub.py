@@ -69,8 +69,10 @@ def same_outputs(a, b, size=(2, 3, 40, 36)):
 
 
 def test_export_hub_cli_round_trips_a_run(run, tmp_path, capsys):
-    from conftest import run_cli
+    from conftest import one_error_line, run_cli
 
+    rc, _, err = run_cli(capsys, "export", "hub", run)
+    one_error_line(rc, err, "-o/--output-dir")
     out = tmp_path / "hub"
     rc, stdout, err = run_cli(capsys, "export", "hub", run, "-o", out)
     assert rc == 0, err
