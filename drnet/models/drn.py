@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from drnet.models.blocks import block_level, conv_level
+from drnet.models.pretrained_cfg import make_pretrained_cfg
 from drnet.models.spec import ModelSpec
 
 
@@ -213,8 +214,6 @@ class DRN(nn.Module):
             self._make_classifier(num_classes)
         self._init_weights()
         first_conv = f"{self.stem_names[0]}.0" if stem.layout == "sequential" else "conv1"
-        from drnet.models.pretrained_cfg import make_pretrained_cfg
-
         self.pretrained_cfg: dict[str, Any] = make_pretrained_cfg(
             "", num_classes=num_classes, first_conv=first_conv, in_chans=in_chans
         )

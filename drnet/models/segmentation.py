@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drnet.models.drn import DRN, checkpoint_module
+from drnet.models.pretrained_cfg import make_pretrained_cfg
 
 
 def bilinear_kernel(size: int = 16) -> torch.Tensor:
@@ -70,8 +71,6 @@ class DRNSeg(nn.Module):
         self.backbone_spec = backbone.spec
         self.num_stem_modules = len(backbone.stem_modules())
         self.grad_checkpointing = False
-        from drnet.models.pretrained_cfg import make_pretrained_cfg
-
         stem_conv = "base.0.0" if backbone.spec.stem.layout == "sequential" else "base.0"
         self.pretrained_cfg = make_pretrained_cfg(
             backbone.pretrained_cfg["architecture"],
@@ -108,12 +107,15 @@ class DRNSeg(nn.Module):
     def upsample(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Up-sample low-resolution scores with ``up`` and crop to ``size``.
 
-        ``up`` gives ``stride * ceil(size / stride)``, never less than ``size``; saying so with
-        ``torch._check`` lets ``torch.export`` keep height and width symbolic (it cannot prove
-        it from the floor division, and would otherwise specialise on multiples of 8).
+        ``up`` gives ``stride * ceil(size / stride)``, never less than ``size``. Under
+        ``torch.export``/``torch.compile`` the crop is a negative pad: a slice makes the tracer
+        guard on ``size <= 8 * ceil(size / 8)``, which it cannot prove, and specialise height and
+        width to multiples of 8. Eager keeps the slice (a view, no copy of the logits).
         """
         full = self.up(low)
-        return F.pad(full, (0, size[1] - full.shape[-1], 0, size[0] - full.shape[-2]))
+        if torch.compiler.is_compiling():
+            return F.pad(full, (0, size[1] - full.shape[-1], 0, size[0] - full.shape[-2]))
+        return full[..., : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor):
         low = self.forward_logits_lowres(x)
