@@ -275,3 +275,16 @@ def test_smp_decoders_train_on_drn_weights(
     out.mean().backward()
     assert model.encoder.layer0[0].weight.grad is not None
     assert smp.encoders.get_preprocessing_params(name)["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_extras_install_what_the_integrations_import():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    assert "onnxscript" in extras["onnx"]  # what `drnet export onnx --dynamo` needs
+    assert extras["timm"] == ["timm"] and extras["smp"] == ["segmentation-models-pytorch"]
+    assert set(extras["hub"]) == {"huggingface_hub", "safetensors"}
+    wanted = {*extras["onnx"], *extras["timm"], *extras["smp"], *extras["hub"], "torchmetrics"}
+    assert wanted <= set(extras["test"])
