@@ -27,9 +27,6 @@ def run(tmp_path):
     model = drnet.create_model("drn_d_22", num_classes=3, channels=TINY).eval()
     folder = tmp_path / "run"
     folder.mkdir()
-    state = {"model": model.state_dict(), "best_metric": 0.75, "best_epoch": 2, "epoch": 3}
-    state["config"] = {"task": {"main_metric": "top1"}}
-    torch.save(state, folder / "checkpoint_best.pth")
     card = ModelCard(
         "drn_d_22",
         3,
@@ -40,6 +37,9 @@ def run(tmp_path):
         crop_size=64,
         resize_size=72,
     )
+    state = {"model": model.state_dict(), "best_metric": 0.75, "best_epoch": 2, "epoch": 3}
+    state["task"] = {"name": "classification", **card.to_dict()}  # as the trainer writes it
+    torch.save(state, folder / "checkpoint_best.pth")
     card.save(folder)
     (folder / "log.csv").write_text("epoch,train_loss,val_top1\n1,1.2,0.5\n2,0.9,0.75\n3,0.8,0.7\n")
     return folder

@@ -288,6 +288,10 @@ def save_pretrained(
     return directory
 
 
+# the metric each task's training selects its best checkpoint by (drnet.tasks)
+_MAIN_METRICS = {"classification": "top1", "segmentation": "miou"}
+
+
 def run_metrics(run: str | os.PathLike) -> dict[str, Any]:
     """What a run folder says about its model: the best epoch and its metric (from the best
     checkpoint) and that epoch's validation row of ``log.csv``; empty for anything else."""
@@ -304,8 +308,9 @@ def run_metrics(run: str | os.PathLike) -> dict[str, Any]:
     best_epoch = state.get("best_epoch") if isinstance(state, Mapping) else None
     if best_epoch is not None:
         metrics["best_epoch"] = best_epoch
-        main = ((state.get("config") or {}).get("task") or {}).get("main_metric")
-        metrics[f"best_{main or 'metric'}"] = state.get("best_metric")
+        task = state.get("task") if isinstance(state.get("task"), Mapping) else {}
+        main = _MAIN_METRICS.get(str(task.get("task")), "metric")
+        metrics[f"best_{main}"] = state.get("best_metric")
     if (folder / "log.csv").is_file():
         with open(folder / "log.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
