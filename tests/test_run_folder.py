@@ -144,6 +144,14 @@ def test_bad_image_in_epoch_one_keeps_the_run(
         pass
 
 
+def test_resume_writes_its_recipe_into_model_json_once_it_has_trained(cls_data, run, capsys):
+    """The card of a resumed run names the continued recipe (--epochs 2), written at its end."""
+    assert json.loads((run / "model.json").read_text())["training"]["epochs"] == 1
+    rc, _, err = cli(capsys, *cls_train(cls_data, run, "--resume", "auto", "--epochs", "2"))
+    assert rc == 0, err
+    assert json.loads((run / "model.json").read_text())["training"]["epochs"] == 2
+
+
 # -- a folder that holds a run -------------------------------------------------------------------
 
 

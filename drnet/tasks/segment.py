@@ -44,7 +44,7 @@ from drnet.data.transforms import segmentation_train_transform
 from drnet.data.walk import FolderWalk
 from drnet.engine import distributed as D
 from drnet.engine.rundir import atomic_write_json
-from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
+from drnet.engine.trainer import Task, TrainConfig, autocast_context
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.metrics import (
     ConfusionMatrix,
@@ -59,6 +59,7 @@ from drnet.models.loading import (
     logits_of,
     resolve_weights,
 )
+from drnet.tasks.run_card import train_with_card
 from drnet.tasks.segment_infer import DEFAULT_SCALES, check_window, predict_probs
 
 logger = logging.getLogger(__name__)
@@ -282,11 +283,11 @@ def train_segmentation(
 ) -> dict[str, Any]:
     """Train DRNSeg with the shared engine (a task, or options naming a dataset folder); writes
     ``model.json`` into the run folder (once the engine has checked everything, so a failed start
-    leaves an earlier run intact) and returns the engine's summary."""
+    or resume leaves an earlier run intact; see :mod:`drnet.tasks.run_card`) and returns the
+    engine's summary."""
     if isinstance(task, SegmentOptions):
         task = SegmentationTask.from_options(task)
-    task.card.training = recipe_of(config)
-    return train(task, config, should_stop=should_stop, write_files=task.card.save)
+    return train_with_card(task, task.card, config, should_stop)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
