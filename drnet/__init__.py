@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from drnet.integrations import install as _install_integrations
+
 __version__ = "0.1.0"
 
 # name -> the module that defines it
 _LAZY = {
     "create_model": "drnet.models.registry",
     "create_segmentation_model": "drnet.models.registry",
+    "from_pretrained": "drnet.integrations.hub",
     "list_models": "drnet.models.registry",
     "load_model": "drnet.models.loading",
 }
@@ -28,6 +31,7 @@ _SUBPACKAGES = frozenset(
         "demo",
         "engine",
         "errors",
+        "integrations",
         "metrics",
         "models",
         "serve",
@@ -36,9 +40,17 @@ _SUBPACKAGES = frozenset(
     }
 )
 
-__all__ = ["__version__", "create_model", "create_segmentation_model", "list_models", "load_model"]
+__all__ = [
+    "__version__",
+    "create_model",
+    "create_segmentation_model",
+    "from_pretrained",
+    "list_models",
+    "load_model",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from drnet.integrations.hub import from_pretrained
     from drnet.models.loading import load_model
     from drnet.models.registry import create_model, create_segmentation_model, list_models
 
@@ -55,3 +67,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | _SUBPACKAGES)
+
+
+# drnet's models in timm's registry and its encoders in SMP's, when (and if) either is imported:
+# a hook on their import (drnet.integrations imports neither, nor torch)
+_install_integrations()

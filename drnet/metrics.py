@@ -2,8 +2,9 @@
 accuracies.
 
 The confusion matrix ``hist[t, p]`` counts pixels of ground-truth class ``t`` predicted as ``p``.
-Pixels whose label is the ignore index (255) or otherwise outside ``[0, num_classes)`` are not
-counted. From it:
+Pixels whose label is the ignore index (255) are not counted; any other label outside
+``[0, num_classes)`` is an error (a wrong class count or a broken label file, not something to
+drop silently). From it:
 
 * IoU of class c = ``hist[c, c] / (row_c + col_c - hist[c, c])``; NaN when the class appears in
   neither the labels nor the predictions (a class that is only predicted has IoU 0).
@@ -24,6 +25,7 @@ import torch
 
 from drnet.constants import IGNORE_INDEX
 from drnet.engine.distributed import all_reduce_sum
+from drnet.errors import DataError
 
 
 def confusion_matrix(
@@ -32,13 +34,21 @@ def confusion_matrix(
     """``[num_classes, num_classes]`` int64 counts, rows = ground truth, columns = prediction.
 
     ``pred`` and ``target`` hold class indices of the same shape; target pixels equal to
-    ``ignore_index`` or outside ``[0, num_classes)`` are skipped.
+    ``ignore_index`` are skipped. Raises :class:`~drnet.errors.DataError` naming the values when
+    another target value lies outside ``[0, num_classes)``.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     target = target.reshape(-1).long()
     pred = pred.reshape(-1).long()
-    keep = (target >= 0) & (target < num_classes) & (target != ignore_index)
+    keep = target != ignore_index
+    outside = keep & ((target < 0) | (target >= num_classes))
+    if outside.any():
+        values = torch.unique(target[outside])[:8].tolist()
+        raise DataError(
+            f"label values {values} outside [0, {num_classes}) (ignore index {ignore_index}): "
+            "wrong number of classes, or bad label files (`drnet data check` names them)"
+        )
     index = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
     counts = torch.bincount(index, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).cpu()

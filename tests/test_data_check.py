@@ -97,7 +97,8 @@ def test_cityscapes_missing_trainids_and_default_classes(tmp_path):
     assert report.layout == "cityscapes" and report.num_classes == 19
     values, missing = sorted(report.errors, key=lambda p: p.file.endswith("leftImg8bit.png"))
     assert "a_1_gtFine_labelTrainIds.png has values [19] outside [0, 19)" in values.message
-    assert "a_2_leftImg8bit.png has no label; run: drnet data cityscapes-prepare" in missing.message
+    assert "a_2_leftImg8bit.png has no label (looked for" in missing.message
+    assert "; run: drnet data cityscapes-prepare --data-dir" in missing.message
 
 
 def test_folder_layout_unpaired_images_and_unknown_classes(tmp_path):
@@ -111,7 +112,7 @@ def test_folder_layout_unpaired_images_and_unknown_classes(tmp_path):
     (error,) = report.errors
     assert error.file == str(root / "images/train/c.jpg") and "has no label" in error.message
     (info,) = report.infos
-    assert "label values go up to 4; pass --classes" in info.message
+    assert "label values go up to 4; pass --num-classes N" in info.message
     report = check_dataset(root, num_classes=3)
     assert any("b.png has values [4]" in p.message for p in report.errors)
 

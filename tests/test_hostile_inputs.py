@@ -275,13 +275,14 @@ from drnet.cli import main
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 model = ["--model", "drn_d_22", "--channels", sys.argv[1], "--num-classes", "32", "--no-fast",
-         "--device", "cpu", "--no-progress", "-o", "out"]
+         "--device", "cpu", "--no-progress"]
 segment = ["segment", "predict", "--weights", "seg.pth", "--window", "256", "--stride", "256"]
-assert main([*segment, "small.png", *model]) == 0
+# one -o per predict: a folder holding another predict's results is refused (predict.json)
+assert main([*segment, "small.png", *model, "-o", "out-small"]) == 0
 before = peak()
-assert main([*segment, "tall.png", *model]) == 0
+assert main([*segment, "tall.png", *model, "-o", "out-tall"]) == 0
 after_segment = peak()
-assert main(["localize", "predict", "thin.png", "--weights", "cls.pth", *model]) == 0
+assert main(["localize", "predict", "thin.png", "--weights", "cls.pth", *model, "-o", "out"]) == 0
 print(before, after_segment, peak())
 """
 
@@ -309,7 +310,7 @@ def test_large_images_are_predicted_in_bounded_memory(tmp_path):
     assert after_segment - before < unbounded_mb / 3, (before, after_segment)
     # unbounded: a network input of 256 x 7.68 million pixels (7.3 GB as float32, 3 channels)
     assert after_localize - before < 1000, (before, after_localize)
-    assert (tmp_path / "out/labels/tall.png").is_file()
+    assert (tmp_path / "out-tall/labels/tall.png").is_file()
     boxes = json.loads((tmp_path / "out/boxes.json").read_text())
     assert boxes[0]["width"] == 60000 and boxes[0]["height"] == 2
 

@@ -311,7 +311,9 @@ def test_ctrl_c_in_segment_predict_leaves_whole_pngs_and_a_marker(models, tmp_pa
     assert rc == 130 and "Traceback" not in err, err
     assert "INCOMPLETE.txt" in err and "again" in err
     assert (out / "INCOMPLETE.txt").is_file()
-    files = [p for p in out.rglob("*") if p.is_file() and p.name != "INCOMPLETE.txt"]
+    assert json.loads((out / "predict.json").read_text())["complete"] is False
+    bookkeeping = ("INCOMPLETE.txt", "predict.json", ".drnet.lock")  # marker, record, lock
+    files = [p for p in out.rglob("*") if p.is_file() and p.name not in bookkeeping]
     assert len(files) == 4 and not [p for p in files if p.suffix != ".png"]  # image 0 + labels
     for path in files:
         with Image.open(path) as image:
@@ -320,6 +322,8 @@ def test_ctrl_c_in_segment_predict_leaves_whole_pngs_and_a_marker(models, tmp_pa
     assert rc == 0, err
     assert not (out / "INCOMPLETE.txt").exists()
     assert len(list(out.rglob("*.png"))) == 12
+    marker = json.loads((out / "predict.json").read_text())
+    assert marker["complete"] is True and len(marker["outputs"]) == 12
 
 
 def test_ctrl_c_in_data_scenes_then_overwrite(tmp_path, capsys, monkeypatch):

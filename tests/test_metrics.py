@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from drnet.errors import DataError
 from drnet.metrics import ConfusionMatrix, confusion_matrix, format_iou_table, segmentation_metrics
 
 # 5 classes; class 3 appears nowhere (its only prediction sits on an ignored pixel) -> NaN;
@@ -40,15 +41,38 @@ def test_metrics_by_hand():
     assert m["pixels"] == [3, 2, 2, 0, 0]
 
 
-def test_accumulates_over_batches_and_ignores_out_of_range_labels():
+def test_accumulates_over_batches_and_refuses_out_of_range_labels():
     cm = ConfusionMatrix(5)
     cm.update(PRED[:1], TARGET[:1])
     cm.update(PRED[1:], TARGET[1:])
     assert cm.hist.tolist() == HIST
     cm2 = ConfusionMatrix(2)
-    cm2.update(torch.tensor([0, 1, 1]), torch.tensor([0, 7, 255]))
+    cm2.update(torch.tensor([0, 1]), torch.tensor([0, 255]))
     assert cm2.hist.tolist() == [[1, 0], [0, 0]]
     assert cm2.compute()["miou"] == 1.0
+    for bad in (7, -1):
+        with pytest.raises(DataError, match=rf"label values \[{bad}\] outside \[0, 2\)"):
+            cm2.update(torch.tensor([0, 1, 1]), torch.tensor([0, bad, 255]))
+    assert cm2.hist.tolist() == [[1, 0], [0, 0]]  # nothing counted from the refused batch
+    other = confusion_matrix(torch.tensor([0, 0]), torch.tensor([0, -100]), 2, ignore_index=-100)
+    assert other.tolist() == [[1, 0], [0, 0]]
+
+
+def test_parity_with_torchmetrics_absent_classes_included():
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    hist = confusion_matrix(PRED, TARGET, 5)
+    reference = tm.multiclass_confusion_matrix(PRED, TARGET, 5, ignore_index=255)
+    assert hist.tolist() == reference.tolist()
+    ours = segmentation_metrics(hist)
+    # torchmetrics' per-class IoU (Jaccard); absent classes (NaN for us) it reports as 0, and its
+    # "macro" average counts them, so compare per class and the mean over present classes.
+    per_class = tm.multiclass_jaccard_index(PRED, TARGET, 5, average="none", ignore_index=255)
+    present = [i for i, v in enumerate(ours["iou"]) if not math.isnan(v)]
+    assert present == [0, 1, 2, 4]
+    assert [ours["iou"][i] for i in present] == pytest.approx(per_class[present].tolist())
+    assert ours["miou"] == pytest.approx(per_class[present].mean().item())
+    accuracy = tm.multiclass_accuracy(PRED, TARGET, 5, average="micro", ignore_index=255)
+    assert ours["pixel_accuracy"] == pytest.approx(accuracy.item())
 
 
 def test_all_ignored_gives_nan_not_error():

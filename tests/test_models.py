@@ -160,12 +160,14 @@ def test_feature_info_matches_feature_maps(name):
     assert not hasattr(model, "fc")
 
 
-def test_out_indices_select_levels():
-    model = meta_model("drn_d_22", features_only=True, out_indices=(2, 4, -1))
+def test_out_indices_select_stages():
+    # timm's convention: five stages at nominal reductions 2..32 (the dilated ones stay at 8).
+    model = meta_model("drn_d_22", features_only=True, out_indices=(0, 2, -1))
     assert model.feature_info.reduction() == [2, 8, 8]
     assert model.feature_info.module_name() == ["layer2", "layer4", "layer8"]
+    assert meta_model("drn_d_22").level_info.module_name()[:2] == ["layer0", "layer1"]
     with pytest.raises(ValueError, match="out of range"):
-        meta_model("drn_d_22", features_only=True, out_indices=(12,))
+        meta_model("drn_d_22", features_only=True, out_indices=(5,))
 
 
 @pytest.mark.parametrize(

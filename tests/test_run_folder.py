@@ -144,6 +144,14 @@ def test_bad_image_in_epoch_one_keeps_the_run(
         pass
 
 
+def test_resume_writes_its_recipe_into_model_json_once_it_has_trained(cls_data, run, capsys):
+    """The card of a resumed run names the continued recipe (--epochs 2), written at its end."""
+    assert json.loads((run / "model.json").read_text())["training"]["epochs"] == 1
+    rc, _, err = cli(capsys, *cls_train(cls_data, run, "--resume", "auto", "--epochs", "2"))
+    assert rc == 0, err
+    assert json.loads((run / "model.json").read_text())["training"]["epochs"] == 2
+
+
 # -- a folder that holds a run -------------------------------------------------------------------
 
 
@@ -204,7 +212,7 @@ def test_a_folder_in_use_is_refused(cls_data, cls_run, run, capsys):
 def test_lock_is_exclusive_and_released(tmp_path):
     first = RunFolderLock(tmp_path)
     first.acquire()
-    assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert (tmp_path / LOCK_FILE).read_text().split() == [str(os.getpid()), "training"]
     in_use = f"{tmp_path} is in use by another drnet training \\(pid {os.getpid()}\\)"
     with pytest.raises(DrnetError, match=in_use):
         RunFolderLock(tmp_path).acquire()

@@ -188,7 +188,7 @@ def test_pretrained_from_local_directory(monkeypatch, local_registry, source):
     monkeypatch.setenv("DRNET_WEIGHTS_DIR", str(local_registry.parent))
     model = drnet.create_model("drn_d_22", pretrained=True, num_classes=10)
     same_outputs(source, model.eval(), torch.randn(1, 3, 32, 32))
-    assert model.pretrained_cfg.tag == "imagenet"
+    assert model.pretrained_cfg["tag"] == "imagenet"
 
 
 def test_pretrained_from_mirror_url_argument(local_registry, source, tmp_path, monkeypatch):

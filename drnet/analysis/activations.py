@@ -45,9 +45,10 @@ _LUT = (
 
 
 def level_names(model: nn.Module) -> list[str]:
-    """The modules whose outputs are the model's levels: ``feature_info`` names when the model
-    has them (drnet and timm models), else its top-level children called ``layer*``."""
-    info = getattr(model, "feature_info", None)
+    """The modules whose outputs are the model's levels: drnet's ``level_info`` (every level,
+    the stem first), else ``feature_info`` names (timm models), else its top-level children
+    called ``layer*``."""
+    info = getattr(model, "level_info", None) or getattr(model, "feature_info", None)
     if info is not None and hasattr(info, "module_name"):
         return list(info.module_name())
     return [name for name, _ in model.named_children() if name.startswith("layer")]

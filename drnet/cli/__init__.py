@@ -209,6 +209,15 @@ def report_failures(failed: list[tuple[str, str]], done: int, output_dir: str) -
     return 1
 
 
+def best_epoch_text(summary: dict) -> str:
+    """"epoch N" of a training summary's best metric; an older checkpoint that was resumed may
+    not record it (never "epoch None")."""
+    epoch = summary.get("best_epoch")
+    if epoch is None:
+        return "epoch unknown: the resumed checkpoint does not record it"
+    return f"epoch {epoch}"
+
+
 def print_skips(summary: dict) -> None:
     """The ``--skip-bad-samples`` line of a training summary: the skips and, where the summary
     has it (``skipped_files``), the distinct bad files (a bad file is skipped in every epoch)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from drnet.cli import (
     BAD_INPUTS_HELP,
+    best_epoch_text,
     ensure_writable,
     float_in,
     int_in,
@@ -30,6 +31,7 @@ from drnet.cli.vocab import (
     add_no_progress,
     add_num_classes,
     add_output_dir,
+    add_predict_overwrite,
     add_pretrained,
     add_weights,
     add_workers,
@@ -188,6 +190,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(predict)
     predict.add_argument("--top-k", type=positive_int, default=5, help="classes per image")
     add_inference_arguments(predict, "runs/classify-predict", 16, workers=0, amp=False)
+    add_predict_overwrite(predict)
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -217,7 +220,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     summary = train_classifier(task, train_config(args))
     best = summary.get("best_metric")
-    shown = f"best top-1 {best:.4f} (epoch {summary['best_epoch']})" if best is not None else ""
+    shown = f"best top-1 {best:.4f} ({best_epoch_text(summary)})" if best is not None else ""
     print(f"trained {args.model} for {summary['epochs']} epochs {shown}".rstrip())
     print(f"run directory: {summary['output_dir']}")
     print_skips(summary)
@@ -258,30 +261,32 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from drnet.data.classification import list_images
+    from drnet.engine.predict_folder import predict_folder
     from drnet.tasks.classify import predict_classes, write_predictions
 
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
     paths = list_images(args.inputs)
     failed: list[tuple[str, str]] = []
-    predictions = predict_classes(
-        model,
-        paths,
-        card.names(),
-        crop_size=card.crop_size,
-        resize_size=card.resize_size,
-        mean=card.mean,
-        std=card.std,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        fast=not args.no_fast,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-        failed=failed,
-    )
-    files = write_predictions(predictions, args.output_dir)
+    with predict_folder(args.output_dir, "classify predict", paths, overwrite=args.overwrite):
+        predictions = predict_classes(
+            model,
+            paths,
+            card.names(),
+            crop_size=card.crop_size,
+            resize_size=card.resize_size,
+            mean=card.mean,
+            std=card.std,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            fast=not args.no_fast,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+            failed=failed,
+        )
+        files = write_predictions(predictions, args.output_dir)
     for item in predictions[:10]:
         best = item["top_k"][0]
         print(f"{item['image']}: {best['class']} ({best['probability']:.3f})")

@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validate a dataset up front: report every bad file in one pass",
         description="Check every file of a dataset the way training and evaluation read it and "
         "report all problems at once: missing or empty list files, listed files that do not "
-        "exist, unreadable or truncated images, RGB label PNGs, label values >= classes (other "
-        "than 255), label/image size mismatches, empty class folders, box files naming missing "
+        "exist, unreadable or truncated images, RGB label PNGs, JPEG labels (lossy: wrong classes "
+        "at edges), label values >= classes (other than 255), label/image size mismatches, "
+        "empty class folders, dangling or looping symbolic links, box files naming missing "
         "images or boxes outside the image. Images smaller than --crop-size are reported as "
         "info (training pads them). Layouts: segmentation list files / Cityscapes / image+mask "
         "folders, classification ImageFolder, and boxes*.csv|json or boxes/ XML found in DIR. "

@@ -16,7 +16,7 @@ from drnet.cli import (
     report_failures,
 )
 from drnet.cli.classify import CROP_RANGE, add_inference_arguments, add_model_arguments
-from drnet.cli.vocab import NAMES_HELP, add_data, load_from_args
+from drnet.cli.vocab import NAMES_HELP, add_data, add_predict_overwrite, load_from_args
 from drnet.constants import (
     BOX_RESOLUTIONS,
     DEFAULT_BOX_RESOLUTION,
@@ -181,6 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     add_inference_arguments(predict, "runs/localize-predict", None, workers=0, amp=False)
+    add_predict_overwrite(predict)
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -266,6 +267,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from drnet.data.classification import list_images
+    from drnet.engine.predict_folder import predict_folder
     from drnet.tasks.localize import predict_localization, read_threshold
 
     threshold, mode = read_threshold(args.threshold)
@@ -274,22 +276,23 @@ def run_predict(args: argparse.Namespace) -> int:
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
     failed: list[tuple[str, str]] = []
-    entries = predict_localization(
-        model,
-        card,
-        paths,
-        args.output_dir,
-        threshold=threshold,
-        settings=settings,
-        save_overlays=not args.no_overlays,
-        save_heatmaps=args.save_heatmaps,
-        device=args.device,
-        workers=args.workers,
-        fast=not args.no_fast,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-        failed=failed,
-    )
+    with predict_folder(args.output_dir, "localize predict", paths, overwrite=args.overwrite):
+        entries = predict_localization(
+            model,
+            card,
+            paths,
+            args.output_dir,
+            threshold=threshold,
+            settings=settings,
+            save_overlays=not args.no_overlays,
+            save_heatmaps=args.save_heatmaps,
+            device=args.device,
+            workers=args.workers,
+            fast=not args.no_fast,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+            failed=failed,
+        )
     for entry in entries[:10]:
         top = entry["predictions"][0]
         box = ", ".join(f"{v:g}" for v in top["box"])

@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     json_file = write_json(report, args.json) if args.json else None
     if args.json == "-":
         return 0  # the JSON on stdout replaces the text
+    # mIoU in points (x100), as segment eval prints it; the change in points too
     print(
-        f"mIoU float32 {report['miou_fp32']:.4f}, int8 {report['miou_int8']:.4f} "
+        f"mIoU float32 {100 * report['miou_fp32']:.2f}, int8 {100 * report['miou_int8']:.2f} "
         f"(change {100 * (report['miou_int8'] - report['miou_fp32']):+.2f} points); labels "
         f"unchanged {report['labels_unchanged']:.4%}; {report['ms_fp32']:.1f} -> "
         f"{report['ms_int8']:.1f} ms/img ({report['speedup']:.2f}x) on {report['val_images']} "
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if "miou_bf16" in report:
         native = "" if report["bf16_native"] else " (emulated on this CPU: time not meaningful)"
         print(
-            f"bf16: mIoU {report['miou_bf16']:.4f} (change "
+            f"bf16: mIoU {100 * report['miou_bf16']:.2f} (change "
             f"{100 * (report['miou_bf16'] - report['miou_fp32']):+.2f} points); labels unchanged "
             f"{report['labels_unchanged_bf16']:.4%}; {report['ms_bf16']:.1f} ms/img "
             f"({report['speedup_bf16']:.2f}x){native}"

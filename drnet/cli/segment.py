@@ -15,6 +15,7 @@ from pathlib import Path
 
 from drnet.cli import (
     BAD_INPUTS_HELP,
+    best_epoch_text,
     ensure_writable,
     float_in,
     int_in,
@@ -37,6 +38,7 @@ from drnet.cli.vocab import (
     add_no_progress,
     add_num_classes,
     add_output_dir,
+    add_predict_overwrite,
     add_pretrained,
     add_weights,
     add_workers,
@@ -253,6 +255,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what to write: labels,color,overlay",
     )
     predict.add_argument("--alpha", type=float_in(0, 1), default=0.5, help="overlay opacity, 0..1")
+    add_predict_overwrite(predict)
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -291,7 +294,7 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train_segmentation(options, config)
     if summary["best_metric"] is not None:
         print(
-            f"best mIoU {100 * summary['best_metric']:.2f} at epoch {summary['best_epoch']}: "
+            f"best mIoU {100 * summary['best_metric']:.2f} ({best_epoch_text(summary)}): "
             f"{summary['checkpoint_best']}"
         )
     print(f"last checkpoint: {summary['checkpoint_last']}")
@@ -358,10 +361,14 @@ def run_predict(args: argparse.Namespace) -> int:
     from drnet.cli.vocab import load_from_args
     from drnet.data.segmentation import dataset_info
     from drnet.engine.distributed import resolve_device
-    from drnet.tasks.segment_infer import predict_files
+    from drnet.engine.predict_folder import predict_folder
+    from drnet.tasks.segment import check_save_kinds
+    from drnet.tasks.segment_infer import check_window, predict_files
 
     if not args.inputs and not (args.data_dir and args.split):
         raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
+    check_save_kinds(args.save)  # before the model is loaded and -o is made
+    check_window(args.window, args.stride)
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "segmentation")
     mean, std = card.mean, card.std
@@ -369,36 +376,28 @@ def run_predict(args: argparse.Namespace) -> int:
         info = dataset_info(args.data_dir, args.layout, args.split or "train")
         mean, std = info["mean"], info["std"]
     failed: list[tuple[str, str]] = []
-    results = predict_files(
-        model,
-        _predict_items(args, card.num_classes),
-        args.output_dir,
-        mean,
-        std,
-        card.num_classes,
-        resolve_device(args.device),
-        scales=_scales(args),
-        flip=args.flip,
-        window=args.window,
-        stride=args.stride,
-        save=_save_kinds(args.save),
-        alpha=args.alpha,
-        amp=args.amp,
-        progress=not args.no_progress,
-        fast=not args.no_fast,
-        dtype=args.dtype,
-        failed=failed,
-    )
+    items = _predict_items(args, card.num_classes)
+    inputs = [path for path, _ in items]
+    with predict_folder(args.output_dir, "segment predict", inputs, overwrite=args.overwrite):
+        results = predict_files(
+            model,
+            items,
+            args.output_dir,
+            mean,
+            std,
+            card.num_classes,
+            resolve_device(args.device),
+            scales=_scales(args),
+            flip=args.flip,
+            window=args.window,
+            stride=args.stride,
+            save=args.save,
+            alpha=args.alpha,
+            amp=args.amp,
+            progress=not args.no_progress,
+            fast=not args.no_fast,
+            dtype=args.dtype,
+            failed=failed,
+        )
     print(f"wrote predictions of {len(results)} image(s) to {args.output_dir}")
     return report_failures(failed, len(results), args.output_dir)
-
-
-def _save_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
-    from drnet.tasks.segment import SAVE_KINDS
-
-    unknown = set(kinds) - set(SAVE_KINDS)
-    if unknown:
-        raise DrnetError(
-            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
-        )
-    return kinds

@@ -60,21 +60,32 @@ def device(text: str) -> str:
 channel_widths = list_of(int_in(1, 4096), count=8)
 
 
+def shown_default(action: argparse.Action) -> str | None:
+    """The default ``--help`` shows for ``action`` (``None``: none shown), as a user would type
+    it: a tuple is ``a,b`` for one comma-separated value, ``a b`` for an option taking several
+    values (``nargs``). ``tests/test_hostile_inputs_24.py`` parses every one back."""
+    default = action.default
+    if default in (None, False, "", (), []) or default is SUPPRESS:
+        return None
+    if "default" in (action.help or ""):
+        return None
+    if not action.option_strings and action.nargs not in ("?", "*"):
+        return None
+    if isinstance(default, (tuple, list)):
+        several = isinstance(action.nargs, int) or action.nargs in ("+", "*")
+        return (" " if several else ",").join(map(str, default))
+    return str(default)
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to an option's help unless the help already speaks of its
     default or there is nothing to show (``None``, ``False``, an empty value)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = action.default
-        if default in (None, False, "", (), []) or default is SUPPRESS or "default" in text:
+        shown = shown_default(action)
+        if shown is None:
             return text
-        if not action.option_strings and action.nargs not in ("?", "*"):
-            return text
-        if isinstance(default, (tuple, list)):
-            shown = ",".join(map(str, default))
-        else:
-            shown = str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"
 
     def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
@@ -238,6 +249,19 @@ def add_output_dir(
     parser.add_argument("-o", "--output-dir", default=default, metavar="DIR", help=help)
     if old:
         hidden(parser, *old, dest="output_dir", metavar="DIR")
+
+
+#: What a predict command's --overwrite does (drnet.engine.predict_folder has the rule).
+PREDICT_OVERWRITE_HELP = (
+    "write into an -o/--output-dir that holds another predict's results (its predict.json "
+    "names another command or other inputs), deleting the files that predict wrote; without "
+    "it such a folder is refused. The same command on the same inputs needs no flag"
+)
+
+
+def add_predict_overwrite(parser: Container) -> None:
+    """``--overwrite`` of the predict commands (see :data:`PREDICT_OVERWRITE_HELP`)."""
+    parser.add_argument("--overwrite", action="store_true", help=PREDICT_OVERWRITE_HELP)
 
 
 def add_json(parser: Container, what: str) -> None:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from drnet.data.text import read_json, read_text
+from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
 
 BOX_KEYS = ("image", "x1", "y1", "x2", "y2", "label")
@@ -214,7 +215,7 @@ def read_xml_dir(
     directory = Path(directory)
     by_relative: dict[str, Path] = {}
     by_stem: dict[str, Path] = {}
-    for xml in sorted(directory.rglob("*.xml")):
+    for xml in FolderWalk(directory, (".xml",)).files:
         by_relative[xml.relative_to(directory).with_suffix("").as_posix()] = xml
         by_stem.setdefault(xml.stem, xml)
     table = {}

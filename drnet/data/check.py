@@ -38,11 +38,11 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from drnet.constants import DATA_CHECK_LAYOUTS, IGNORE_INDEX
 from drnet.data.boxes import BOX_KEYS, _check_box, _read_rows, read_voc_xml
 from drnet.data.classification import load_rgb
-from drnet.data.images import FolderWalk
 from drnet.data.segmentation import (
     Sample,
     check_label,
     check_label_size,
+    cityscapes_label_hint,
     cityscapes_samples,
     dataset_info,
     detect_layout,
@@ -53,6 +53,7 @@ from drnet.data.segmentation import (
     read_label,
 )
 from drnet.data.text import read_lines
+from drnet.data.walk import FolderWalk, broken_link_message
 from drnet.engine.rundir import atomic_write_json
 from drnet.errors import DataError
 
@@ -184,6 +185,18 @@ def _check_segmentation_sample(
         result.problems.append(Problem(str(sample.label), str(exc), ERROR, split))
         return result
     result.labelled = bool((label != IGNORE_INDEX).any())
+    lossy = _lossy_format(sample.label)
+    if lossy:
+        result.problems.append(
+            Problem(
+                str(sample.label),
+                f"label {sample.label} is a {lossy} file: lossy compression changes class "
+                "indices near edges (wrong classes even where they stay below --num-classes); "
+                "save labels as PNG",
+                ERROR,
+                split,
+            )
+        )
     try:  # the size and the values are checked independently: report both
         if image is not None:
             check_label_size(image, label, sample)
@@ -198,6 +211,18 @@ def _check_segmentation_sample(
     except DataError as exc:
         result.problems.append(Problem(str(sample.label), str(exc), ERROR, split))
     return result
+
+
+def _lossy_format(path: Path) -> str | None:
+    """``"JPEG"`` when the label file at ``path`` is stored lossily (whatever its extension),
+    else None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return "JPEG" if im.format in ("JPEG", "MPO") else None
+    except OSError:
+        return None
 
 
 def _check_classification_image(path: Path, split: str) -> _Result:
@@ -216,8 +241,9 @@ def _check_classification_image(path: Path, split: str) -> _Result:
 def _segmentation_splits(root: Path, layout: str, list_dir: Path | None) -> list[str]:
     if layout == "list":
         folder = list_dir or root
-        names = {p.name[: -len("_images.txt")] for p in folder.glob("*_images.txt")}
-        names |= {p.name[: -len("_labels.txt")] for p in folder.glob("*_labels.txt")}
+        lists = [p.name for p in folder.glob("*_*.txt") if not p.name.startswith(".")]
+        names = {n[: -len("_images.txt")] for n in lists if n.endswith("_images.txt")}
+        names |= {n[: -len("_labels.txt")] for n in lists if n.endswith("_labels.txt")}
         return sorted(names)
     if layout == "cityscapes":
         return sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())
@@ -272,12 +298,11 @@ def _segmentation_samples(
             )
         )
     elif unlabeled:
-        hint = (
-            f"; run: drnet data cityscapes-prepare {root}"
-            if layout == "cityscapes"
-            else " (same relative path, any image extension)"
-        )
         for s in unlabeled:
+            if layout == "cityscapes":
+                hint = cityscapes_label_hint(root, root / "leftImg8bit" / split, s.image)
+            else:
+                hint = " (same relative path, any image extension)"
             problems.append(
                 Problem(str(s.image), f"image {s.image} has no label{hint}", ERROR, split)
             )
@@ -303,7 +328,7 @@ def _paired_list_lines(root: Path, split: str, list_dir: Path | None) -> list[Sa
 
 
 def _has_images(folder: Path) -> bool:
-    return any(p.is_file() and p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob("*"))
+    return bool(FolderWalk(folder, IMG_EXTENSIONS).files)
 
 
 def _is_class_dir(path: Path) -> bool:
@@ -326,7 +351,8 @@ def _imagefolder_splits(root: Path) -> dict[str, Path]:
 
 def _imagefolder_images(split_dir: Path, split: str, problems: list[Problem]) -> list[Path]:
     """The images of a split as training reads them (:class:`FolderWalk`: no link loops, no
-    hidden folders); what the walk skipped is reported as info."""
+    hidden files or folders); what the walk skipped is reported as info, links that cannot be
+    read as errors."""
     images = []
     hidden = sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith("."))
     if hidden:
@@ -336,9 +362,11 @@ def _imagefolder_images(split_dir: Path, split: str, problems: list[Problem]) ->
         )
     for class_dir in sorted(p for p in split_dir.iterdir() if _is_class_dir(p)):
         walk = FolderWalk(class_dir, IMG_EXTENSIONS)
-        found = walk.files
         for note in walk.notes():
             problems.append(Problem(str(class_dir), note, INFO, split))
+        for link, reason in walk.broken:  # ImageFolder lists them, and training stops on them
+            problems.append(Problem(str(link), broken_link_message(link, reason), ERROR, split))
+        found = [p for p in walk.files if p not in {link for link, _ in walk.broken}]
         if not found:
             problems.append(
                 Problem(
@@ -447,7 +475,7 @@ def _check_box_table(path: Path, index: _ImageIndex) -> tuple[list[Problem], int
 
 def _check_xml_dir(directory: Path, index: _ImageIndex) -> tuple[list[Problem], int]:
     problems: list[Problem] = []
-    files = sorted(directory.rglob("*.xml"))
+    files = FolderWalk(directory, (".xml",)).files
     for xml in files:
         try:
             boxes = read_voc_xml(xml)
@@ -553,10 +581,15 @@ def check_dataset(
     report = CheckReport(str(root), layout)
     problems = report.problems
     jobs: list[tuple[str, Callable[[], _Result], Path]] = []  # (split, check, image)
+    known_images: list[Path] = []  # every image box files may name, checked splits or not
 
     if layout == "imagefolder":
         found = _imagefolder_splits(root)
         names = _select_splits(list(found), splits, root, problems)
+        # boxes of the splits not checked (--splits) still name existing images
+        known_images = [
+            p for folder in found.values() for p in FolderWalk(folder, IMG_EXTENSIONS).files
+        ]
         classes: dict[str, list[str]] = {}
         for split in names:
             images = _imagefolder_images(found[split], split, problems)
@@ -628,7 +661,7 @@ def check_dataset(
             Problem(
                 str(root),
                 f"the number of classes of {root} is unknown (no info.json 'classes'): label "
-                f"values go up to {max_label}; pass --classes N to check them",
+                f"values go up to {max_label}; pass --num-classes N to check them",
                 INFO,
             )
         )
@@ -637,7 +670,7 @@ def check_dataset(
         p for p in _find_box_sources(root) if p not in [Path(b) for b in boxes]
     ]
     if sources:
-        index = _ImageIndex(root, [image for _, _, image in jobs], sizes)
+        index = _ImageIndex(root, known_images or [image for _, _, image in jobs], sizes)
         for source in sources:
             if source.is_dir():
                 found_problems, count = _check_xml_dir(source, index)

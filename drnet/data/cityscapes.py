@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# re-exported: drnet.cli.segment imports the Cityscapes statistics from here
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
-
-# re-exported: drnet.cli.segment imports the Cityscapes statistics from here
+from drnet.data.walk import FolderWalk
 from drnet.engine.rundir import atomic_save_image
 from drnet.errors import DataError
 
@@ -83,7 +83,7 @@ def prepare_cityscapes(
     for d in dirs:
         if not d.is_dir():
             raise DataError(f"{d} does not exist")
-    files = sorted(p for d in dirs for p in d.rglob("*_gtFine_labelIds.png"))
+    files = sorted(p for d in dirs for p in FolderWalk(d, pattern="*_gtFine_labelIds.png").files)
     if not files:
         raise DataError(f"no *_gtFine_labelIds.png files under {', '.join(map(str, dirs))}")
     lut = train_id_lut()

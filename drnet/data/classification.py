@@ -21,7 +21,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from drnet.constants import AUTO_AUGMENT_POLICIES, IMAGENET_MEAN, IMAGENET_STD
-from drnet.data.images import FolderWalk, as_rgb, failure_message
+from drnet.data.images import as_rgb, failure_message
+from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
 
 
@@ -154,10 +155,11 @@ def full_image_transform(
 
 
 class ImageFolder(datasets.ImageFolder):
-    """torchvision's ImageFolder, walked by :class:`drnet.data.images.FolderWalk`: hidden
-    folders (``.ipynb_checkpoints``) are not classes, and links to folders are never followed
-    into a loop (torchvision's ``os.walk(followlinks=True)`` counted each image once per link,
-    and two links to ``.`` never ended)."""
+    """torchvision's ImageFolder, walked by :class:`drnet.data.walk.FolderWalk`: hidden folders
+    (``.ipynb_checkpoints``) are not classes, hidden files (macOS's ``._x.png``) are not images,
+    and links to folders are never followed into a loop (torchvision's
+    ``os.walk(followlinks=True)`` counted each image once per link, and two links to ``.`` never
+    ended). A broken link named like an image stays in, so that reading it names it."""
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         classes = sorted(
@@ -201,9 +203,7 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> dataset
         empty = sorted(
             p.name
             for p in root.iterdir()
-            if p.is_dir()
-            and not p.name.startswith(".")
-            and not any(f.suffix.lower() in IMG_EXTENSIONS for f in p.rglob("*"))
+            if p.is_dir() and not p.name.startswith(".") and not FolderWalk(p, IMG_EXTENSIONS).files
         )
         found = (
             f"class folder(s) without images: {', '.join(empty[:8])}; add images or remove them"

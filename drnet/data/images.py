@@ -96,61 +96,6 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
 
 
-# -- walking folders ------------------------------------------------------------------------------
-
-
-class FolderWalk:
-    """The files under a folder, walked once: links to folders are followed (data is often
-    linked in) but never into a folder already walked (a link to ``.`` multiplied every image,
-    two such links never ended), and hidden entries (``.ipynb_checkpoints``, ``.DS_Store``) are
-    skipped. ``files`` are sorted as torchvision's ImageFolder sorts them (by folder, then
-    name); ``loops`` and ``hidden`` hold what was skipped, for ``drnet data check`` to say
-    so."""
-
-    def __init__(self, root: str | os.PathLike, extensions: Sequence[str] | None = None) -> None:
-        self.root = Path(root)
-        self.files: list[Path] = []
-        self.loops: list[Path] = []
-        self.hidden: list[Path] = []
-        suffixes = tuple(e.lower() for e in extensions) if extensions else None
-        seen = {os.path.realpath(self.root)}
-        pending = [self.root]
-        while pending:
-            folder = pending.pop()
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                path = Path(entry.path)
-                if entry.name.startswith("."):
-                    self.hidden.append(path)
-                elif entry.is_dir():
-                    real = os.path.realpath(path)
-                    if real in seen:
-                        self.loops.append(path)
-                    else:
-                        seen.add(real)
-                        pending.append(path)
-                elif entry.is_file() and (suffixes is None or path.suffix.lower() in suffixes):
-                    self.files.append(path)
-        self.files.sort(key=lambda p: (str(p.parent), p.name))  # torchvision's ImageFolder order
-
-    def notes(self) -> list[str]:
-        """One line each for the links and hidden entries that were skipped (none: empty)."""
-        notes = []
-        if self.loops:
-            shown = ", ".join(str(p) for p in self.loops[:3])
-            notes.append(
-                f"{len(self.loops)} link(s) to a folder already read were not followed: {shown}"
-            )
-        hidden = [p for p in self.hidden if p.is_dir()]
-        if hidden:
-            shown = ", ".join(str(p) for p in hidden[:3])
-            notes.append(f"{len(hidden)} hidden folder(s) were skipped: {shown}")
-        return notes
-
-
 # -- output names of predict commands -------------------------------------------------------------
 
 

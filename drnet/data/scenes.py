@@ -61,6 +61,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from drnet.data.walk import FolderWalk
 from drnet.engine.rundir import atomic_save_image, atomic_write, atomic_write_text
 from drnet.errors import DataError
 
@@ -519,6 +521,26 @@ class SceneSummary:
         )
 
 
+# the names the scene writers give files inside their folders (000123.png, 000123.xml), and
+# the temporary files of an atomic write they may have left when interrupted
+_SCENE_FILE = re.compile(r"\d{6}\.(png|xml)|\.\d{6}\.(png|xml)\..+\.tmp")
+
+
+def _foreign_files(out_dir: Path, owned: Sequence[str]) -> list[Path]:
+    """Files inside the folders of ``owned`` that a scene writer would not have written (a
+    user's notes, an image of their own): ``--overwrite`` must not delete them unnamed."""
+    found = []
+    for name in owned:
+        folder = out_dir / name
+        if folder.is_dir() and not folder.is_symlink():
+            found += [
+                p
+                for p in sorted(folder.rglob("*"))
+                if not p.is_dir() and not _SCENE_FILE.fullmatch(p.name)
+            ]
+    return found
+
+
 def _prepare_out_dir(out_dir: Path, owned: Sequence[str], overwrite: bool) -> None:
     """Make ``out_dir``; refuse a non-empty one unless it holds earlier scenes and overwrite."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -532,6 +554,14 @@ def _prepare_out_dir(out_dir: Path, owned: Sequence[str], overwrite: bool) -> No
         if not overwrite:
             what = "scenes" if _marker_complete(out_dir) else "scenes of an interrupted run"
             raise DataError(f"{out_dir}: already holds {what}; pass --overwrite to replace them")
+        foreign = _foreign_files(out_dir, owned)
+        if foreign:
+            shown = ", ".join(str(p.relative_to(out_dir)) for p in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise DataError(
+                f"{out_dir}: --overwrite would delete {len(foreign)} file(s) that drnet data "
+                f"scenes did not write: {shown}{more}; move them out of {out_dir} first"
+            )
         for name in (*owned, MARKER_FILE):
             path = out_dir / name
             if path.is_dir():
@@ -832,7 +862,7 @@ def read_boxes(data_dir: str | os.PathLike, split: str) -> dict[str, list[tuple]
     xml_dir = data_dir / "boxes" / split
     if not xml_dir.is_dir():
         raise DataError(f"{data_dir}: has neither boxes_{split}.csv nor boxes/{split}/")
-    for xml_path in sorted(xml_dir.rglob("*.xml")):
+    for xml_path in FolderWalk(xml_dir, (".xml",)).files:
         try:
             root = ElementTree.parse(xml_path).getroot()
             image = (

@@ -36,9 +36,10 @@ from drnet.constants import (
     IMAGENET_STD,
 )
 from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
-from drnet.data.images import FolderWalk, as_rgb, failure_message, list_names
+from drnet.data.images import as_rgb, failure_message, list_names
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.data.text import read_json, read_lines
+from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -89,7 +90,7 @@ def check_label(label: torch.Tensor, num_classes: int, path: object) -> None:
         values = torch.unique(label[bad])[:8].tolist()
         raise DataError(
             f"label {path} has values {values} outside [0, {num_classes}) (255 = ignore); "
-            f"check --classes or the label files"
+            f"check --num-classes or the label files"
         )
 
 
@@ -259,6 +260,20 @@ def list_file_samples(
 # -- layout 2: Cityscapes ----------------------------------------------------------------------
 
 
+def cityscapes_label_hint(root: Path, image_dir: Path, image: Path) -> str:
+    """The end of the message "no trainIds label for ``image``" (under ``image_dir`` =
+    ``leftImg8bit/{split}``): its city's ``gtFine`` folder is missing (named), or only the raw
+    labelIds are there (``cityscapes-prepare`` makes the trainIds), or just where it looked."""
+    stem = image.name[: -len("_leftImg8bit.png")]
+    gt_dir = root / "gtFine" / image_dir.name / image.parent.relative_to(image_dir)
+    if not gt_dir.is_dir():
+        return f": the folder {gt_dir} does not exist"
+    looked = f" (looked for {gt_dir}/{stem}_gtFine_labelTrainIds.png or _trainIds.png)"
+    if (gt_dir / f"{stem}_gtFine_labelIds.png").is_file():
+        return f"{looked}; run: drnet data cityscapes-prepare --data-dir {root}"
+    return looked
+
+
 def cityscapes_samples(
     root: str | os.PathLike, split: str, require_labels: bool = True
 ) -> list[Sample]:
@@ -267,7 +282,7 @@ def cityscapes_samples(
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
         raise DataError(f"{image_dir} does not exist (Cityscapes split {split!r})")
-    images = sorted(image_dir.rglob("*_leftImg8bit.png"))
+    images = FolderWalk(image_dir, pattern="*_leftImg8bit.png").files
     if not images:
         raise DataError(f"no *_leftImg8bit.png images under {image_dir}")
     samples = []
@@ -280,15 +295,8 @@ def cityscapes_samples(
                 label = gt_dir / (stem + suffix)
                 break
         if label is None and require_labels:
-            hint = (
-                f"; run: drnet data cityscapes-prepare --data-dir {root}"
-                if (gt_dir / f"{stem}_gtFine_labelIds.png").is_file()
-                else ""
-            )
-            raise DataError(
-                f"no trainIds label for {image} (looked for {gt_dir}/{stem}"
-                f"_gtFine_labelTrainIds.png or _trainIds.png){hint}"
-            )
+            hint = cityscapes_label_hint(root, image_dir, image)
+            raise DataError(f"no trainIds label for {image}{hint}")
         name = str(image.relative_to(image_dir).with_suffix(""))
         samples.append(Sample(image, label, name))
     return samples
@@ -298,7 +306,7 @@ def cityscapes_samples(
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
-    # no hidden folders (.ipynb_checkpoints), no link loops: FolderWalk
+    # no hidden files or folders (.ipynb_checkpoints, ._x.png), no link loops: FolderWalk
     return {
         str(p.relative_to(folder).with_suffix("")): p
         for p in FolderWalk(folder, IMAGE_EXTENSIONS).files
@@ -421,7 +429,7 @@ def open_segmentation_dataset(
     if num_classes is None:
         num_classes = info["num_classes"]
     if num_classes is None:
-        raise DataError(f"the number of classes of {data_dir} is unknown: pass --classes")
+        raise DataError(f"the number of classes of {data_dir} is unknown: pass --num-classes")
     if layout == "list":
         samples = list_file_samples(data_dir, split, list_dir, require_labels)
     elif layout == "cityscapes":

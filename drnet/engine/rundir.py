@@ -201,18 +201,20 @@ def clear_run(directory: str | os.PathLike) -> list[str]:
 
 
 class RunFolderLock:
-    """An exclusive ``flock`` on ``<directory>/.drnet.lock`` that keeps a second training out.
+    """An exclusive ``flock`` on ``<directory>/.drnet.lock`` that keeps a second writer out: a
+    training, or a predict command (``owner`` names which, e.g. ``"segment predict"``).
 
     :meth:`acquire` raises :class:`DrnetError` ("<dir> is in use by another drnet training
-    (pid N)") when another process holds it. The lock file holds the owner's pid for that message
-    and is never deleted (deleting it would let two processes lock two different files). The OS
-    drops the lock when the process ends, however it ends, so no stale lock is left behind.
-    Without ``fcntl`` (Windows) locking is skipped.
+    (pid N)", naming what the holder is) when another process holds it. The lock file holds the
+    owner's pid and kind for that message and is never deleted (deleting it would let two
+    processes lock two different files). The OS drops the lock when the process ends, however
+    it ends, so no stale lock is left behind. Without ``fcntl`` (Windows) locking is skipped.
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, owner: str = "training") -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
+        self.owner = owner
         self._fd: int | None = None
 
     @property
@@ -230,14 +232,14 @@ class RunFolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            owner = _read_pid(fd)
+            pid, owner = _read_owner(fd)
             os.close(fd)
             raise DrnetError(
-                f"{self.directory} is in use by another drnet training (pid {owner}); wait for "
+                f"{self.directory} is in use by another drnet {owner} (pid {pid}); wait for "
                 "it to end or choose another --output-dir"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self.owner}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -258,13 +260,16 @@ class RunFolderLock:
         self.release()
 
 
-def _read_pid(fd: int) -> str:
-    """The pid another process wrote into the lock file ("unknown" while it is being written)."""
+def _read_owner(fd: int) -> tuple[str, str]:
+    """The pid and kind ("training", "segment predict") another process wrote into the lock
+    file (pid "unknown" while it is being written; an older drnet, which wrote the pid alone,
+    locked only for training)."""
     try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        text = os.pread(fd, 128, 0).decode(errors="replace").strip()
     except OSError:
         text = ""
-    return text if text.isdigit() else "unknown"
+    pid, _, owner = text.partition(" ")
+    return (pid if pid.isdigit() else "unknown"), (owner.strip() or "training")
 
 
 def claim_run_folder(

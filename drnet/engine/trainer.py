@@ -53,6 +53,7 @@ from drnet.engine.layout import choose_channels_last
 from drnet.engine.mixing import BatchMixer, mixing_enabled
 from drnet.engine.optim import OPTIMIZERS, build_optimizer
 from drnet.engine.precision import amp_dtype, amp_unavailable_reason, autocast_context
+from drnet.engine.resume_checks import check_resume_position
 from drnet.engine.rundir import RunFolderLock, atomic_write, check_run_folder, claim_run_folder
 from drnet.engine.schedule import WARMUP_METHODS, IterationLR, build_scheduler
 from drnet.engine.stop import SIGNAL, SignalFlag, StopCheck
@@ -645,6 +646,8 @@ def _resume_point(run: _Run) -> tuple[Path, dict[str, Any]] | None:
         try:
             path = _resolve_resume(run.config, ctx.restart_count)
             state = load_checkpoint(path, map_location="cpu") if path is not None else None
+            if state is not None:  # refuses a position with nothing to train
+                check_resume_position(state, run.config, run.iters_per_epoch, path)
         except Exception as exc:  # tell the other ranks, which wait for rank 0's word
             if ctx.is_distributed:
                 D.broadcast_object(f"rank 0 cannot resume: {exc}")
@@ -967,7 +970,9 @@ def _log_epoch(run: _Run, done: _EpochPass, metrics: dict[str, float]) -> None:
     epoch = done.epoch + 1
     prefix = "ema_" if run.ema is not None and run.config.model_ema_best else ""
     value = metrics.get(prefix + run.task.main_metric)
-    is_best = value is not None and (run.best_metric is None or value > run.best_metric)
+    is_best = value is not None and (  # a nan best (e.g. mIoU of no pixels) is beaten by any value
+        run.best_metric is None or math.isnan(run.best_metric) or value > run.best_metric
+    )
     if is_best:
         run.best_metric, run.best_epoch = float(value), epoch
     if run.ctx.is_main:

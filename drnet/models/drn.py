@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from drnet.models.blocks import block_level, conv_level
+from drnet.models.pretrained_cfg import make_pretrained_cfg
 from drnet.models.spec import ModelSpec
 
 
@@ -57,29 +59,63 @@ def checkpoint_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureInfo(list):
-    """Per-level ``{"num_chs", "reduction", "module"}`` dicts, as in timm."""
+    """Per-feature ``{"num_chs", "reduction", "module"}`` dicts, as in timm (``idx`` picks
+    entries, like timm's ``FeatureInfo``)."""
 
-    def channels(self) -> list[int]:
-        return [info["num_chs"] for info in self]
+    def _pick(self, key: str, idx: int | Sequence[int] | None) -> Any:
+        if idx is None:
+            return [info[key] for info in self]
+        if isinstance(idx, int):
+            return self[idx][key]
+        return [self[i][key] for i in idx]
 
-    def reduction(self) -> list[int]:
-        return [info["reduction"] for info in self]
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self._pick("num_chs", idx)
 
-    def module_name(self) -> list[str]:
-        return [info["module"] for info in self]
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self._pick("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self._pick("module", idx)
+
+    def get_dicts(self) -> list[dict]:
+        return [dict(info) for info in self]
+
+
+NUM_STAGES = 5  # timm's feature convention: reductions 2, 4, 8, 16, 32 (less where dilated)
+GLOBAL_POOLS = ("avg", "max", "")
+
+
+def _pool(kind: str) -> nn.Module:
+    if kind not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of 'avg', 'max', '' (none), got {kind!r}")
+    return nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)
 
 
 class DRN(nn.Module):
-    """A dilated (or plain) residual network built from a spec.
+    """A dilated (or plain) residual network built from a spec; follows timm's model protocol.
+
+    Features (``feature_info``, ``out_indices``, :meth:`forward_intermediates`) use timm's
+    convention: five stages at nominal reductions 2, 4, 8, 16, 32, each the output of the last
+    level at that reduction when the dilated levels are counted as strided (DRN-B/C/D:
+    ``layer2``, ``layer3``, ``layer4``, ``layer5``, ``layer8``; DRN-A/ResNet: the stem's ``relu``,
+    ``layer1`` ... ``layer4``). In a DRN the last two stages stay at reduction 8 (dilated) unless
+    ``output_stride`` is 16 or 32. The stride-1 stem and ``layer1`` of DRN-B/C/D are not stages;
+    ``level_info`` lists every level (index 0 the stem, ``i`` = ``layer{i}``).
 
     Args:
         spec: the architecture.
         num_classes: classifier outputs; 0 builds none (``forward`` returns pooled features).
         out_map: ``forward`` returns the dense class map ``[N, classes, h, w]`` (the classifier
             applied at every position, no global pooling), the paper's localization mode.
-        features_only: ``forward`` returns the feature maps of ``out_indices``; no classifier.
-        out_indices: which feature levels to return (index 0 is the stem, i is ``layer{i}``).
+        features_only: ``forward`` returns the feature maps of the stages ``out_indices``.
+        out_indices: which stages to return (0..4, negative from the end; default all five).
         in_chans: input channels.
+        output_stride: 8 (DRNs), 16 or 32: restores strides of the dilated levels (same weights;
+            see :meth:`~drnet.models.spec.ModelSpec.with_output_stride`). None keeps the spec's.
+        drop_rate: dropout before the classifier (training only).
+        global_pool: ``"avg"`` (default), ``"max"`` or ``""`` (none: ``forward_head`` returns the
+            dense class map).
     """
 
     def __init__(
@@ -90,12 +126,20 @@ class DRN(nn.Module):
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
         in_chans: int = 3,
+        output_stride: int | None = None,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
+        if output_stride is not None and output_stride != spec.output_stride:
+            spec = spec.with_output_stride(output_stride)
         self.spec = spec
         self.num_classes = num_classes
         self.out_map = out_map
         self.features_only = features_only
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.global_pool = global_pool
         self.grad_checkpointing = False
 
         stem = spec.stem
@@ -118,7 +162,7 @@ class DRN(nn.Module):
         if stem.maxpool:
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        feature_info = FeatureInfo(
+        level_info = FeatureInfo(
             [{"num_chs": stem.channels, "reduction": stem.stride, "module": self.stem_names[-1]}]
         )
         reduction = stem.stride * (2 if stem.maxpool else 1)
@@ -147,31 +191,39 @@ class DRN(nn.Module):
             self.level_names.append(name)
             in_channels = level.out_channels
             reduction *= level.stride
-            feature_info.append({"num_chs": in_channels, "reduction": reduction, "module": name})
+            level_info.append({"num_chs": in_channels, "reduction": reduction, "module": name})
         self.num_features = self.out_dim = in_channels
         self.output_stride = reduction
+        self.level_info = level_info
+        self.stage_levels = _stage_levels(spec, len(level_info))
+        stages = FeatureInfo(level_info[i] for i in self.stage_levels)
 
-        n_features = len(feature_info)
-        if out_indices is None:
-            out_indices = tuple(range(n_features))
-        out_indices = tuple(i if i >= 0 else n_features + i for i in out_indices)
-        bad = [i for i in out_indices if not 0 <= i < n_features]
+        out_indices = tuple(range(NUM_STAGES)) if out_indices is None else tuple(out_indices)
+        out_indices = tuple(i if i >= 0 else NUM_STAGES + i for i in out_indices)
+        bad = [i for i in out_indices if not 0 <= i < NUM_STAGES]
         if bad:
-            raise ValueError(f"out_indices {bad} out of range: this model has {n_features} levels")
+            raise ValueError(
+                f"out_indices {bad} out of range: features are the {NUM_STAGES} stages 0..4"
+            )
         self.out_indices = out_indices
-        self.feature_info = (
-            FeatureInfo(feature_info[i] for i in out_indices) if features_only else feature_info
-        )
+        self.feature_info = FeatureInfo(stages[i] for i in out_indices) if features_only else stages
 
         if not features_only:
             # Adaptive: the official fixed AvgPool2d(28) is silently wrong at sizes other than 224.
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            if num_classes > 0:
-                if spec.classifier == "linear":
-                    self.fc = nn.Linear(in_channels, num_classes)
-                else:
-                    self.fc = nn.Conv2d(in_channels, num_classes, kernel_size=1, bias=True)
+            self.avgpool = _pool(global_pool)
+            self._make_classifier(num_classes)
         self._init_weights()
+        first_conv = f"{self.stem_names[0]}.0" if stem.layout == "sequential" else "conv1"
+        self.pretrained_cfg: dict[str, Any] = make_pretrained_cfg(
+            "", num_classes=num_classes, first_conv=first_conv, in_chans=in_chans
+        )
+
+    def _make_classifier(self, num_classes: int) -> None:
+        if num_classes > 0:
+            if self.spec.classifier == "linear":
+                self.fc = nn.Linear(self.num_features, num_classes)
+            else:
+                self.fc = nn.Conv2d(self.num_features, num_classes, kernel_size=1, bias=True)
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -180,6 +232,34 @@ class DRN(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    # -- timm's model protocol -------------------------------------------------------------------
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, value: dict[str, Any]) -> None:
+        self.pretrained_cfg = value
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier ``fc`` (``nn.Identity`` when there is none)."""
+        return getattr(self, "fc", None) or nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier with ``num_classes`` outputs (0: none); optionally another pool."""
+        if self.features_only:
+            raise RuntimeError("a features_only model has no classifier")
+        if global_pool is not None:
+            self.avgpool = _pool(global_pool)
+            self.global_pool = global_pool
+        if hasattr(self, "fc"):
+            del self.fc
+        self.num_classes = num_classes
+        self._make_classifier(num_classes)
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     # -- structure -------------------------------------------------------------------------------
 
@@ -196,6 +276,13 @@ class DRN(nn.Module):
     def body_modules(self) -> list[nn.Module]:
         """Stem then levels: the official ``children()[:-2]`` that DRNSeg keeps as ``base``."""
         return self.stem_modules() + self.levels()
+
+    def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
+        """Write the Hugging Face Hub layout (``model.safetensors``, ``config.json``,
+        ``README.md``) into ``directory``; see :func:`drnet.integrations.hub.save_pretrained`."""
+        from drnet.integrations.hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each level's activations in backward instead of storing them."""
@@ -222,20 +309,39 @@ class DRN(nn.Module):
             x = self._run_level(level, x)
         return x
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The feature maps of ``out_indices`` (0 = stem, i = ``layer{i}``)."""
-        wanted = set(self.out_indices)
-        features = []
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the stage maps ``indices`` (an int n: the last n stages; default
+        all), and unless ``intermediates_only`` also the final feature map, as
+        ``(final, intermediates)``. ``stop_early`` stops after the last stage asked for (the
+        "final" map is then that stage's). ``norm`` is accepted for timm's signature: DRNs have
+        no final norm layer."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r}: DRN features are NCHW only")
+        take = _take_indices(indices)
+        wanted = {self.stage_levels[i]: i for i in take}
+        last_level = max(wanted) if stop_early and wanted else len(self.level_info) - 1
+        found: dict[int, torch.Tensor] = {}
         x = self._stem(x)
         if 0 in wanted:
-            features.append(x)
+            found[wanted[0]] = x
         if self.spec.stem.maxpool:
             x = self.maxpool(x)
         for index, level in enumerate(self.levels(), start=1):
+            if index > last_level:
+                break
             x = self._run_level(level, x)
             if index in wanted:
-                features.append(x)
-        return features
+                found[wanted[index]] = x
+        intermediates = [found[i] for i in take]
+        return intermediates if intermediates_only else (x, intermediates)
 
     def classify_map(self, features: torch.Tensor) -> torch.Tensor:
         """The classifier applied at every position of a feature map (no pooling)."""
@@ -249,9 +355,17 @@ class DRN(nn.Module):
             raise RuntimeError("forward_map needs a model with a classifier")
         return self.classify_map(self.forward_features(x))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, dropout, classifier; ``pre_logits`` stops before the classifier. With
+        ``global_pool=""`` nothing is pooled and the classifier runs at every position."""
+        if self.global_pool == "":
+            if pre_logits or self.num_classes <= 0:
+                return features
+            return self.classify_map(F.dropout(features, self.drop_rate, self.training))
         pooled = self.avgpool(features)
-        if self.num_classes <= 0:
+        if self.drop_rate:
+            pooled = F.dropout(pooled, self.drop_rate, self.training)
+        if pre_logits or self.num_classes <= 0:
             return pooled.flatten(1)
         if self.spec.classifier == "linear":
             return self.fc(pooled.flatten(1))
@@ -259,7 +373,44 @@ class DRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
-            return self.forward_intermediates(x)
+            return self.forward_intermediates(
+                x, self.out_indices, stop_early=True, intermediates_only=True
+            )
         if self.out_map:
             return self.forward_map(x)
         return self.forward_head(self.forward_features(x))
+
+
+def _take_indices(indices: int | Sequence[int] | None) -> list[int]:
+    """timm's ``feature_take_indices``: None = all stages, n = the last n, else the list."""
+    if indices is None:
+        return list(range(NUM_STAGES))
+    if isinstance(indices, int):
+        if not 0 < indices <= NUM_STAGES:
+            raise ValueError(f"indices={indices}: there are {NUM_STAGES} stages")
+        return list(range(NUM_STAGES - indices, NUM_STAGES))
+    take = [i if i >= 0 else NUM_STAGES + i for i in indices]
+    bad = [i for i in take if not 0 <= i < NUM_STAGES]
+    if bad:
+        raise ValueError(f"indices {bad} out of range: features are the {NUM_STAGES} stages 0..4")
+    return take
+
+
+def _stage_levels(spec: ModelSpec, num_levels: int) -> list[int]:
+    """For each stage (nominal reduction 2, 4, ..., 32) the index in ``level_info`` (0 = stem) of
+    the last level at that reduction, counting the dilated levels as strided."""
+    nominal = spec.with_output_stride(spec.output_stride * 2 ** len(spec.stride_levels()))
+    reductions = [nominal.stem.stride]
+    reduction = nominal.stem.stride * (2 if nominal.stem.maxpool else 1)
+    for level in nominal.levels:
+        if level.count:
+            reduction *= level.stride
+            reductions.append(reduction)
+    assert len(reductions) == num_levels
+    stages = []
+    for target in (2, 4, 8, 16, 32):
+        at = [i for i, r in enumerate(reductions) if r == target]
+        if not at:
+            raise ValueError(f"this model has no level at reduction {target}")
+        stages.append(at[-1])
+    return stages

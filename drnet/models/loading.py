@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import CheckpointError, DrnetError
+from drnet.models.weights import DRNET_TOP_LEVEL
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,14 @@ def read_checkpoint(location: str | os.PathLike, hash_prefix: str | None = None)
     from drnet.models.weights import check_hash, download, hash_prefix_from_name, is_url
 
     location = str(location)
+    if location.lower().endswith(".safetensors") and not is_url(location):
+        from drnet.integrations.hub import load_safetensors
+
+        path = Path(location).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        check_hash(path, hash_prefix)
+        return load_safetensors(path)
     if is_url(location):
         if hash_prefix is None:
             hash_prefix = hash_prefix_from_name(urllib.parse.urlparse(location).path)
@@ -91,23 +100,50 @@ def _torch_load(path: Path) -> Any:
         ) from None
 
 
-def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
+
+
+class StateDict(dict):
+    """A state dict that remembers the wrapper prefix stripped from its keys (for errors)."""
+
+    prefix: str = ""
+
+
+def _tensor_dict(inner: Any) -> bool:
+    return (
+        isinstance(inner, Mapping)
+        and bool(inner)
+        and all(isinstance(v, Tensor) for v in inner.values())
+    )
+
+
+def extract_state_dict(
+    obj: Any, source: str = "checkpoint", ema: bool = False
+) -> dict[str, Tensor]:
     """The model state dict inside any accepted checkpoint object.
 
-    Accepts a bare state dict, the original code's ``{epoch, arch, state_dict, best_prec1}`` and
-    drnet's training checkpoints ``{"model": ...}``; strips ``module.`` (DataParallel/DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes.
+    Accepts a bare state dict, the original code's ``{epoch, arch, state_dict, best_prec1}``,
+    drnet's training checkpoints ``{"model": ...}``, Lightning's ``.ckpt`` and timm's training
+    checkpoints (``{"state_dict": ..., "state_dict_ema": ...}``; ``ema=True`` takes the EMA
+    weights and fails when there are none). A prefix in front of the keys that is not one of
+    drnet's module names is a wrapper's and is stripped, repeatedly: ``module.`` (DDP),
+    ``_orig_mod.`` (torch.compile), ``model.`` (a LightningModule's attribute) and the like.
+    Among several prefixes, the one whose keys are a drnet state dict is taken when there is
+    exactly one (a LightningModule's loss buffers are left out). The stripped prefix is kept in
+    ``StateDict.prefix`` for error messages.
     """
     if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_state_dict"):
-            inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(isinstance(v, Tensor) for v in inner.values())
-            ):
-                obj = inner
+        names = EMA_KEYS if ema else ("model", "state_dict", "model_state_dict")
+        for key in names:
+            if _tensor_dict(obj.get(key)):
+                obj = obj[key]
                 break
+        else:
+            if ema:
+                raise CheckpointError(
+                    f"{source} holds no EMA weights (none of {', '.join(EMA_KEYS)}; keys: "
+                    f"{', '.join(map(str, list(obj)[:8]))})"
+                )
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source} holds no state dict (found {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
@@ -115,17 +151,39 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor
         raise CheckpointError(
             f"{source} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
         )
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
+    stripped = ""
+    while any("." in str(k) for k in tensors):
+        groups: dict[str, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            head, _, rest = str(key).partition(".")
+            groups.setdefault(head, {})[rest] = value
+        if set(groups) & DRNET_TOP_LEVEL:
+            break
+        # one wrapper attribute holding a drnet model (a LightningModule may also hold a loss)
+        wrapped = [
+            head
+            for head, inner in groups.items()
+            if len(groups) == 1 or {k.partition(".")[0] for k in inner} <= DRNET_TOP_LEVEL
+        ]
+        if len(wrapped) != 1:
+            break
+        head = wrapped[0]
+        if len(groups) > 1:
+            left = sorted(k for k in tensors if not str(k).startswith(head + "."))
+            logger.info("%s: loading the keys under '%s.', leaving out %s", source, head, left)
+        tensors = groups[head]
+        stripped += head + "."
+    result = StateDict(tensors)
+    result.prefix = stripped
+    return result
 
 
 def load_state_dict_file(
-    location: str | os.PathLike, hash_prefix: str | None = None
+    location: str | os.PathLike, hash_prefix: str | None = None, ema: bool = False
 ) -> dict[str, Tensor]:
-    """The state dict in a checkpoint file or URL (see :func:`read_checkpoint`)."""
-    return extract_state_dict(read_checkpoint(location, hash_prefix), source=str(location))
+    """The state dict in a checkpoint file or URL (see :func:`read_checkpoint`); ``ema``: its
+    EMA weights (timm's ``state_dict_ema``)."""
+    return extract_state_dict(read_checkpoint(location, hash_prefix), str(location), ema=ema)
 
 
 # ----------------------------------------------------------------------------- the model card
@@ -243,20 +301,29 @@ class ResolvedWeights:
 
 def resolve_weights(weights: str | os.PathLike) -> ResolvedWeights:
     """A run directory stands for its ``checkpoint_best.pth`` (else ``checkpoint_last.pth``) and
-    its ``model.json``; a file for itself (with a ``model.json`` beside it, if any); a URL for
-    itself."""
+    its ``model.json``; a Hub folder for its ``model.safetensors`` and ``config.json``;
+    ``hf-hub:owner/name`` for that repository's folder in huggingface_hub's cache (fetched when
+    online); a file for itself (with a ``model.json`` or Hub ``config.json`` beside it, if any);
+    a URL for itself."""
+    from drnet.integrations import hub
     from drnet.models.weights import is_url
 
     text = str(weights)
     if is_url(text):
         return ResolvedWeights(text, None)
+    if text.startswith(hub.HUB_PREFIX):
+        folder = hub.hub_folder(text)
+        return ResolvedWeights(str(folder / hub.WEIGHTS_NAME), _card_in(folder))
     path = Path(text).expanduser()
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
             if (path / name).is_file():
                 return ResolvedWeights(str(path / name), _card_in(path))
+        if hub.is_hub_folder(path):
+            return ResolvedWeights(str(path / hub.WEIGHTS_NAME), _card_in(path))
         raise CheckpointError(
-            f"--weights {path} is a folder without {' or '.join(CHECKPOINT_NAMES)}"
+            f"--weights {path} is a folder without {' or '.join(CHECKPOINT_NAMES)} "
+            f"(or {hub.WEIGHTS_NAME} and {hub.CONFIG_NAME})"
         )
     if not path.is_file():
         raise CheckpointError(f"--weights {path}: does not exist (no such file or run directory)")
@@ -264,7 +331,14 @@ def resolve_weights(weights: str | os.PathLike) -> ResolvedWeights:
 
 
 def _card_in(directory: Path) -> ModelCard | None:
-    return ModelCard.read(directory / MODEL_CARD) if (directory / MODEL_CARD).is_file() else None
+    """``model.json`` in ``directory``, else the card in a Hub ``config.json``."""
+    if (directory / MODEL_CARD).is_file():
+        return ModelCard.read(directory / MODEL_CARD)
+    from drnet.integrations.hub import CONFIG_NAME, card_in_config
+
+    if (directory / CONFIG_NAME).is_file():
+        return card_in_config(directory / CONFIG_NAME)
+    return None
 
 
 def _registered(weights: str) -> tuple[str, str] | None:
@@ -296,8 +370,9 @@ def _default_normalisation(card: ModelCard) -> None:
     if card.task != "segmentation":
         return
     city = card.num_classes == 19
-    card.mean, card.std = list(CITYSCAPES_MEAN if city else IMAGENET_MEAN), list(
-        CITYSCAPES_STD if city else IMAGENET_STD
+    card.mean, card.std = (
+        list(CITYSCAPES_MEAN if city else IMAGENET_MEAN),
+        list(CITYSCAPES_STD if city else IMAGENET_STD),
     )
     logger.warning(
         "note: the checkpoint does not record its normalisation; using %s mean/std",
@@ -378,15 +453,24 @@ def _apply_overrides(
 
 
 def build_model(card: ModelCard) -> nn.Module:
-    """A fresh (untrained) model as ``card`` describes it."""
+    """A fresh (untrained) model as ``card`` describes it; its ``pretrained_cfg`` carries the
+    card's preprocessing (crop size, mean/std, classes), so timm's ``resolve_data_config`` and
+    the Hub export read the run's values."""
     import drnet
+    from drnet.models.pretrained_cfg import cfg_from_card
 
     channels = tuple(card.channels) if card.channels else None
     if card.task == "segmentation":
-        return drnet.create_segmentation_model(
+        network: nn.Module = drnet.create_segmentation_model(
             card.model, num_classes=card.num_classes, channels=channels
         )
-    return drnet.create_model(card.model, num_classes=card.num_classes, channels=channels)
+    else:
+        network = drnet.create_model(card.model, num_classes=card.num_classes, channels=channels)
+    cfg = network.pretrained_cfg
+    network.pretrained_cfg = cfg_from_card(
+        card, cfg["first_conv"], classifier=cfg["classifier"], url=cfg["url"], tag=cfg["tag"]
+    )
+    return network
 
 
 def _check_task(card: ModelCard, task: str | None, source: str) -> None:
@@ -411,6 +495,7 @@ def load_model(
     channels: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     default_model: str | None = None,
+    ema: bool = False,
 ) -> tuple[nn.Module, ModelCard]:
     """A trained model (eval mode, on the CPU) and its :class:`ModelCard`.
 
@@ -430,6 +515,7 @@ def load_model(
         class_names: see ``num_classes``.
         default_model: the architecture of a checkpoint that records none when ``model`` is not
             given (the default of commands that always assumed one, e.g. ``drn_d_22``).
+        ema: load the checkpoint's EMA weights (timm's ``state_dict_ema``) instead.
     """
     from drnet.models.registry import load_segmentation_state
     from drnet.models.weights import load_into
@@ -453,6 +539,7 @@ def load_model(
         channels=channels,
         class_names=class_names,
         default_model=default_model,
+        ema=ema,
     )
     network = build_model(loaded.card)
     if loaded.card.task == "segmentation":
@@ -480,15 +567,20 @@ def read_run(
     channels: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     default_model: str | None = None,
+    ema: bool = False,
 ) -> LoadedRun:
     """The checkpoint behind ``weights`` (a run directory, a checkpoint file or URL), its state
     dict and its card, checked against what the caller passes (same meaning as
     :func:`load_model`), without building the model."""
     resolved = resolve_weights(weights)
     obj = read_checkpoint(resolved.checkpoint)
-    state_dict = extract_state_dict(obj, resolved.checkpoint)
+    state_dict = extract_state_dict(obj, resolved.checkpoint, ema=ema)
     card = _card_for_checkpoint(obj, state_dict, resolved.card, model, default_model)
     source = resolved.checkpoint
+    # the task first: a classifier given where a segmenter is needed is said to be one, not
+    # blamed on a class count
+    card.task = _task_of_state(state_dict)  # the tensors decide, whatever a card says
+    _check_task(card, task, source)
     _apply_overrides(
         card,
         model=model,
@@ -497,8 +589,6 @@ def read_run(
         class_names=class_names,
         source=source,
     )
-    card.task = _task_of_state(state_dict)  # the tensors decide, whatever a card says
-    _check_task(card, task, source)
     return LoadedRun(resolved.checkpoint, state_dict, card)
 
 

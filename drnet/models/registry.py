@@ -32,6 +32,7 @@ from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAG
 from drnet.errors import DrnetError
 from drnet.models.drn import DRN
 from drnet.models.loading import load_state_dict_file
+from drnet.models.pretrained_cfg import cfg_from_weights
 from drnet.models.segmentation import DRNSeg
 from drnet.models.spec import LevelSpec, ModelSpec, StemSpec
 from drnet.models.weights import (
@@ -297,16 +298,18 @@ def create_model(
             ``$DRNET_WEIGHTS_MIRROR``, then the official URL; the sha256 prefix is verified.
             With another ``num_classes`` the backbone is kept and the classifier re-initialised.
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
-        features_only: return per-level feature maps (``model.feature_info`` has channels and
-            reductions; index 0 is the stem, ``i`` is ``layer{i}``).
-        out_indices: the feature levels returned with ``features_only``.
+        features_only: return the feature maps of timm's five stages (nominal reductions 2, 4,
+            8, 16, 32; ``model.feature_info`` has their channels, reductions and modules; see
+            :class:`DRN`).
+        out_indices: the stages (0..4) returned with ``features_only``.
         out_map: ``forward`` returns the dense class map (no global pooling): the paper's
             weakly-supervised localization mode. Any model also has ``forward_map(x)``.
         checkpoint_path: a local path or URL of weights to load (any accepted layout).
         channels: per-level widths replacing the defaults (8 for DRN-B/C/D, 4 for ResNet/DRN-A).
         width_mult: scale all widths (minimum 8 channels).
         spec: build this spec instead of the registered one (custom dilation schedules etc.).
-        **kwargs: passed to :class:`DRN` (e.g. ``in_chans``).
+        **kwargs: passed to :class:`DRN` (``in_chans``, ``output_stride`` 8/16/32,
+            ``drop_rate``, ``global_pool``).
     """
     model_spec = spec if spec is not None else _spec_for(name, channels, width_mult)
     model = DRN(
@@ -318,13 +321,20 @@ def create_model(
         **kwargs,
     )
     model.name = name
+    model.pretrained_cfg["architecture"] = name
     if pretrained:
         if channels is not None or width_mult is not None or spec is not None:
             raise DrnetError(f"{name}: pretrained weights exist only for the default widths")
         weights = get_weights(name, pretrained)
         path = resolve_weights_file(weights, weights_dir, weights_mirror)
         _load_classifier_weights(model, load_state_dict_file(path), weights.num_classes, name)
-        model.pretrained_cfg = weights
+        model.pretrained_cfg = cfg_from_weights(
+            name,
+            weights,
+            model.pretrained_cfg["first_conv"],
+            num_classes=model.num_classes,
+            input_size=model.pretrained_cfg["input_size"],
+        )
     if checkpoint_path is not None:
         state_dict = load_state_dict_file(checkpoint_path)
         _load_classifier_weights(model, state_dict, _classes_in(state_dict), str(checkpoint_path))
@@ -388,11 +398,14 @@ def create_segmentation_model(
     )
     model = DRNSeg(model_backbone, num_classes, output=output)  # type: ignore[arg-type]
     model.name = backbone
+    model.pretrained_cfg["architecture"] = backbone
     if pretrained:
         weights = get_weights(backbone, "cityscapes" if pretrained is True else pretrained)
         path = resolve_weights_file(weights, weights_dir, weights_mirror)
         load_segmentation_state(model, load_state_dict_file(path), str(path))
-        model.pretrained_cfg = weights
+        model.pretrained_cfg = cfg_from_weights(
+            backbone, weights, model.pretrained_cfg["first_conv"], classifier="seg"
+        )
     if checkpoint_path is not None:
         load_segmentation_state(model, load_state_dict_file(checkpoint_path), str(checkpoint_path))
     return model

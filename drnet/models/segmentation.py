@@ -6,13 +6,14 @@ State-dict layout is the official one: ``base.<k>.*`` (the backbone without pool
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from drnet.models.drn import DRN, checkpoint_module
+from drnet.models.pretrained_cfg import make_pretrained_cfg
 
 
 def bilinear_kernel(size: int = 16) -> torch.Tensor:
@@ -70,6 +71,21 @@ class DRNSeg(nn.Module):
         self.backbone_spec = backbone.spec
         self.num_stem_modules = len(backbone.stem_modules())
         self.grad_checkpointing = False
+        stem_conv = "base.0.0" if backbone.spec.stem.layout == "sequential" else "base.0"
+        self.pretrained_cfg = make_pretrained_cfg(
+            backbone.pretrained_cfg["architecture"],
+            num_classes=num_classes,
+            first_conv=stem_conv,
+            classifier="seg",
+            crop_size=None,
+        )
+
+    def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
+        """Write the Hugging Face Hub layout (``model.safetensors``, ``config.json``,
+        ``README.md``) into ``directory``; see :func:`drnet.integrations.hub.save_pretrained`."""
+        from drnet.integrations.hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in backward, per level (the stem counts as one level)."""
@@ -89,8 +105,17 @@ class DRNSeg(nn.Module):
         return self.seg(self._run_base(x))
 
     def upsample(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Up-sample low-resolution scores with ``up`` and crop to ``size``."""
-        return self.up(low)[..., : size[0], : size[1]]
+        """Up-sample low-resolution scores with ``up`` and crop to ``size``.
+
+        ``up`` gives ``stride * ceil(size / stride)``, never less than ``size``. Under
+        ``torch.export``/``torch.compile`` the crop is a negative pad: a slice makes the tracer
+        guard on ``size <= 8 * ceil(size / 8)``, which it cannot prove, and specialise height and
+        width to multiples of 8. Eager keeps the slice (a view, no copy of the logits).
+        """
+        full = self.up(low)
+        if torch.compiler.is_compiling():
+            return F.pad(full, (0, size[1] - full.shape[-1], 0, size[0] - full.shape[-2]))
+        return full[..., : size[0], : size[1]]
 
     def forward(self, x: torch.Tensor):
         low = self.forward_logits_lowres(x)

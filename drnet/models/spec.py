@@ -87,6 +87,48 @@ class ModelSpec:
             self, stem=dataclasses.replace(self.stem, channels=channels[0]), levels=levels
         )
 
+    def stride_levels(self) -> list[int]:
+        """Indices of the levels whose dilation replaced a stride of 2 (DRN levels 5 and 6,
+        DRN-A's layer3 and layer4): those whose dilation exceeds every earlier level's."""
+        found, highest = [], 1
+        for index, level in enumerate(self.levels):
+            if level.dilation > highest and level.stride == 1:
+                found.append(index)
+                highest = level.dilation
+        return found
+
+    def with_output_stride(self, output_stride: int) -> ModelSpec:
+        """The same weights at a coarser output stride (16 or 32 for the stride-8 DRNs).
+
+        The stride 2 of the first dilated level(s) is restored (level 5, then level 6 for DRNs;
+        layer3, then layer4 for DRN-A), and every dilation from there on is divided by the same
+        factor (at least 1). Dilation has no parameters: every state_dict key and shape stays.
+        """
+        native = self.output_stride
+        restorable = self.stride_levels()
+        allowed = [native * 2**k for k in range(len(restorable) + 1)]
+        if output_stride not in allowed:
+            raise ValueError(
+                f"output_stride {output_stride} is not available for this model "
+                f"(one of {', '.join(map(str, allowed))})"
+            )
+        steps = (output_stride // native).bit_length() - 1
+        levels = list(self.levels)
+        factor = 1
+        for index, level in enumerate(levels):
+            stride = level.stride
+            if steps and index in restorable[:steps]:
+                stride, factor = 2, factor * 2
+            if factor > 1:
+                first = level.first_dilation
+                levels[index] = dataclasses.replace(
+                    level,
+                    stride=stride,
+                    dilation=max(1, level.dilation // factor),
+                    first_dilation=tuple(max(1, d // factor) for d in first) if first else None,
+                )
+        return dataclasses.replace(self, levels=tuple(levels))
+
     def with_width(self, multiplier: float, minimum: int = 8) -> ModelSpec:
         """All widths scaled by ``multiplier`` (at least ``minimum`` channels each)."""
         return self.with_channels(

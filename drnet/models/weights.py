@@ -31,6 +31,11 @@ from drnet.errors import CheckpointError
 WEIGHTS_DIR_ENV = "DRNET_WEIGHTS_DIR"  # a local directory holding weight files by their names
 WEIGHTS_MIRROR_ENV = "DRNET_WEIGHTS_MIRROR"  # a base URL (http(s):// or file://) serving them
 
+# First key components of drnet's own state dicts (DRN, ResNet, DRNSeg): anything else in front
+# of every key is a wrapper's attribute name (Lightning's ``model.``, DDP's ``module.`` ...).
+DRNET_TOP_LEVEL = frozenset(
+    {"conv1", "bn1", "fc", "base", "seg", "up", *(f"layer{i}" for i in range(10))}
+)
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.[a-z]+$")
 
 
@@ -246,6 +251,7 @@ def load_into(
     classifier). With ``strict=True`` any other difference raises :class:`CheckpointError` listing
     the missing, unexpected and wrongly shaped keys.
     """
+    stripped = getattr(state_dict, "prefix", "")
     state_dict = {k: v for k, v in state_dict.items() if not any(k.startswith(p) for p in ignore)}
     missing, unexpected, shapes = key_mismatch_report(model, state_dict, ignore)
     if strict and (missing or unexpected or shapes):
@@ -256,7 +262,7 @@ def load_into(
             parts.append(f"unexpected keys ({len(unexpected)}): {_summarise(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {_summarise(shapes, 6)}")
-        hint = _mismatch_hint(missing, unexpected)
+        hint = _prefix_hint(model, unexpected, stripped) or _mismatch_hint(missing, unexpected)
         raise CheckpointError(
             f"{source} does not fit {type(model).__name__}: " + "; ".join(parts) + hint
         )
@@ -268,6 +274,23 @@ def load_into(
     if not strict:
         filled = {k: v for k, v in filled.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(filled, strict=strict)
+
+
+def _prefix_hint(model: nn.Module, unexpected: list[str], stripped: str) -> str:
+    """Name the prefix the keys carry (or had stripped) when that is why they do not fit."""
+    own = {k.partition(".")[0] for k in model.state_dict()}
+    heads = {k.partition(".")[0] for k in unexpected if "." in k}
+    foreign = sorted(heads - own - DRNET_TOP_LEVEL)
+    if foreign:
+        found = ", ".join(f"'{p}.'" for p in foreign[:4])
+        return (
+            f" (the checkpoint's keys carry the prefix {found}"
+            + (f" after '{stripped}' was stripped" if stripped else "")
+            + ": saved from a wrapper or another architecture?)"
+        )
+    if stripped:
+        return f" (the wrapper prefix '{stripped}' was stripped from every key)"
+    return ""
 
 
 def _mismatch_hint(missing: list[str], unexpected: list[str]) -> str:

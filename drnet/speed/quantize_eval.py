@@ -67,9 +67,14 @@ def evaluate_int8(
         model=model,
         default_model=default_model,
         task="segmentation",
-        num_classes=classes,
+        num_classes=num_classes,  # the user's --num-classes only: a mismatch is blamed on it
         channels=channels,
     )
+    if card.num_classes != classes:
+        raise DataError(
+            f"{weights} predicts {card.num_classes} classes but {data} has {classes} (its "
+            "info.json 'classes'); use weights trained on this data, or pass --num-classes"
+        )
     calibration = [
         calibration_set[i][0][None] for i in _evenly(len(calibration_set), calibration_images)
     ]

@@ -32,10 +32,11 @@ from drnet.data.classification import (
 )
 from drnet.engine.distributed import resolve_device
 from drnet.engine.rundir import atomic_csv, atomic_save_image, atomic_write_json
-from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
+from drnet.engine.trainer import Task, TrainConfig, autocast_context
 from drnet.errors import DataError, DrnetError
 from drnet.metrics import wilson_interval
 from drnet.models.loading import ModelCard, logits_of
+from drnet.tasks.run_card import train_with_card
 
 CONFUSION_IMAGE_MAX_CLASSES = 30
 
@@ -587,7 +588,7 @@ def train_classifier(
 ) -> dict:
     """Train with the shared engine; also writes ``model.json`` (the :class:`ModelCard`) into
     ``config.output_dir`` so eval/predict/localize rebuild the model from the run directory
-    alone (only once the engine has checked everything: a failed start leaves an earlier run
-    intact). ``should_stop``: see :func:`drnet.engine.train`. Returns the engine's summary."""
-    task.card.training = recipe_of(config)
-    return train(task, config, should_stop=should_stop, write_files=task.card.save)
+    alone (only once the engine has checked everything: a failed start or resume leaves an
+    earlier run intact; see :mod:`drnet.tasks.run_card`). ``should_stop``: see
+    :func:`drnet.engine.train`. Returns the engine's summary."""
+    return train_with_card(task, task.card, config, should_stop)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from drnet.constants import IGNORE_INDEX
-from drnet.data.images import FolderWalk, list_names, output_path
+from drnet.data.images import list_names, output_path
 from drnet.data.palettes import colorize, get_palette, overlay
 from drnet.data.segmentation import (
     IMAGE_EXTENSIONS,
@@ -41,9 +41,10 @@ from drnet.data.segmentation import (
 )
 from drnet.data.text import read_lines
 from drnet.data.transforms import segmentation_train_transform
+from drnet.data.walk import FolderWalk
 from drnet.engine import distributed as D
 from drnet.engine.rundir import atomic_write_json
-from drnet.engine.trainer import Task, TrainConfig, autocast_context, recipe_of, train
+from drnet.engine.trainer import Task, TrainConfig, autocast_context
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.metrics import (
     ConfusionMatrix,
@@ -58,6 +59,7 @@ from drnet.models.loading import (
     logits_of,
     resolve_weights,
 )
+from drnet.tasks.run_card import train_with_card
 from drnet.tasks.segment_infer import DEFAULT_SCALES, check_window, predict_probs
 
 logger = logging.getLogger(__name__)
@@ -281,11 +283,11 @@ def train_segmentation(
 ) -> dict[str, Any]:
     """Train DRNSeg with the shared engine (a task, or options naming a dataset folder); writes
     ``model.json`` into the run folder (once the engine has checked everything, so a failed start
-    leaves an earlier run intact) and returns the engine's summary."""
+    or resume leaves an earlier run intact; see :mod:`drnet.tasks.run_card`) and returns the
+    engine's summary."""
     if isinstance(task, SegmentOptions):
         task = SegmentationTask.from_options(task)
-    task.card.training = recipe_of(config)
-    return train(task, config, should_stop=should_stop, write_files=task.card.save)
+    return train_with_card(task, task.card, config, should_stop)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -485,6 +487,23 @@ def run_evaluation(
 SAVE_KINDS = ("labels", "color", "overlay")
 
 
+def check_save_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` (what ``segment predict --save`` writes) when each is one of
+    :data:`SAVE_KINDS` and there is at least one; else :class:`DrnetError` (an empty ``--save``
+    would predict every image and write nothing)."""
+    unknown = set(kinds) - set(SAVE_KINDS)
+    if unknown:
+        raise DrnetError(
+            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
+        )
+    if not kinds:
+        raise DrnetError(
+            f"--save is empty: nothing would be written; give one or more of "
+            f"{', '.join(SAVE_KINDS)} (comma-separated)"
+        )
+    return tuple(kinds)
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     from drnet.engine.rundir import atomic_save_image
 
@@ -577,11 +596,7 @@ def predict_segmentation(
     ``fast``: the inference fast path (see :func:`evaluate_segmentation`). One image at a time
     through :func:`drnet.tasks.segment_infer.predict_files` (memory bounded with ``window``).
     """
-    unknown = set(save) - set(SAVE_KINDS)
-    if unknown:
-        raise DrnetError(
-            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
-        )
+    check_save_kinds(save)
     from drnet.data.images import unique_names
     from drnet.tasks.segment_infer import predict_files
 

@@ -331,7 +331,6 @@ class IncompleteMarker:
         )  # fmt: skip
 
 
-
 def _capped(array: np.ndarray, resample: int) -> np.ndarray:
     height, width = array.shape[:2]
     factor = OVERLAY_MAX_SIDE / max(height, width)
@@ -413,8 +412,10 @@ def predict_files(
     from drnet.data.segmentation import read_image
     from drnet.engine.trainer import autocast_context
     from drnet.speed.inference import fast_inference
+    from drnet.tasks.segment import check_save_kinds
 
     check_window(window, stride)
+    save = check_save_kinds(save)
     names = [name for _, name in items]
     if len(set(names)) != len(names):
         raise DrnetError("predict_files: two inputs have the same output name")
