@@ -83,6 +83,7 @@ STOP_SCRIPT = SCRIPT.replace(
             calls.append(1)
             return int(os.environ["RANK"]) == 1 and len(calls) >= 3
         cfg.resume = "auto" if len(sys.argv) > 2 else None
+        cfg.log_interval = 1  # under torchrun the stop votes travel with the syncs
         summary = train(Toy(), cfg, should_stop=None if cfg.resume else should_stop)
         keys = ("iterations", "stop_reason", "samples_seen")
         with open(os.path.join(out, f"summary{os.environ['RANK']}.json"), "w") as f:
