@@ -158,6 +158,21 @@ def make_shape_tree(
 
 
 # ------------------------------------------------------------------------------------ models
+#: CLI flags of the tiny 3-class DRNSeg that :func:`save_tiny_pair` writes
+TINY_SEG_ARGS = ("--model", "drn_d_22", "--channels", TINY_ARG, "--num-classes", "3")
+
+
+def save_tiny_pair(root: Path, **classifiers: int) -> dict[str, Path]:
+    """A tiny 3-class segmenter ``root/seg.pth`` and a 3-class classifier ``root/cls.pth``, plus
+    ``name=classes`` more classifiers ``root/name.pth``; returns ``{name: path}``."""
+    save_tiny_model(root / "seg.pth", 3, segmentation=True)
+    paths = {"seg": root / "seg.pth"}
+    for name, classes in {"cls": 3, **classifiers}.items():
+        save_tiny_model(root / f"{name}.pth", classes)
+        paths[name] = root / f"{name}.pth"
+    return paths
+
+
 def save_tiny_model(
     path: Path,
     num_classes: int,

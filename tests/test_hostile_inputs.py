@@ -17,26 +17,25 @@ import pytest
 from helpers import (
     CPU,
     TINY_ARG,
+    TINY_SEG_ARGS,
     _child_env,
     make_imagefolder,
     one_error_line,
     save_image,
     save_tiny_model,
+    save_tiny_pair,
     usage_error_line,
 )
 from helpers import run_cli as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SEG = ("--model", "drn_d_22", "--channels", TINY_ARG, "--num-classes", "3")
+SEG = TINY_SEG_ARGS
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_model(root / "seg.pth", 3, segmentation=True)
-    save_tiny_model(root / "cls.pth", 3)
-    return {"seg": root / "seg.pth", "cls": root / "cls.pth"}
+    return save_tiny_pair(tmp_path_factory.mktemp("models"))
 
 
 def seg_predict(models, *argv) -> list:

@@ -18,11 +18,12 @@ import torch
 from helpers import (
     CPU,
     TINY_ARG,
+    TINY_SEG_ARGS,
     make_imagefolder,
     make_list_dataset,
     one_error_line,
     save_image,
-    save_tiny_model,
+    save_tiny_pair,
 )
 from helpers import run_cli as cli
 from PIL import Image
@@ -31,17 +32,12 @@ from drnet.engine.rundir import RunFolderLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SEG = ("--model", "drn_d_22", "--channels", TINY_ARG, "--num-classes", "3")
+SEG = TINY_SEG_ARGS
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    save_tiny_model(root / "seg.pth", 3, segmentation=True)
-    save_tiny_model(root / "cls.pth", 3)
-    save_tiny_model(root / "cls2.pth", 2)
-    save_tiny_model(root / "cls10.pth", 10)
-    return {name: root / f"{name}.pth" for name in ("seg", "cls", "cls2", "cls10")}
+    return save_tiny_pair(tmp_path_factory.mktemp("models"), cls2=2, cls10=10)
 
 
 def noise(path: Path, size=(24, 24), seed=0) -> Path:

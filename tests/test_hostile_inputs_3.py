@@ -22,6 +22,7 @@ from helpers import (
     CPU,
     TINY_ARG,
     TINY_CHANNELS,
+    TINY_SEG_ARGS,
     make_imagefolder,
     make_list_dataset,
     one_error_line,
@@ -34,7 +35,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SEG = ("--model", "drn_d_22", "--channels", TINY_ARG, "--num-classes", "3")
+SEG = TINY_SEG_ARGS
 
 
 @pytest.fixture(scope="module")

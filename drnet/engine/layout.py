@@ -45,17 +45,25 @@ def cache_dir() -> Path:
     return Path(base) / "drnet"
 
 
-def cpu_signature() -> str:
-    """The CPU's model name and vector flags (what decides which kernels run)."""
-    name, flags = platform.machine(), ""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_name_and_flags() -> tuple[str, str]:
+    """The CPU's model name and which of :data:`CPU_FLAGS` it has (what decides the kernels)."""
+    name, flags = platform.processor() or platform.machine(), ""
     with contextlib.suppress(OSError):
         text = Path("/proc/cpuinfo").read_text()
         for line in text.splitlines():
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-        known = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-        flags = " ".join(f for f in known if f" {f}" in text)
+        flags = " ".join(f for f in CPU_FLAGS if f" {f}" in text)
+    return name, flags
+
+
+def cpu_signature() -> str:
+    """``"<model name> [<flags>]"``, e.g. ``"AMD EPYC 7B13 [avx2]"``."""
+    name, flags = cpu_name_and_flags()
     return f"{name} [{flags}]"
 
 

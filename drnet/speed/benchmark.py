@@ -32,7 +32,7 @@ from torch import nn
 
 import drnet
 from drnet.constants import IGNORE_INDEX, INFERENCE_VARIANTS, TRAINING_VARIANTS
-from drnet.engine.layout import choose_channels_last
+from drnet.engine.layout import choose_channels_last, cpu_name_and_flags
 from drnet.engine.precision import (
     amp_dtype,
     amp_unavailable_reason,
@@ -106,17 +106,7 @@ def resolve_device(device: str) -> torch.device:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """CPU/GPU, threads, versions and the load average at the time of the call."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        known = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-        flags = " ".join(f for f in known if f" {f}" in text)
+    cpu, flags = cpu_name_and_flags()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cpu_flags": flags,
