@@ -3,10 +3,13 @@ measured layout and syncing at the log interval; resume with all of them bit-ide
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -482,3 +485,21 @@ def test_cli_refuses_bad_recipe_values(tmp_path, capsys, flags, message):
 
     argv = ["classify", "train", str(tmp_path), *flags]
     assert message in usage_error_line(argv, capsys)
+
+
+def test_demo_training_benchmark_runs_and_prints_its_ratios(capsys, monkeypatch):
+    """benchmarks/demo_training.py (the issue's throughput ratio) still runs on today's engine."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_training.py"
+    spec = importlib.util.spec_from_file_location("demo_training_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--threads", "1", "--rounds", "1", "--steps", "1", "-b", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["before", "engine", "demo"]
+    assert rows[0].rstrip().endswith("1.00x |")
