@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 from drnet.data.segmentation import open_segmentation_dataset
 from drnet.engine.precision import native_bf16
 from drnet.errors import DataError
-from drnet.models.loading import load_model
+from drnet.models.loading import load_model, logits_of
 from drnet.speed.inference import optimize_for_inference
 from drnet.speed.quantize import quantize_int8
 from drnet.tasks import segment
@@ -102,7 +102,7 @@ def evaluate_int8(
         for name, model in models.items()
     }
     # the time per image and the labels each precision changes: interleaved rounds
-    runners = {"fp32": lambda x: network(x)["out"].argmax(1), "int8": quantized.labels}
+    runners = {"fp32": lambda x: logits_of(network(x)).argmax(1), "int8": quantized.labels}
     if bf16:
         runners["bf16"] = models["bf16"].labels
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -151,3 +151,24 @@ def evaluate_int8(
             bf16_native=native_bf16("cpu"),
         )
     return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What ``drnet quantize`` prints for a :func:`evaluate_int8` report: mIoU in points (x100,
+    as ``segment eval`` prints it) and its change, the unchanged labels and the time per image."""
+    r = report
+    lines = [
+        f"mIoU float32 {100 * r['miou_fp32']:.2f}, int8 {100 * r['miou_int8']:.2f} "
+        f"(change {100 * (r['miou_int8'] - r['miou_fp32']):+.2f} points); labels "
+        f"unchanged {r['labels_unchanged']:.4%}; {r['ms_fp32']:.1f} -> "
+        f"{r['ms_int8']:.1f} ms/img ({r['speedup']:.2f}x) on {r['val_images']} images"
+    ]
+    if "miou_bf16" in r:
+        native = "" if r["bf16_native"] else " (emulated on this CPU: time not meaningful)"
+        lines.append(
+            f"bf16: mIoU {100 * r['miou_bf16']:.2f} (change "
+            f"{100 * (r['miou_bf16'] - r['miou_fp32']):+.2f} points); labels unchanged "
+            f"{r['labels_unchanged_bf16']:.4%}; {r['ms_bf16']:.1f} ms/img "
+            f"({r['speedup_bf16']:.2f}x){native}"
+        )
+    return lines

@@ -60,6 +60,7 @@ CONFUSION_IMAGE_MAX_CLASSES = 30
 OLD_METRICS_FILE = "classification_metrics.json"
 
 __all__ = [
+    "CONFUSION_IMAGE_MAX_CLASSES",
     "ClassificationData",
     "ClassificationEvaluation",
     "ClassificationPredictions",
@@ -73,7 +74,11 @@ __all__ = [
     "match_split_classes",
     "predict",
     "predict_classes",
+    "report_metrics",
+    "resolve_splits",
     "save_confusion_matrix_png",
+    "score_classifier",
+    "top_classes",
     "topk_correct",
     "train",
     "train_classifier",

@@ -89,12 +89,17 @@ __all__ = [
     "SegmentationSettings",
     "SegmentationTask",
     "SegmentationTrainSettings",
+    "check_save_kinds",
+    "collect_inputs",
     "evaluate",
     "evaluate_segmentation",
     "predict",
     "predict_segmentation",
+    "prediction_items",
     "run_evaluation",
+    "score_segmentation",
     "segmentation_loss",
+    "split_inputs",
     "train",
     "train_segmentation",
 ]
@@ -163,6 +168,11 @@ class SegmentationData:
     layout: str = "auto"
     list_dir: str | os.PathLike | None = None
     inputs: tuple[str | os.PathLike, ...] = ()
+
+    def prediction_items(self, num_classes: int) -> list[tuple[Path, str]]:
+        """``(path, output name)`` of every input :func:`predict` segments (see
+        :func:`prediction_items`)."""
+        return prediction_items(self, num_classes)
 
 
 @dataclass
