@@ -12,7 +12,7 @@ import csv
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from drnet.tasks.common import (
     legacy_options,
     write_metrics,
 )
-from drnet.tasks.run_card import train_with_card
+from drnet.tasks.run_card import train_with_card, train_with_options
 
 logger = logging.getLogger(__name__)
 
@@ -849,21 +849,13 @@ def train(
     is ``settings.model`` and the classes are the training folder's. ``model``: start from this
     network instead of building the card's. ``options``: device, AMP, workers and progress of
     the training (``fast`` and ``dtype`` do not apply)."""
-    config = replace(
-        settings.config,
-        device=options.device,
-        amp=options.amp,
-        workers=options.workers,
-        progress=options.progress,
-    )
     task = _training_task(card, data, settings)
-    task.initial_model = model
     if task.card.num_classes == 1:
         logger.warning(
             "the training data has a single class folder: every image is that class, so the "
             "model learns nothing useful (accuracy is 100%% by construction)"
         )
-    summary = train_with_card(task, task.card, config, settings.should_stop)
+    summary = train_with_options(task, settings.config, options, model, settings.should_stop)
     return TrainingResult(summary, "top-1")
 
 

@@ -11,11 +11,15 @@ run wrote it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from drnet.engine.trainer import Task, TrainConfig, recipe_of, train
 from drnet.models.loading import MODEL_CARD, ModelCard
+from drnet.tasks.common import InferenceOptions
 
 
 def train_with_card(
@@ -39,3 +43,26 @@ def train_with_card(
     for folder in deferred:
         card.save(folder)
     return summary
+
+
+def train_with_options(
+    task: Task,
+    config: TrainConfig,
+    options: InferenceOptions,
+    model: nn.Module | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """:func:`train_with_card` of the task entry points (``train(model, card, data, options,
+    settings)``): the device, AMP, loader workers and progress of ``config`` come from
+    ``options``, and the training starts from ``model`` when one is given (the task's
+    ``initial_model``) instead of the one its card names."""
+    config = replace(
+        config,
+        device=options.device,
+        amp=options.amp,
+        workers=options.workers,
+        progress=options.progress,
+    )
+    if model is not None:
+        task.initial_model = model
+    return train_with_card(task, task.card, config, should_stop)

@@ -67,7 +67,7 @@ from drnet.tasks.common import (
     legacy_options,
     write_metrics,
 )
-from drnet.tasks.run_card import train_with_card
+from drnet.tasks.run_card import train_with_card, train_with_options
 from drnet.tasks.segment_infer import (
     DEFAULT_SCALES,
     SAVE_KINDS,
@@ -845,10 +845,6 @@ def train(
     datasets ``(train, val)`` of ``(image, label)`` (then ``card`` names the model and classes).
     ``model``: start from this network instead of building one. ``options``: device, AMP,
     workers and progress of the training (``fast`` and ``dtype`` do not apply)."""
-    config = replace(
-        settings.config, device=options.device, amp=options.amp, workers=options.workers,
-        progress=options.progress,
-    )  # fmt: skip
     if isinstance(data, tuple):
         if card is None:
             raise DrnetError("train: datasets need a card naming the model and its classes")
@@ -862,6 +858,5 @@ def train(
         if not isinstance(data, SegmentationData):
             data = SegmentationData(data)
         task = SegmentationTask.from_options(settings.options_for(data))
-    task.initial_model = model
-    summary = train_with_card(task, task.card, config, settings.should_stop)
+    summary = train_with_options(task, settings.config, options, model, settings.should_stop)
     return TrainingResult(summary, "mIoU")
