@@ -54,8 +54,8 @@ from drnet.data.segmentation import (
 )
 from drnet.data.text import read_lines
 from drnet.data.walk import FolderWalk, broken_link_message
-from drnet.engine.rundir import atomic_write_json
 from drnet.errors import DataError
+from drnet.files import atomic_write_json
 
 ERROR, INFO = "error", "info"
 LABELED_SPLITS = ("train", "val")  # splits that must have labels (others may be predict-only)

@@ -18,8 +18,8 @@ from PIL import Image
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.data.walk import FolderWalk
-from drnet.engine.rundir import atomic_save_image
 from drnet.errors import DataError
+from drnet.files import atomic_save_image
 
 CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
