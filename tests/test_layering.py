@@ -102,3 +102,22 @@ def test_no_function_level_import_of_a_drnet_module(package: str) -> None:
     for path in sorted((PACKAGE / package).rglob("*.py")):
         found += [f"{package}/{hit}" for hit in function_level_drnet_imports(path)]
     assert found == [], "imports inside functions (move them to the top): " + ", ".join(found)
+
+
+def test_the_split_modules_keep_their_old_names() -> None:
+    """``models.loading``, ``engine.rundir`` and ``demo.run`` re-export what moved out of them."""
+    from drnet.demo import budget, config, metrics, stages
+    from drnet.demo import run as demo_run
+    from drnet.engine import rundir
+    from drnet.models import card, checkpoints, loading
+
+    for name in ("ModelCard", "MODEL_CARD", "TASKS", "read_class_names"):
+        assert getattr(loading, name) is getattr(card, name)
+    for name in ("read_checkpoint", "extract_state_dict", "load_state_dict_file", "StateDict"):
+        assert getattr(loading, name) is getattr(checkpoints, name)
+    assert loading.CHECKPOINT_NAMES == ("checkpoint_best.pth", "checkpoint_last.pth")
+    assert rundir.atomic_write_text is drnet.files.atomic_write_text
+    assert demo_run.DemoConfig is config.DemoConfig and demo_run.Rates is budget.Rates
+    assert demo_run.summary_lines is metrics.summary_lines
+    assert demo_run.train_classifier is stages.train_demo_classifier  # the old, clashing name
+    assert demo_run.process_age is drnet.timing.process_age
