@@ -20,6 +20,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+# re-exported: the atomic writers live in drnet.atomic (torch-free, every layer uses them)
+from drnet.atomic import (
+    WriteError,
+    atomic_csv,
+    atomic_save_image,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+)
 from drnet.errors import DrnetError
 from drnet.files import (  # re-exported: the atomic writes lived here before drnet.files
     WriteError,
@@ -52,6 +61,22 @@ except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LOCK_FILE",
+    "RUN_FILES",
+    "RunFolderLock",
+    "WriteError",
+    "atomic_csv",
+    "atomic_save_image",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_run_folder",
+    "claim_run_folder",
+    "clear_run",
+    "run_files",
+]
 
 LOCK_FILE = ".drnet.lock"
 # a folder holding one of these holds a run (model.json alone is left by a start that failed)
