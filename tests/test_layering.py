@@ -116,7 +116,7 @@ def test_the_split_modules_keep_their_old_names() -> None:
     for name in ("read_checkpoint", "extract_state_dict", "load_state_dict_file", "StateDict"):
         assert getattr(loading, name) is getattr(checkpoints, name)
     assert loading.CHECKPOINT_NAMES == ("checkpoint_best.pth", "checkpoint_last.pth")
-    assert rundir.atomic_write_text is drnet.files.atomic_write_text
+    assert rundir.atomic_write_text is drnet.atomic.atomic_write_text
     assert demo_run.DemoConfig is config.DemoConfig and demo_run.Rates is budget.Rates
     assert demo_run.summary_lines is metrics.summary_lines
     assert demo_run.train_classifier is stages.train_demo_classifier  # the old, clashing name

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from drnet.files import atomic_save_image
+from drnet.atomic import atomic_save_image
 
 __all__ = [
     "STATISTICS",

@@ -35,6 +35,7 @@ from typing import Any
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from drnet.atomic import atomic_write_json
 from drnet.constants import DATA_CHECK_LAYOUTS, IGNORE_INDEX
 from drnet.data.boxes import BOX_KEYS, _check_box, _read_rows, read_voc_xml
 from drnet.data.classification import load_rgb
@@ -55,7 +56,6 @@ from drnet.data.segmentation import (
 from drnet.data.text import read_lines
 from drnet.data.walk import FolderWalk, broken_link_message
 from drnet.errors import DataError
-from drnet.files import atomic_write_json
 
 ERROR, INFO = "error", "info"
 LABELED_SPLITS = ("train", "val")  # splits that must have labels (others may be predict-only)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from drnet.atomic import atomic_save_image
+
 # re-exported: drnet.cli.segment imports the Cityscapes statistics from here
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
-from drnet.files import atomic_save_image
 
 CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
 

@@ -75,11 +75,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from drnet import __version__
+from drnet.atomic import atomic_save_image, atomic_write, atomic_write_text
 from drnet.data.boxes import load_boxes
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
-from drnet.files import atomic_save_image, atomic_write, atomic_write_text
 
 __all__ = [
     "BACKGROUNDS",

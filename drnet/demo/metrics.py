@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from drnet.atomic import atomic_write_json
 from drnet.data.fashion_mnist import CLASS_TITLES
 from drnet.demo.budget import Plan, Rates
 from drnet.demo.config import METRICS_FILE, REPORT_FILE, DemoConfig
 from drnet.demo.data import SceneData
 from drnet.demo.recipes import Recipe
-from drnet.files import atomic_write_json
 from drnet.machine import cpu_signature, device_info, versions
 from drnet.timing import StageClock
 

@@ -7,7 +7,7 @@ A training checkpoint is a dict with the keys ``model`` (state dict of the bare 
 needs to rebuild its model: architecture, classes...), ``rng`` and ``best_metric``.
 
 A file is written to a temporary name in the same directory, flushed to disk, then renamed over
-the target with :func:`os.replace` (:func:`drnet.files.atomic_write`), so a reader never
+the target with :func:`os.replace` (:func:`drnet.atomic.atomic_write`), so a reader never
 sees a half-written checkpoint.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from drnet.atomic import atomic_write
 from drnet.errors import CheckpointError
-from drnet.files import atomic_write
 from drnet.models.checkpoints import read_checkpoint
 
 CHECKPOINT_LAST = "checkpoint_last.pth"

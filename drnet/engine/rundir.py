@@ -10,7 +10,7 @@ checked, then:
   (rank 0 only, released by the OS even after ``kill -9``): :class:`RunFolderLock`;
 - writes every file atomically (temporary file in the same folder + :func:`os.replace`), so a
   reader, or a crash, never leaves a half-written ``config.json``, ``log.csv`` or checkpoint:
-  :func:`drnet.files.atomic_write_text`, :func:`drnet.files.atomic_write` (re-exported here).
+  :func:`drnet.atomic.atomic_write_text`, :func:`drnet.atomic.atomic_write` (re-exported here).
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ from drnet.atomic import (
     atomic_write_text,
 )
 from drnet.errors import DrnetError
-from drnet.files import (  # re-exported: the atomic writes lived here before drnet.files
-    WriteError,
-    atomic_csv,
-    atomic_save_image,
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
-)
 
 __all__ = [
     "LOCK_FILE",

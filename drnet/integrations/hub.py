@@ -24,8 +24,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from drnet.atomic import atomic_write, atomic_write_text
 from drnet.errors import CheckpointError, DrnetError
-from drnet.files import atomic_write, atomic_write_text
 
 HUB_PREFIX = "hf-hub:"
 WEIGHTS_NAME = "model.safetensors"

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from drnet.atomic import atomic_write_text
 from drnet.constants import IMAGENET_MEAN, IMAGENET_STD, default_resize_size
 from drnet.data.text import read_json, read_lines
 from drnet.errors import DrnetError
-from drnet.files import atomic_write_text
 
 MODEL_CARD = "model.json"
 TASKS = ("classification", "segmentation")
