@@ -1,9 +1,11 @@
 """The demo's stages: thin adaptors over the library tasks.
 
 Each stage builds what a task takes (a :class:`~drnet.models.card.ModelCard`, the scene
-datasets, a :class:`~drnet.engine.TrainConfig`), calls the same functions as the command line
-(``drnet classify train/eval``, ``drnet localize eval``, ``drnet segment train/eval``) and keeps
-what ``metrics.json`` and the report need: train a classifier and score it, localize with it,
+datasets, a :class:`~drnet.engine.TrainConfig`, the task's settings and
+:class:`~drnet.tasks.common.InferenceOptions`), calls the same task functions as the command line
+(the ``evaluate`` entry points of ``drnet classify eval``, ``drnet localize eval`` and ``drnet
+segment eval``; the engine's trainings of ``classify train`` and ``segment train``) and keeps what
+``metrics.json`` and the report need: train a classifier and score it, localize with it,
 train a segmenter and score it, collect activation maps and gridding scores.
 """
 
@@ -31,22 +33,12 @@ from drnet.engine.precision import amp_dtype
 from drnet.metrics import segmentation_metrics, wilson_interval
 from drnet.models.card import ModelCard
 from drnet.models.loading import load_model
+from drnet.tasks import classify, localize, segment
 from drnet.tasks.boxes import BOX_RESOLUTIONS, iou
-from drnet.tasks.classify import (
-    ClassificationTask,
-    evaluate_classifier,
-    folder_dataset,
-    train_classifier,
-    write_classification_report,
-)
-from drnet.tasks.localize import (
-    LocalizationSettings,
-    class_heatmap,
-    evaluate_localization,
-    localize_image,
-    render_overlay,
-)
-from drnet.tasks.segment import SegmentationTask, run_evaluation, train_segmentation
+from drnet.tasks.classify import ClassificationTask, train_classifier, write_classification_report
+from drnet.tasks.common import InferenceOptions
+from drnet.tasks.localize import LocalizationSettings, class_heatmap, localize_image, render_overlay
+from drnet.tasks.segment import SegmentationTask, train_segmentation
 from drnet.timing import Stopwatch
 
 
@@ -159,11 +151,10 @@ def evaluate_classification(
     """Top-1/top-5, per-class accuracy and the confusion matrix on the val scenes on disk,
     through the same functions as ``drnet classify eval`` (the inference fast path included)."""
     model, card = load_model(run["checkpoint"], task="classification")
-    dataset = folder_dataset(data.loc_dir / "val", card)
-    result = evaluate_classifier(
-        model, dataset, card.names(), device, batch_size=128, progress=progress, dtype=dtype
-    )
-    metrics = write_classification_report(result, out)
+    options = InferenceOptions(device=str(device), dtype=dtype, progress=progress)
+    settings = classify.ClassificationSettings(batch_size=128)
+    evaluation = classify.evaluate(model, card, data.loc_dir / "val", options, settings)
+    metrics = write_classification_report(evaluation.result, out)  # metrics.json's, with files
     metrics["samples"] = _classification_samples(model.to(device), card, data, device)
     return model, metrics
 
@@ -289,23 +280,22 @@ def _evaluate_localization(
     resolution: str | None = None,
     dtype: str | None = None,
 ) -> dict:
-    settings = LocalizationSettings(**({"box_resolution": resolution} if resolution else {}))
-    return evaluate_localization(
-        model,
-        card,
+    scenes = localize.LocalizationData(
         data.loc_dir / "val",
         data.loc_dir / "boxes_val.csv",
-        out,
-        threshold="auto",
-        val_dir=data.loc_dir / "holdout",
-        val_boxes_source=data.loc_dir / "boxes_holdout.csv",
-        settings=settings,
-        save_images=0,  # the report draws its own examples (two per class)
-        device=device,
-        workers=0,
-        progress=progress,
-        dtype=dtype,
+        val_images=data.loc_dir / "holdout",
+        val_boxes=data.loc_dir / "boxes_holdout.csv",
     )
+    settings = LocalizationSettings(
+        **({"box_resolution": resolution} if resolution else {}),
+        threshold="auto",  # chosen on the holdout scenes
+        save_images=0,  # the report draws its own examples (two per class)
+        output_dir=out,
+    )
+    options = InferenceOptions(device=str(device), dtype=dtype, progress=progress)
+    evaluation = localize.evaluate(model, card, scenes, options, settings)
+    evaluation.write(out)
+    return evaluation.metrics
 
 
 def train_segmenter(
@@ -361,16 +351,16 @@ def evaluate_segmentation_stage(
     """mIoU, per-class IoU, pixel accuracy on the val scenes on disk through the same function as
     ``drnet segment eval`` (``out/metrics.json``), the all-background baseline, and a few
     predictions (arrays kept for the report)."""
+    options = InferenceOptions(device=str(device), dtype=dtype, progress=progress)
+    settings = segment.SegmentationSettings(scales=(1.0,), output_dir=out)
     with single_thread():
-        metrics = run_evaluation(
-            run["checkpoint"],
-            data.seg_dir,
-            "val",
-            out,
-            device=str(device),
-            progress=progress,
-            dtype=dtype,
+        network, card = load_model(run["checkpoint"], task="segmentation")
+        evaluation = segment.evaluate(
+            network, card, segment.SegmentationData(data.seg_dir, "val"), options, settings
         )
+        evaluation.metrics["weights"] = str(run["checkpoint"])
+        evaluation.write(out)
+    metrics = evaluation.metrics
     confusion = torch.tensor(metrics["confusion_matrix"])
     names = list(data.seg_val.class_names)
     baseline = background_baseline(confusion)
