@@ -32,6 +32,91 @@ from drnet.timing import StageClock
 FLOORS = {"classification_top1": 0.70, "segmentation_miou": 0.20, "localization_margin": 0.05}
 
 
+def floor_checks(cls: dict, loc: dict, seg: dict) -> dict:
+    """``metrics.json``'s ``floors``: each floor's value, interval, bar and whether it passed."""
+    prior = loc["centred_box_prior"]
+    margin = FLOORS["localization_margin"]
+    return {
+        "classification_top1": {
+            "value": cls["top1"],
+            "ci95": cls.get("top1_ci95"),
+            "floor": FLOORS["classification_top1"],
+            "pass": cls["top1"] >= FLOORS["classification_top1"],
+        },
+        "segmentation_miou": {
+            "value": seg["miou"],
+            "ci95": seg.get("miou_ci95"),
+            "floor": FLOORS["segmentation_miou"],
+            "background_baseline": seg["background_baseline_miou"],
+            "pass": seg["miou"] >= FLOORS["segmentation_miou"],
+        },
+        "localization_top1_vs_prior": {
+            "value": loc["top1_accuracy"],
+            "ci95": loc.get("top1_accuracy_ci95"),
+            "prior": prior["top1_accuracy"],
+            "prior_box_only": prior["gt_known_accuracy"],
+            "margin": margin,
+            "floor": prior["top1_accuracy"] + margin,
+            "pass": loc["top1_accuracy"] >= prior["top1_accuracy"] + margin,
+        },
+    }
+
+
+def comparison_row(model: str, entry: dict) -> dict:
+    """One row of ``comparison`` (the paper table): a model's errors, mIoU and the gridding
+    score of its last level."""
+    levels = entry.get("gridding", {})
+    final = list(levels)[-1] if levels else None
+    score = levels[final] if final else {}
+    cls, loc, seg = entry["classification"], entry["localization"], entry["segmentation"]
+    return {
+        "model": model,
+        "channels": entry["channels"],
+        "classification_images_seen": cls.get("images_seen"),
+        "segmentation_images_seen": seg.get("images_seen"),
+        "stopped_early": bool(cls.get("stopped_early") or seg.get("stopped_early")),
+        "classification_error": 1 - cls["top1"],
+        "classification_error_ci95": error_interval(cls.get("top1_ci95")),
+        "top5_error": 1 - cls["top5"],
+        "top1_localization_error": loc["top1_error"],
+        "top1_localization_error_ci95": error_interval(loc.get("top1_accuracy_ci95")),
+        "centred_box_prior_error": loc["centred_box_prior"]["top1_loc_err"],
+        "miou": seg["miou"],
+        "miou_ci95": seg.get("miou_ci95"),
+        "gridding_level": final,
+        "gridding_map": f"{score['height']}x{score['width']}" if score else None,
+        "gridding_score": score.get("score"),
+        "gridding_chance": score.get("chance"),
+        "gridding_lattice_share": score.get("lattice_share"),
+        "gridding_share_chance": score.get("lattice_share_chance"),
+    }
+
+
+def data_section(recipe: Recipe, data: SceneData) -> dict:
+    """``metrics.json``'s ``data``: the scenes' settings and normalisation statistics."""
+    return {
+        "item_source": data.item_source,
+        "classification": {
+            "canvas": recipe.cls_canvas,
+            "scale": list(recipe.cls_scale),
+            "val_scenes": recipe.cls_val,
+            "holdout_scenes": recipe.cls_holdout,
+            "mean": data.cls_mean,
+            "std": data.cls_std,
+            "scenes_dir": str(data.loc_dir),
+        },
+        "segmentation": {
+            "canvas": recipe.seg_canvas,
+            "items": list(recipe.seg_items),
+            "scale": list(recipe.seg_scale),
+            "val_scenes": recipe.seg_val,
+            "mean": data.seg_mean,
+            "std": data.seg_std,
+        },
+        "class_titles": list(CLASS_TITLES),
+    }
+
+
 def assemble_metrics(
     *,
     config: DemoConfig,
@@ -55,64 +140,8 @@ def assemble_metrics(
             }
     top = public[main]
     cls, loc, seg = top["classification"], top["localization"], top["segmentation"]
-    prior = loc["centred_box_prior"]
-    floors = {
-        "classification_top1": {
-            "value": cls["top1"],
-            "ci95": cls.get("top1_ci95"),
-            "floor": FLOORS["classification_top1"],
-            "pass": cls["top1"] >= FLOORS["classification_top1"],
-        },
-        "segmentation_miou": {
-            "value": seg["miou"],
-            "ci95": seg.get("miou_ci95"),
-            "floor": FLOORS["segmentation_miou"],
-            "background_baseline": seg["background_baseline_miou"],
-            "pass": seg["miou"] >= FLOORS["segmentation_miou"],
-        },
-        "localization_top1_vs_prior": {
-            "value": loc["top1_accuracy"],
-            "ci95": loc.get("top1_accuracy_ci95"),
-            "prior": prior["top1_accuracy"],
-            "prior_box_only": prior["gt_known_accuracy"],
-            "margin": FLOORS["localization_margin"],
-            "floor": prior["top1_accuracy"] + FLOORS["localization_margin"],
-            "pass": loc["top1_accuracy"] >= prior["top1_accuracy"] + FLOORS["localization_margin"],
-        },
-    }
-    comparison = []
-    for m, entry in public.items():
-        levels = entry.get("gridding", {})
-        final = list(levels)[-1] if levels else None
-        score = levels[final] if final else {}
-        cls_m, seg_m = entry["classification"], entry["segmentation"]
-        comparison.append(
-            {
-                "model": m,
-                "channels": entry["channels"],
-                "classification_images_seen": cls_m.get("images_seen"),
-                "segmentation_images_seen": seg_m.get("images_seen"),
-                "stopped_early": bool(cls_m.get("stopped_early") or seg_m.get("stopped_early")),
-                "classification_error": 1 - cls_m["top1"],
-                "classification_error_ci95": error_interval(cls_m.get("top1_ci95")),
-                "top5_error": 1 - entry["classification"]["top5"],
-                "top1_localization_error": entry["localization"]["top1_error"],
-                "top1_localization_error_ci95": error_interval(
-                    entry["localization"].get("top1_accuracy_ci95")
-                ),
-                "centred_box_prior_error": entry["localization"]["centred_box_prior"][
-                    "top1_loc_err"
-                ],
-                "miou": seg_m["miou"],
-                "miou_ci95": seg_m.get("miou_ci95"),
-                "gridding_level": final,
-                "gridding_map": f"{score['height']}x{score['width']}" if score else None,
-                "gridding_score": score.get("score"),
-                "gridding_chance": score.get("chance"),
-                "gridding_lattice_share": score.get("lattice_share"),
-                "gridding_share_chance": score.get("lattice_share_chance"),
-            }
-        )
+    floors = floor_checks(cls, loc, seg)
+    comparison = [comparison_row(m, entry) for m, entry in public.items()]
     return {
         "drnet_demo": recipe.name,
         "main_model": main,
@@ -134,27 +163,7 @@ def assemble_metrics(
             "stages_seconds": plan.stages_s,
             "rates_seconds_per_image": {m: asdict(r) for m, r in rates.items()},
         },
-        "data": {
-            "item_source": data.item_source,
-            "classification": {
-                "canvas": recipe.cls_canvas,
-                "scale": list(recipe.cls_scale),
-                "val_scenes": recipe.cls_val,
-                "holdout_scenes": recipe.cls_holdout,
-                "mean": data.cls_mean,
-                "std": data.cls_std,
-                "scenes_dir": str(data.loc_dir),
-            },
-            "segmentation": {
-                "canvas": recipe.seg_canvas,
-                "items": list(recipe.seg_items),
-                "scale": list(recipe.seg_scale),
-                "val_scenes": recipe.seg_val,
-                "mean": data.seg_mean,
-                "std": data.seg_std,
-            },
-            "class_titles": list(CLASS_TITLES),
-        },
+        "data": data_section(recipe, data),
         "classification": cls,
         "localization": loc,
         "segmentation": seg,
