@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from drnet.atomic import atomic_save_image
 
@@ -91,8 +92,6 @@ def prepare_cityscapes(
     written = skipped = 0
     iterator = files
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(files, desc="trainIds", unit="file")
     for path in iterator:
         target = path.with_name(path.name.replace("_labelIds.png", "_labelTrainIds.png"))
