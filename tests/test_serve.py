@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -125,7 +126,7 @@ def post_image(server, data: bytes, query: str = "", content_type: str = "image/
 
 @pytest.fixture(scope="module")
 def answer(server) -> dict:
-    status, body = post_image(server, _image_bytes(scene_image()))
+    status, body = post_image(server, _image_bytes(scene_image()), "?activations=1")
     assert status == 200, body
     return body
 
@@ -243,6 +244,12 @@ def test_multipart_upload_and_one_model(server, answer):
         (_image_bytes(scene_image())[:60], "", 400, "upload"),  # truncated PNG
         (_image_bytes(scene_image()), "?model=m7", 404, "unknown model m7"),
         (_image_bytes(scene_image()), "?threshold=high", 400, "threshold"),
+        (_image_bytes(scene_image()), "?threshold=nan", 400, "threshold=nan"),
+        (_image_bytes(scene_image()), "?threshold=inf", 400, "from 0 to 1"),
+        (_image_bytes(scene_image()), "?threshold=2", 400, "from 0 to 1"),
+        (_image_bytes(scene_image()), "?threshold=-1", 400, "from 0 to 1"),
+        (_image_bytes(scene_image()), "?treshold=0.5", 400, "unknown parameter treshold"),
+        (_image_bytes(scene_image()), "?activations=maybe", 400, "activations"),
     ],
 )
 def test_bad_requests_get_a_json_error(server, data, query, status, words):
@@ -708,3 +715,153 @@ def test_box_rule_port_agrees_with_python(browser, server):
                         case
                     )
                     assert got[ti][k]["empty"] == bool(empty[k, ti]), case
+
+
+# ----------------------------------------------------------------------------- issue 22: the API
+
+
+def _raw_request(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` bytes as they are; (status, headers, body) of the answer."""
+    import http.client
+
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(request)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, dict(answer.getheaders()), answer.read()
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH"])
+@pytest.mark.parametrize("path", ["/api/predict", "/api/models", "/"])
+def test_unsupported_methods_answer_405_json(server, method, path):
+    status, headers, body = _raw_request(
+        server,
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi".encode(),
+    )
+    assert status == 405 and headers["Content-Type"] == "application/json"
+    assert headers["Allow"] == ("POST" if path == "/api/predict" else "GET, HEAD")
+    error = json.loads(body)["error"]
+    assert f"{method} {path} is not supported" in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"BREW /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501),
+        (b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 505),
+        (b"GET /api/models?verbose=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    ],
+)
+def test_every_answer_is_json(server, request_bytes, status):
+    """Even http.server's own errors (an unknown method, a bad version) are JSON, one line."""
+    got, headers, body = _raw_request(server, request_bytes)
+    assert got == status and headers["Content-Type"] == "application/json"
+    assert "\n" not in json.loads(body)["error"]
+
+
+def test_non_finite_numbers_travel_as_null(served, monkeypatch):
+    """A NaN or infinity anywhere in an answer becomes null: JSON.parse reads every body."""
+    monkeypatch.setattr(app, "predict", lambda *a, **k: {"score": float("nan"), "x": [math.inf]})
+    server = start(served)
+    try:
+        request = urllib.request.Request(
+            f"{server.url}api/predict?model=m1", _image_bytes(scene_image()),
+            {"Content-Type": "image/png"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            text = answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["results"] == [{"score": None, "x": [None]}]
+
+
+def test_activations_only_when_asked(server, monkeypatch):
+    """Activation maps are most of the bytes and of the compute: computed on request only."""
+    calls = []
+    real = api.level_activations
+    monkeypatch.setattr(api, "level_activations", lambda *a: calls.append(1) or real(*a))
+    status, body = post_image(server, _image_bytes(scene_image()), "?model=m1,m2")
+    assert status == 200 and calls == []
+    for result in body["results"]:
+        assert result["activations"] is None and "activations" not in result["timings_ms"]
+    status, body = post_image(server, _image_bytes(scene_image()), "?model=m2&activations=1")
+    assert status == 200 and calls == [1] and len(body["results"][0]["activations"]) == 9
+
+
+def _tuned_run(runs, tmp_path, layout: str, threshold: float) -> Path:
+    """A copy of the classifier run whose localization metrics hold ``threshold``: in the run
+    folder under the old name, or in a sibling localization/ folder as metrics.json (the demo's
+    layout and the new name)."""
+    folder = tmp_path / "models" / "drn_d_22" / "classification"
+    shutil.copytree(runs["classifier"], folder)
+    metrics = {"threshold": threshold, "threshold_mode": "minmax", "top1_loc_err": 0.4}
+    if layout == "old":
+        (folder / "localization_metrics.json").write_text(json.dumps(metrics))
+    else:
+        (folder.parent / "localization").mkdir()
+        (folder.parent / "localization" / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["old", "sibling"])
+def test_first_box_uses_the_runs_tuned_threshold(runs, tmp_path, layout):
+    """The run's chosen t (not the paper's 0.2) draws the first box; --threshold overrides it."""
+    from drnet.tasks.boxes import boxes_from_class_map, scale_boxes
+    from drnet.tasks.localize import LocalizationSettings, localize_image
+
+    folder = _tuned_run(runs, tmp_path, layout, 0.65)
+    model, card = load_model(folder)
+    tuned = ServedModel.create(model, card, str(folder), id="m1", fast=False, dtype="float32")
+    assert tuned.threshold == 0.65 and tuned.threshold_source.endswith(
+        "localization_metrics.json" if layout == "old" else "localization/metrics.json"
+    )
+    assert tuned.describe()["threshold"] == 0.65
+    image = Image.fromarray(scene_image())
+    result = api.predict(tuned, image)
+    assert result["threshold"] == 0.65
+    from drnet.data.classification import full_image_transform
+
+    x = full_image_transform(card.resize_size, card.mean, card.std)(image)[None]
+    settings = LocalizationSettings(threshold_mode="minmax", fallback="peak", top_k=5)
+    expected = localize_image(model, x, (90, 120), [0.65], settings)
+    cell, _ = boxes_from_class_map(
+        expected.class_map, expected.classes, [0.65], expected.input_size, resolution="cell"
+    )
+    cell = scale_boxes(cell, expected.input_size, (90, 120))
+    assert result["top5"][0]["boxes"]["cell"] == pytest.approx(cell[0, 0].tolist(), abs=1e-3)
+    assert api.predict(tuned, image, threshold=0.3)["threshold"] == 0.3
+    forced = ServedModel.create(model, card, str(folder), id="m1", fast=False, threshold=0.4)
+    assert (forced.threshold, forced.threshold_source) == (0.4, "--threshold")
+    bare = ServedModel.create(model, card, str(folder / "checkpoint_best.pth"), id="m1", fast=False)
+    assert bare.threshold == 0.65  # a checkpoint file: its folder's metrics
+    plain, plain_card = load_model(runs["classifier"])
+    default = ServedModel.create(plain, plain_card, str(runs["classifier"]), id="m1", fast=False)
+    assert (default.threshold, default.threshold_source) == (0.2, "the paper's default")
+
+
+def test_answers_say_what_the_model_knows(server):
+    """Under each result: the classes, the size the model looked at, and notices for inputs far
+    from its training images (a uniform black image, a photo many times the training size)."""
+    status, body = post_image(server, _image_bytes(scene_image()), "?model=m1")
+    info = body["results"][0]["model_info"]
+    assert info["classes"] == CLASS_NAMES and info["num_classes"] == len(CLASS_NAMES)
+    assert info["training_size"] == 64 and info["looked_at"] == [64, 85]
+    assert info["notices"] == []
+    status, body = post_image(server, _image_bytes(np.zeros((16, 16, 3), np.uint8)))
+    for result in body["results"]:
+        assert any("uniform" in n for n in result["model_info"]["notices"]), result["task"]
+    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    status, body = post_image(server, _image_bytes(big), "?model=m1")
+    notices = body["results"][0]["model_info"]["notices"]
+    assert any("640x480" in n and "85x64" in n for n in notices), notices
+
+
+def test_cli_threshold_option(capsys):
+    from helpers import run_cli
+
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(capsys, "serve", "--weights", "x", "--threshold", "nan")
+    assert stopped.value.code == 2 and "--threshold" in capsys.readouterr().err
