@@ -865,3 +865,253 @@ def test_cli_threshold_option(capsys):
     with pytest.raises(SystemExit) as stopped:
         run_cli(capsys, "serve", "--weights", "x", "--threshold", "nan")
     assert stopped.value.code == 2 and "--threshold" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 22: the page
+
+
+@pytest.fixture(scope="module")
+def compare_models(runs, tmp_path_factory) -> list[ServedModel]:
+    """m1: the classifier with a tuned t = 0.65 (the demo's layout), m2: another classifier (other
+    weights), m3 and m4: two segmenters with different weights."""
+    root = tmp_path_factory.mktemp("compare-runs")
+    tuned = _tuned_run(runs, root, "sibling", 0.65)
+    torch.manual_seed(1)
+    other = root / "cls2"
+    save_tiny_model(other / "checkpoint_best.pth", len(CLASS_NAMES))
+    shutil.copy(runs["classifier"] / "model.json", other / "model.json")
+    seg2 = root / "seg2"
+    save_tiny_model(seg2 / "checkpoint_best.pth", SEG_CLASSES, segmentation=True)
+    shutil.copy(runs["segmenter"] / "model.json", seg2 / "model.json")
+    served = []
+    for number, folder in enumerate((tuned, other, runs["segmenter"], seg2), start=1):
+        model, card = load_model(folder)
+        served.append(
+            ServedModel.create(
+                model, card, str(folder), id=f"m{number}", fast=False, dtype="float32"
+            )
+        )
+    return served
+
+
+@pytest.fixture(scope="module")
+def compare_server(compare_models):
+    server = start(compare_models)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def set_viewport(browser: DevTools, width: int, height: int = 1000) -> None:
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=width, height=height, deviceScaleFactor=1, mobile=width < 600,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def viewport(browser: DevTools, width: int, height: int = 1000) -> Iterator[None]:
+    set_viewport(browser, width, height)
+    try:
+        yield
+    finally:
+        set_viewport(browser, 1200, 1000)
+
+
+def _scene_file(tmp_path: Path, name: str = "scene.png") -> Path:
+    path = tmp_path / name
+    Image.fromarray(scene_image()).save(path)
+    return path
+
+
+@needs_chromium
+def test_page_first_box_uses_the_runs_threshold(browser, compare_server, tmp_path):
+    """The slider starts at the run's tuned t = 0.65 and the box drawn is the API's at 0.65."""
+    status, body = post_image(compare_server, _image_bytes(scene_image()), "?model=m1")
+    assert status == 200 and body["results"][0]["threshold"] == 0.65
+    open_page(browser, compare_server.url)
+    choose_models(browser, "m1")
+    assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+    assert browser.js("document.querySelector('.classifier .threshold').value") == "0.65"
+    assert "tuned" in browser.js("document.querySelector('.threshold-source').textContent")
+    box = [
+        float(v) for v in browser.js("document.querySelector('.box-text').dataset.box").split(",")
+    ]
+    assert box == pytest.approx(body["results"][0]["top5"][0]["boxes"]["pixel"], abs=0.06)
+    assert "t = 0.65" in browser.js("document.querySelector('.box-text').textContent")
+    shoot(browser, tmp_path, "serve-tuned-threshold.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_sees_json_errors_for_bad_parameters(browser, compare_server, tmp_path):
+    """From the page: threshold=nan, an unknown parameter and PUT all answer JSON that
+    JSON.parse reads (a 400, a 400 and a 405), each one line."""
+    open_page(browser, compare_server.url)
+    answers = browser.js(
+        "(async () => { const body = await (await fetch('/examples/scene-sandal.png')).blob();"
+        " const out = [];"
+        " for (const [url, method] of [['/api/predict?threshold=nan', 'POST'],"
+        "   ['/api/predict?treshold=0.5', 'POST'], ['/api/predict', 'PUT'],"
+        "   ['/api/models', 'DELETE'], ['/api/predict', 'OPTIONS']]) {"
+        "   const answer = await fetch(url,"
+        "     { method, body: method === 'POST' ? body : undefined });"
+        "   const text = await answer.text();"
+        "   out.push([answer.status, JSON.parse(text).error]); }"
+        " return out; })()"
+    )
+    assert [a[0] for a in answers] == [400, 400, 405, 405, 405]
+    assert "threshold=nan" in answers[0][1] and "unknown parameter treshold" in answers[1][1]
+    assert all("\n" not in a[1] for a in answers)
+    browser.js(f"showError({json.dumps(answers[0][1])})")
+    shoot(browser, tmp_path, "serve-bad-threshold.png")
+
+
+@needs_chromium
+def test_page_at_390px_has_no_horizontal_overflow(browser, compare_server, tmp_path):
+    with viewport(browser, 390, 800):
+        open_page(browser, compare_server.url)
+        assert browser.js("document.documentElement.scrollWidth") <= 390
+        choose_models(browser, "m1", "m2", "m3", "m4")
+        assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+        browser.wait_for("document.querySelector('.disagreement') !== null")
+        assert browser.js("document.documentElement.scrollWidth") <= 390
+        lefts = browser.js(
+            "[...document.querySelectorAll('.card')]"
+            ".map(c => Math.round(c.getBoundingClientRect().left))"
+        )
+        assert len(lefts) == 4 and len(set(lefts)) == 1  # one card per row
+        widest = browser.js(
+            "Math.max(...[...document.querySelectorAll('body *')]"
+            ".map(e => e.getBoundingClientRect().right))"
+        )
+        assert widest <= 390.5
+        shoot(browser, tmp_path, "serve-390px.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_compares_three_models_in_one_row(browser, compare_server, tmp_path):
+    """At 1280 px three models sit in one row with their pictures aligned; two segmenters get a
+    disagreement view; activations are not computed until asked, then appear."""
+    with viewport(browser, 1280, 1100):
+        open_page(browser, compare_server.url)
+        choose_models(browser, "m1", "m3", "m4")
+        assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+        browser.wait_for("document.querySelector('.disagreement') !== null")
+        tops = browser.js(
+            "[...document.querySelectorAll('.card canvas.view')]"
+            ".map(c => Math.round(c.getBoundingClientRect().top))"
+        )
+        assert len(tops) == 3 and len(set(tops)) == 1, tops  # one row, pictures aligned
+        heights = browser.js(
+            "[...document.querySelectorAll('.card canvas.view')]"
+            ".map(c => Math.round(c.getBoundingClientRect().height))"
+        )
+        assert len(set(heights)) == 1
+        view = browser.js(
+            "(() => { const d = document.querySelector('.disagreement');"
+            " return [d.dataset.kind, Number(d.dataset.share), d.textContent]; })()"
+        )
+        assert view[0] == "segmentation" and 0 < view[1] <= 100 and "disagree" in view[2]
+        # activations: none until asked
+        assert browser.js("document.querySelectorAll('.levels img').length") == 0
+        assert browser.js("document.querySelectorAll('.compute-activations').length") == 3
+        shoot(browser, tmp_path, "serve-compare.png")
+        browser.js(
+            "(() => { const d = document.querySelector('.card.segmenter details.activations');"
+            " d.open = true; d.querySelector('.compute-activations').click(); })()"
+        )
+        browser.wait_for("document.querySelector('details.activations[data-loaded]') !== null")
+        assert browser.js("document.querySelectorAll('.levels img').length") == 9
+        assert browser.js("document.querySelectorAll('.colour-bar').length") == 1
+        shoot(browser, tmp_path, "serve-activations.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_shares_controls_between_classifiers(browser, compare_server, tmp_path):
+    """With "share controls" ticked one threshold and one class drive both classifier cards;
+    the two classifiers get a disagreement view; hover, downloads, alt text, live status."""
+    open_page(browser, compare_server.url)
+    choose_models(browser, "m1", "m2")
+    browser.js("document.querySelector('#share').checked = true")
+    assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+    assert browser.js("document.querySelector('.disagreement').dataset.kind") == "classification"
+    browser.js(
+        "(() => { const s = document.querySelector('.card[data-model=m1] .threshold');"
+        " s.value = '0.4'; s.dispatchEvent(new Event('input')); })()"
+    )
+    values = browser.js("[...document.querySelectorAll('.threshold')].map(s => s.value)")
+    assert values == ["0.4", "0.4"]
+    browser.js(
+        "(() => { const s = document.querySelector('.card[data-model=m1] .class-select');"
+        " s.value = '3'; s.dispatchEvent(new Event('change')); })()"
+    )
+    chosen = browser.js(
+        "[...document.querySelectorAll('.class-select')].map(s => s.selectedOptions[0].text)"
+    )
+    assert chosen == [CLASS_NAMES[3]] * 2
+    # hover read-out of the score under the cursor
+    browser.js(
+        "(() => { const c = document.querySelector('.card[data-model=m1] canvas.view');"
+        " const r = c.getBoundingClientRect();"
+        " c.dispatchEvent(new MouseEvent('mousemove', { clientX: r.left + r.width / 2,"
+        " clientY: r.top + r.height / 2, bubbles: true })); })()"
+    )
+    readout = browser.js("document.querySelector('.card[data-model=m1] .readout').textContent")
+    assert "cell" in readout and CLASS_NAMES[3] in readout and "strongest here" in readout
+    # text alternatives, live status, what the model knows, downloads
+    labels = browser.js(
+        "[...document.querySelectorAll('canvas.view')].map(c => c.getAttribute('aria-label'))"
+    )
+    assert all(CLASS_NAMES[3] in label and "box" in label for label in labels)
+    assert browser.js("document.querySelector('#status').getAttribute('aria-live')") == "polite"
+    knows = browser.js("document.querySelector('.knows').textContent")
+    assert f"Knows {len(CLASS_NAMES)} classes" in knows and "85×64" in knows
+    browser.js("document.querySelector('.download-json').click()")
+    assert browser.js("document.body.dataset.lastDownload") == "scene.drnet.json"
+    shoot(browser, tmp_path, "serve-shared-controls.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_examples_paste_and_dark_theme(browser, compare_server, tmp_path):
+    """An example image is one click; a pasted image is analysed; the page follows a dark
+    colour scheme."""
+    open_page(browser, compare_server.url)
+    choose_models(browser, "m3")
+    names = browser.js(
+        "[...document.querySelectorAll('#examples .example')].map(b => b.dataset.name)"
+    )
+    assert names == ["scene-sandal.png", "scene-three-items.png", "scene-trouser.png"]
+    browser.js(
+        "document.querySelector('#examples .example[data-name=\"scene-three-items.png\"]').click()"
+    )
+    browser.wait_for("document.querySelectorAll('section.image').length === 1")
+    browser.wait_for("document.querySelector('#status').dataset.state === 'done'")
+    assert "scene-three-items.png" in browser.js(
+        "document.querySelector('section.image h2').textContent"
+    )
+    browser.js(
+        "(async () => { const blob = await (await fetch('/examples/scene-sandal.png')).blob();"
+        " const data = new DataTransfer();"
+        " data.items.add(new File([blob], 'image.png', { type: 'image/png' }));"
+        " document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data })); })()"
+    )
+    browser.wait_for("document.querySelectorAll('section.image').length === 2")
+    assert "pasted-1.png" in browser.js("document.querySelector('section.image h2').textContent")
+    browser.wait_for("document.querySelector('#status').dataset.state === 'done'")
+    browser.call(
+        "Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "dark"}]
+    )
+    try:
+        background = browser.js("getComputedStyle(document.body).backgroundColor")
+        red, green, blue = (
+            int(v) for v in background[background.index("(") + 1 : -1].split(",")[:3]
+        )
+        assert max(red, green, blue) < 60, background
+        shoot(browser, tmp_path, "serve-dark.png")
+    finally:
+        browser.call("Emulation.setEmulatedMedia", features=[])
+    assert browser.errors() == []

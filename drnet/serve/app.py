@@ -65,6 +65,19 @@ def page_html() -> bytes:
     return resources.files("drnet.serve").joinpath("static/index.html").read_bytes()
 
 
+def example_images() -> dict[str, bytes]:
+    """The example images the page offers (``drnet/assets/examples/*.png``, package data):
+    ``{file name: PNG bytes}``, sorted by name."""
+    folder = resources.files("drnet").joinpath("assets/examples")
+    if not folder.is_dir():
+        return {}
+    return {
+        entry.name: entry.read_bytes()
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".png")
+    }
+
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -103,6 +116,7 @@ class DrnetServer(ThreadingHTTPServer):
         self.models = {m.id: m for m in models}
         self.settings = settings
         self.page = page_html()
+        self.examples = example_images()
         self.allowed_hosts = allowed_hosts(str(address[0]))
         self.any_address = str(address[0]) in ("", "0.0.0.0", "::")
         if ":" in str(address[0]):
@@ -277,6 +291,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(200, self.server.page, "text/html; charset=utf-8")
         elif path == "/api/models":
             self._json(200, {"models": [m.describe() for m in self.server.models.values()]})
+        elif path == "/api/examples":
+            names = list(self.server.examples)
+            self._json(200, {"examples": [{"name": n, "url": f"/examples/{n}"} for n in names]})
+        elif path.startswith("/examples/") and path[len("/examples/") :] in self.server.examples:
+            self._send(200, self.server.examples[path[len("/examples/") :]], "image/png")
         elif path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
         else:
