@@ -129,10 +129,13 @@ def test_colour_bar_and_shared_row_scale() -> None:
     flat = torch.full((1, 8, 8), 0.1)
     flat[0, 0, 0] = 0.2
     maps = {"strong": strong, "flat": flat}
-    own = np.asarray(render_activation_grid(maps, tile=16))
-    shared = np.asarray(render_activation_grid(maps, tile=16, scale="row", colour_bar=True))
+    picture = np.zeros((8, 8, 3), np.uint8)  # an input tile first, as the report draws
+    own = np.asarray(render_activation_grid(maps, tile=16, image=picture))
+    shared = np.asarray(
+        render_activation_grid(maps, tile=16, image=picture, scale="row", colour_bar=True)
+    )
     assert shared.shape[0] > own.shape[0]  # room for the bar
-    flat_tile = (slice(2, 18), slice(22, 38))
+    flat_tile = (slice(2, 18), slice(42, 58))
     assert own[flat_tile].max() > 200  # own range: the flat map's one bright pixel is yellow
     assert shared[flat_tile].max() < 150  # shared: it stays near the dark end
     coloured = colorize_values(np.array([[0.0, 1.0, 2.0]]), "viridis", 0, 2)

@@ -227,9 +227,9 @@ def render_activation_grid(
             image = Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
         elif isinstance(image, np.ndarray):
             image = Image.fromarray(image)
-        scale = tile / max(image.size)
+        factor = tile / max(image.size)
         input_tile = image.convert("RGB").resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            (max(1, round(image.width * factor)), max(1, round(image.height * factor))),
             Image.Resampling.BILINEAR,
         )
     for r, (label, levels) in enumerate(rows.items()):

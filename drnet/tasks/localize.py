@@ -732,7 +732,7 @@ def predict_localization(
 ) -> list[dict]:
     """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image.
 
-    Writes ``boxes.json``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box in red)
+    Writes ``boxes.json``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box solid white)
     and, with ``save_heatmaps``, ``heatmaps/<name>_<class>.png`` (the min-max normalised class
     response over the image, jet colours) for every top-k class; names follow
     :data:`drnet.cli.vocab.NAMES_HELP`, overlays and heatmaps are drawn at
