@@ -24,6 +24,7 @@ drn_c_58's discarded ``layer7.0.downsample`` is never computed (the builder alre
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -270,6 +271,17 @@ def build_candidate(
     return built
 
 
+def _on_backend(fold: InferenceModel, name: str, onnx: list[bytes]) -> InferenceModel:
+    """The backend candidate ``name`` sharing the ``fold`` candidate's folded torch model (for
+    ``forward_map``) and one export (``onnx``: empty until the first backend exports)."""
+    from drnet.speed.backends import BackendCore, export_bytes
+
+    if not onnx:
+        onnx.append(export_bytes(fold.model))
+    choice = dataclasses.replace(fold.choice, backend=name, candidate=name, seconds={})
+    return InferenceModel(fold.model, choice, fold.upsample, core=BackendCore(name, onnx[0]))
+
+
 def _candidate_names(
     model: nn.Module, backend: str, dtype: torch.dtype, progress: Any = None
 ) -> list[str]:
@@ -317,10 +329,14 @@ def choose_fast_path(
     proxy = chooser.proxy_input(example_input)
     size = "x".join(str(s) for s in proxy.shape[-2:])
     built: dict[str, InferenceModel] = {}
+    onnx: list[bytes] = []  # one export serves every backend
     for name in names:
         chooser.say(progress, f"fast path: preparing {name}")
         try:
-            built[name] = build_candidate(model, name, dtype, fold_bn, fuse)
+            if name in BACKEND_CANDIDATES and chooser.BASELINE in built:
+                built[name] = _on_backend(built[chooser.BASELINE], name, onnx)
+            else:
+                built[name] = build_candidate(model, name, dtype, fold_bn, fuse)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run this model
             if name == chooser.BASELINE:
                 raise
