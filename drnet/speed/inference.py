@@ -6,9 +6,10 @@
 - BatchNorm folded into the convolutions (:mod:`drnet.speed.fold`),
 - conv + ReLU and conv + residual add + ReLU fused into single oneDNN kernels on CPU
   (:mod:`drnet.speed.fused`),
-- channels_last memory layout, chosen by timing both layouts on an example input when
-  ``channels_last="auto"`` (the plain eager model competes too, so the result is never slower
-  than it on that input),
+- channels_last memory layout, or ONNX Runtime / OpenVINO running the folded model's export:
+  with an example input and ``channels_last="auto"`` the candidates are timed against eager with
+  BatchNorm folded and one is kept only if it measured faster (:func:`choose_fast_path`,
+  :mod:`drnet.speed.chooser`; the decision is cached per machine),
 - DRNSeg's up-sampling as two small matrix products instead of a grouped transposed conv, and a
   labels-only path (:meth:`InferenceModel.predict_labels`) that up-samples a band of rows at a time
   and keeps only the arg-max (no full-resolution logits, no log-softmax),
