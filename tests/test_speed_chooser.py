@@ -233,3 +233,28 @@ def test_backend_classification_agrees_with_eager(backend):
     twin = copy.deepcopy(fast)  # a copy opens its own session from the same export
     with torch.inference_mode():
         assert torch.allclose(twin(x), got, rtol=1e-5, atol=1e-6)
+
+
+def test_far_slower_candidates_are_timed_once(monkeypatch):
+    """A fake clock: each candidate's call advances it by that candidate's cost."""
+    clock = [0.0]
+    calls = {"fold": 0, "close": 0, "slow": 0}
+    cost = {"fold": 1.0, "close": 1.5, "slow": 1.7}  # PRUNE = 1.6
+
+    def candidate(name):
+        def run():
+            calls[name] += 1
+            clock[0] += cost[name]
+
+        return run
+
+    monkeypatch.setattr(chooser.time, "perf_counter", lambda: clock[0])
+    times = chooser.time_candidates({n: candidate(n) for n in cost}, rounds=4, budget_s=1e9)
+    assert calls == {"fold": 5, "close": 5, "slow": 2}  # one warm-up each, then the rounds
+    assert {n: len(t) for n, t in times.items()} == {"fold": 4, "close": 4, "slow": 1}
+    assert chooser.pick(chooser.medians(times)) == "fold"
+    # the budget ends the rounds after MIN_ROUNDS
+    for name in calls:
+        calls[name] = 0
+    times = chooser.time_candidates({n: candidate(n) for n in cost}, rounds=5, budget_s=0.0)
+    assert len(times["fold"]) == chooser.MIN_ROUNDS

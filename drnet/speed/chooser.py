@@ -2,7 +2,8 @@
 
 The candidates (see :func:`drnet.speed.inference.optimize_for_inference`) are timed on a proxy
 of the input (at most :data:`PROXY_PIXELS` pixels, same aspect ratio, one image), interleaved
-round by round, and compared by their medians. The baseline is eager with BatchNorm folded
+round by round, and compared by their medians (a candidate far slower than the baseline in the
+first round is not timed again). The baseline is eager with BatchNorm folded
 (``"fold"``); another candidate is chosen only when its median is at least :data:`MARGIN`
 faster than the baseline's in the same run, so the result is never one measured slower.
 
@@ -40,6 +41,7 @@ MARGIN = 1.03  # a candidate must be this much faster than the baseline to be ch
 PROXY_PIXELS = 256 * 512  # inputs larger than this are timed on a smaller copy
 TIME_BUDGET_S = 5.0  # timed rounds stop once this is spent (after MIN_ROUNDS)
 MIN_ROUNDS = 2
+PRUNE = 1.6  # a candidate this much slower than the baseline in round one is timed no more
 CACHE_FILE = "fast_paths.json"
 
 Progress = Callable[[str], None]
@@ -153,13 +155,19 @@ def time_candidates(
     rounds: int,
     budget_s: float = TIME_BUDGET_S,
     device: torch.device | None = None,
+    baseline: str = BASELINE,
+    prune: float = PRUNE,
 ) -> dict[str, list[float]]:
     """Seconds of each call, round by round (every candidate once per round, after one untimed
     warm-up call each), for ``rounds`` rounds or until ``budget_s`` is spent after
-    :data:`MIN_ROUNDS` (or ``rounds``, if fewer)."""
+    :data:`MIN_ROUNDS` (or ``rounds``, if fewer). A candidate whose first timed call took more
+    than ``prune`` times the ``baseline``'s is not timed again (it cannot be chosen: on an AVX2
+    CPU the fused oneDNN paths take 1.6-4x the baseline's time, and timing them again would
+    double the choosing time)."""
     from drnet.speed.timing import synchronize
 
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    active = dict(candidates)
     with torch.inference_mode():
         for run in candidates.values():
             run()  # oneDNN primitive creation, a backend's first-run setup
@@ -168,11 +176,14 @@ def time_candidates(
         for index in range(max(1, rounds)):
             if index >= min(MIN_ROUNDS, rounds) and time.perf_counter() - start > budget_s:
                 break
-            for name, run in candidates.items():
+            for name, run in active.items():
                 t0 = time.perf_counter()
                 run()
                 synchronize(device)
                 times[name].append(time.perf_counter() - t0)
+            if index == 0 and baseline in times:
+                limit = prune * times[baseline][0]
+                active = {n: r for n, r in active.items() if n == baseline or times[n][0] <= limit}
     return times
 
 
