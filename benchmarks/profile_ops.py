@@ -6,7 +6,8 @@ module with forward hooks: each convolution grouped by kernel, dilation, widths 
 segmentation the up-sampling and the arg-max timed on their own. ONNX Runtime runs the same
 model's BN-folded export with its profiler on, and its per-node times are grouped by the op
 types its optimiser left (FusedConv = conv + bias + add + ReLU in one kernel; ReorderInput /
-ReorderOutput = its NCHWc blocked layout). Medians over --repeats runs, after one warm-up.
+ReorderOutput = its NCHWc blocked layout; NCHWc convolutions are reported as Conv, with the
+adds and ReLUs they absorbed gone from the list). Medians over --repeats runs, after one warm-up.
 
     python benchmarks/profile_ops.py --model drn_d_22 --size 512x1024 --threads 2
 """
@@ -62,10 +63,10 @@ def profile_torch(model: nn.Module, run, repeats: int) -> dict[str, dict[str, fl
         elapsed = time.perf_counter() - starts[id(module)]
         if isinstance(module, (nn.Conv2d, ConvAct)):
             key = _conv_key(module, out)
-            run_flops[key] += _conv_flops(module, out)
             if isinstance(module, ConvAct):
                 fused = ("+add" if len(inputs) > 1 else "") + ("+ReLU" if module.relu else "")
                 key += f" (+bias{fused} fused)"
+            run_flops[key] += _conv_flops(module, out)
         elif isinstance(module, nn.BatchNorm2d):
             key = "batchnorm"
         elif isinstance(module, nn.ReLU):
@@ -107,9 +108,8 @@ def profile_torch(model: nn.Module, run, repeats: int) -> dict[str, dict[str, fl
     for key, values in totals.items():
         ms = statistics.median(values) * 1e3
         row = {"ms": ms}
-        base = key.split(" (+")[0]
-        if base in flops:
-            row["gflops"] = flops[base] / (ms / 1e3) / 1e9
+        if key in flops:
+            row["gflops"] = flops[key] / (ms / 1e3) / 1e9
         table[key] = row
     return table
 
