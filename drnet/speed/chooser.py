@@ -127,7 +127,7 @@ def read_decision(key: str) -> dict[str, Any] | None:
 
 def write_decision(key: str, entry: dict[str, Any]) -> None:
     """Add ``entry`` under ``key`` (atomically; an unwritable cache only costs a re-measure)."""
-    from drnet.engine.rundir import WriteError, atomic_write_json
+    from drnet.atomic import WriteError, atomic_write_json
 
     data = _read_all()
     data[key] = entry
