@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ class BackendCore:
             }
             # one compiled model per input shape (static shapes ran ~7% faster than dynamic)
             self._compiled: dict[tuple[int, ...], Any] = {}
+            self._lock = threading.Lock()
         else:
             raise DrnetError(f"unknown backend {backend!r}: choose onnxruntime or openvino")
 
@@ -184,9 +186,10 @@ class BackendCore:
         array = x.detach().float().contiguous().numpy()
         if self.backend == "onnxruntime":
             return torch.from_numpy(self._session.run(None, {"input": array})[0])
-        request = self._openvino_request(tuple(array.shape))
-        request.infer({0: array}, share_inputs=True)
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        with self._lock:  # an infer request serves one call at a time (a server's threads)
+            request = self._openvino_request(tuple(array.shape))
+            request.infer({0: array}, share_inputs=True)
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     def __repr__(self) -> str:
         size = len(self.onnx) / 2**20
