@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="choosing")
     parser.add_argument("--skip-large", action="store_true", help="only the demo's models")
+    parser.add_argument("--only", default=None, help="only the cases whose label contains this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -64,6 +65,8 @@ def main() -> None:
     rows = []
     load_start = os.getloadavg()
     for label, task, name, channels, classes, (height, width) in cases + demo:
+        if args.only and args.only not in label:
+            continue
         if task == "seg":
             model = drnet.create_segmentation_model(name, num_classes=classes, channels=channels)
         else:

@@ -239,7 +239,7 @@ def test_far_slower_candidates_are_timed_once(monkeypatch):
     """A fake clock: each candidate's call advances it by that candidate's cost."""
     clock = [0.0]
     calls = {"fold": 0, "close": 0, "slow": 0}
-    cost = {"fold": 1.0, "close": 1.5, "slow": 1.7}  # PRUNE = 1.6
+    cost = {"fold": 1.0, "close": chooser.PRUNE - 0.05, "slow": chooser.PRUNE + 0.05}
 
     def candidate(name):
         def run():

@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 BASELINE = "fold"  # eager with BatchNorm folded: what the fast path falls back to
 MARGIN = 1.03  # a candidate must be this much faster than the baseline to be chosen
 PROXY_PIXELS = 256 * 512  # inputs larger than this are timed on a smaller copy
-TIME_BUDGET_S = 5.0  # timed rounds stop once this is spent (after MIN_ROUNDS)
+TIME_BUDGET_S = 4.0  # timed rounds stop once this is spent (after MIN_ROUNDS)
 MIN_ROUNDS = 2
-PRUNE = 1.6  # a candidate this much slower than the baseline in round one is timed no more
+PRUNE = 1.3  # a candidate this much slower than the baseline in round one is timed no more
 CACHE_FILE = "fast_paths.json"
 
 Progress = Callable[[str], None]
@@ -162,7 +162,7 @@ def time_candidates(
     warm-up call each), for ``rounds`` rounds or until ``budget_s`` is spent after
     :data:`MIN_ROUNDS` (or ``rounds``, if fewer). A candidate whose first timed call took more
     than ``prune`` times the ``baseline``'s is not timed again (it cannot be chosen: on an AVX2
-    CPU the fused oneDNN paths take 1.6-4x the baseline's time, and timing them again would
+    CPU the fused oneDNN paths take 1.6-2.6x the baseline's time, and timing them again would
     double the choosing time)."""
     from drnet.speed.timing import synchronize
 
