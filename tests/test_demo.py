@@ -346,6 +346,40 @@ def test_quick_demo_report_renders_in_headless_chromium(quick_run: Path, tmp_pat
     assert render.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_quick_demo_report_fits_a_390px_screen(quick_run: Path, tmp_path: Path) -> None:
+    """At 390 px the report has no horizontal overflow (tables scroll inside their box, images
+    and charts scale), and it holds the new sections: worst mistakes, top confusions in words,
+    per-class localization, colour bars under shared-scale activation rows."""
+    import os
+
+    from chromium_devtools import open_browser
+
+    text = (quick_run / "report.html").read_text()
+    for words in ("Top confusions", "Per-class localization", "one colour scale"):
+        assert words in text, words
+    assert "in red" not in text and "dashed yellow" in text
+    with open_browser(tmp_path, width=390, height=900) as browser:
+        browser.call(
+            "Emulation.setDeviceMetricsOverride", width=390, height=900, deviceScaleFactor=1,
+            mobile=True,
+        )  # fmt: skip
+        browser.call("Page.navigate", url=(quick_run / "report.html").resolve().as_uri())
+        browser.wait_for("document.readyState === 'complete'")
+        assert browser.js("document.documentElement.scrollWidth") <= 390
+        # the pass/below verdict of every headline row is on screen
+        rights = browser.js(
+            "[...document.querySelectorAll('table.summary .pass, table.summary .fail')]"
+            ".map(e => e.getBoundingClientRect().right)"
+        )
+        assert len(rights) == 3 and max(rights) <= 390
+        shot = browser.screenshot(tmp_path / "report-390px.png")
+        if os.environ.get("DRNET_SCREENSHOTS"):
+            shutil.copy(shot, Path(os.environ["DRNET_SCREENSHOTS"]) / shot.name)
+        assert browser.errors() == []
+
+
 def test_seeds_summary_means_and_spreads() -> None:
     """--seeds N: per model and column the mean, the (n - 1) standard deviation and the range."""
     from drnet.demo.seeds import render, summarise

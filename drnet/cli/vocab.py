@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from drnet.cli import (
     positive_int,
     report_failures,
 )
-from drnet.constants import DTYPE_CHOICES
+from drnet.constants import BACKEND_CHOICES, DTYPE_CHOICES
 from drnet.tasks.common import InferenceOptions
 
 SUPPRESS = argparse.SUPPRESS
@@ -343,8 +344,34 @@ def add_no_progress(parser: Container, quiet_alias: bool = False) -> None:
 
 
 def add_no_fast(parser: Container, help: str = FAST_HELP) -> None:
-    """``--no-fast``: the plain eager model instead of the inference fast path."""
+    """``--no-fast``: the plain eager model instead of the inference fast path (and
+    ``--backend``, what runs that fast path)."""
     parser.add_argument("--no-fast", action="store_true", help=help)
+    add_backend(parser)
+
+
+BACKEND_HELP = (
+    "what runs the inference fast path: auto measures torch, ONNX Runtime and OpenVINO (where "
+    "installed) on this machine once and keeps the fastest (never one measured slower than "
+    "eager with BatchNorm folded); torch measures only torch's paths; onnxruntime/openvino use "
+    "that backend (default: $DRNET_BACKEND, else auto)"
+)
+
+
+class _BackendAction(argparse.Action):
+    """Stores the value and sets ``$DRNET_BACKEND``, where the library reads it
+    (:func:`drnet.speed.inference.fast_inference`), for the length of the command."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        os.environ["DRNET_BACKEND"] = str(values)
+
+
+def add_backend(parser: Container, help: str = BACKEND_HELP) -> None:
+    """``--backend auto|torch|onnxruntime|openvino`` (reaches the library as $DRNET_BACKEND)."""
+    parser.add_argument(
+        "--backend", choices=BACKEND_CHOICES, action=_BackendAction, default=None, help=help
+    )
 
 
 DTYPE_HELP = (

@@ -20,7 +20,12 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from drnet.constants import AUTO_AUGMENT_POLICIES, IMAGENET_MEAN, IMAGENET_STD
+from drnet.constants import (  # default_resize_size: re-exported, it was defined here
+    AUTO_AUGMENT_POLICIES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_resize_size,
+)
 from drnet.data.images import as_rgb, failure_message
 from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
@@ -76,9 +81,7 @@ def auto_augment_transform(policy: str) -> v2.Transform:
         return v2.AugMix()
     if policy in ("imagenet", "cifar10", "svhn"):
         return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
-    raise DataError(
-        f"--auto-augment {policy!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}"
-    )
+    raise DataError(f"--auto-augment {policy!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}")
 
 
 def eval_transform(
@@ -136,11 +139,6 @@ def with_flips(crops: Sequence[Tensor]) -> Tensor:
     """
     stacked = torch.stack(list(crops))
     return torch.cat([stacked, stacked.flip(-1)])
-
-
-def default_resize_size(crop_size: int) -> int:
-    """The resize that goes with a centre crop: 256 for 224 (the ImageNet ratio 0.875)."""
-    return int(round(crop_size / 0.875))
 
 
 def full_image_transform(
