@@ -59,7 +59,11 @@ OVERLAY_MAX_SIDE = 2048
 #: CUDA).
 INFERENCE_VARIANTS = (
     "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
+    "onnxruntime", "openvino", "onnx_openvino",
 )  # fmt: skip
+#: ``--backend`` / ``$DRNET_BACKEND``: what runs the inference fast path (``auto``: whichever
+#: measured fastest on this machine, see :mod:`drnet.speed.chooser`)
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 # "eager" steps as the engine did before: NCHW, the loss read back every step; "engine" as
 # drnet.engine trains now: the layout measured (drnet.engine.layout), the loss read every 10 steps
 TRAINING_VARIANTS = (
@@ -78,6 +82,7 @@ SEGMENT_MAX_SIDE = 1024
 DATA_CHECK_LAYOUTS = ("auto", "list", "cityscapes", "folder", "imagefolder")
 
 __all__ = [
+    "BACKEND_CHOICES",
     "BOX_RESOLUTIONS",
     "CITYSCAPES_MEAN",
     "CITYSCAPES_STD",

@@ -257,9 +257,10 @@ class ImageFiles(Dataset):
         return image, index, size
 
 
-def unique_names(paths: Sequence[str | Path]) -> list[str]:
+def short_output_names(paths: Sequence[str | Path]) -> list[str]:
     """Short, unique, file-system-safe names for output files, one per path (stem, then
-    ``parent_stem``, then an index suffix when still ambiguous)."""
+    ``parent_stem``, then an index suffix when still ambiguous). The predict commands name their
+    outputs with :func:`drnet.data.images.unique_names` instead."""
     paths = [Path(p) for p in paths]
     stems = [p.stem for p in paths]
     names = [
@@ -274,3 +275,18 @@ def unique_names(paths: Sequence[str | Path]) -> list[str]:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         result.append(safe if count == 0 else f"{safe}_{count}")
     return result
+
+
+def __getattr__(name: str) -> object:
+    # ``unique_names`` of earlier releases, kept for one release under its new name: the one
+    # ``unique_names`` is drnet.data.images.unique_names (another rule, for predict outputs)
+    if name == "unique_names":
+        import warnings
+
+        warnings.warn(
+            "drnet.data.classification.unique_names is now short_output_names",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return short_output_names
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
