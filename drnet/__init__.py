@@ -25,6 +25,7 @@ _LAZY = {
 _SUBPACKAGES = frozenset(
     {
         "analysis",
+        "atomic",
         "cli",
         "constants",
         "data",
@@ -32,11 +33,13 @@ _SUBPACKAGES = frozenset(
         "engine",
         "errors",
         "integrations",
+        "machine",
         "metrics",
         "models",
         "serve",
         "speed",
         "tasks",
+        "timing",
     }
 )
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from drnet import rendering
 from drnet.atomic import atomic_save_image
 
 __all__ = [
@@ -245,12 +246,12 @@ def render_activation_grid(
         else:
             tiles = {n: activation_image(v, statistic=statistic) for n, v in values.items()}
         if colour_bar:
-            from drnet.rendering import colour_bar as draw_bar
-
             words = STATISTIC_LABELS[statistic]
             words += ": one scale for the row" if scale == "row" else ": each tile its own range"
             low_high = (0.0, high) if scale == "row" else (0.0, 1.0)
-            bar = draw_bar(*low_high, words, width=max(120, min(360, columns * cell - 8)))
+            bar = rendering.colour_bar(
+                *low_high, words, width=max(120, min(360, columns * cell - 8))
+            )
             grid.paste(bar, (label_width + 2, top + cell + text_height))
         entries = list(levels.items())
         if input_tile is not None:

@@ -152,7 +152,9 @@ def evaluate_classification(
     through the same functions as ``drnet classify eval`` (the inference fast path included)."""
     model, card = load_model(run["checkpoint"], task="classification")
     options = InferenceOptions(device=str(device), dtype=dtype, progress=progress)
-    settings = classify.ClassificationSettings(batch_size=128)
+    # the defaults of ``drnet classify eval`` (batch 32): the batch size moves the loss in its
+    # last digits, and the demo's metrics.json is the command's, whole
+    settings = classify.ClassificationSettings()
     evaluation = classify.evaluate(model, card, data.loc_dir / "val", options, settings)
     metrics = write_classification_report(evaluation.result, out)  # metrics.json's, with files
     metrics["samples"] = _classification_samples(model.to(device), card, data, device)
