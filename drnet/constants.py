@@ -34,6 +34,10 @@ BOX_RESOLUTIONS: tuple[str, ...] = ("cell", "pixel")
 # localization accuracy against 0.300 for cell boxes (val: 0.354 against 0.292)
 DEFAULT_BOX_RESOLUTION = "pixel"
 
+#: The box threshold ``t`` (minmax) that ``localize predict`` and ``drnet serve`` use unless told
+#: otherwise (``localize eval --threshold auto`` chooses one on a held-out split instead).
+DEFAULT_BOX_THRESHOLD = 0.2
+
 #: The localization network input of one image is scaled down (uniformly) to at most this many
 #: pixels and :data:`MAX_INPUT_SIDE` on its longer side: the shorter-side resize of a 2 x 60000
 #: image would otherwise ask for 256 x 7.7 million pixels. Boxes are mapped back to the image.
@@ -71,6 +75,7 @@ __all__ = [
     "CITYSCAPES_STD",
     "DATA_CHECK_LAYOUTS",
     "DEFAULT_BOX_RESOLUTION",
+    "DEFAULT_BOX_THRESHOLD",
     "DTYPE_CHOICES",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",

@@ -18,3 +18,8 @@ class CheckpointError(DrnetError):
 
 class DataError(DrnetError):
     """A dataset, list file, image or label is missing, unreadable or inconsistent."""
+
+
+class SettingsError(DrnetError, ValueError):
+    """A task setting or run option out of its range (``LocalizationSettings(top_k=0)``): one
+    line naming the field, what it takes and what it got. Also a ``ValueError``."""

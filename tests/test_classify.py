@@ -66,7 +66,7 @@ def test_report_files(tmp_path: Path):
     result = ClassificationResult.empty(["cat", "dog"])
     result.update(torch.tensor([[2.0, 1.0], [2.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 1, 1]))
     metrics = write_classification_report(result, tmp_path)
-    on_disk = json.loads((tmp_path / "classification_metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == metrics
     for key in ("top1", "top5", "loss", "per_class_accuracy", "confusion_matrix", "files"):
         assert key in on_disk

@@ -228,7 +228,7 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
     dtype = ["--dtype", metrics["precision"]["evaluation"]]  # bf16 on CPUs that have it
     common = ["--weights", str(classifier), "--no-progress", *dtype]
     assert main(["classify", "eval", str(data / "val"), *common, "-o", str(tmp_path / "c")]) == 0
-    cls = json.loads((tmp_path / "c" / "classification_metrics.json").read_text())
+    cls = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert cls["top1"] == metrics["classification"]["top1"]
     assert cls["confusion_matrix"] == metrics["classification"]["confusion_matrix"]
     rc = main(
@@ -237,7 +237,7 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
          "--save-images", "0", *common, "-o", str(tmp_path / "l")]
     )  # fmt: skip
     assert rc == 0
-    loc = json.loads((tmp_path / "l" / "localization_metrics.json").read_text())
+    loc = json.loads((tmp_path / "l" / "metrics.json").read_text())
     assert loc["threshold"] == metrics["localization"]["threshold"]
     assert loc["top1_loc_err"] == metrics["localization"]["top1_error"]
     assert loc["curve"] == metrics["localization"]["curve"]

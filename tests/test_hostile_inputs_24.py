@@ -288,7 +288,7 @@ def test_image_folders_skip_resource_forks(models, tmp_path, capsys):
             "-o", tmp_path / "eval", "--workers", "0"]  # fmt: skip
     rc, _, err = cli(capsys, *argv)
     assert rc == 0, err
-    metrics = json.loads((tmp_path / "eval/classification_metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert metrics["num_images"] == 2, metrics  # the ._ file is no image
 
 

@@ -376,7 +376,7 @@ def test_link_loops_and_hidden_folders(tmp_path, capsys):
     rc, _, err = cli(capsys, "classify", "eval", data / "val", "--weights", run, "-j", "0",
                      "-o", tmp_path / "e", *CPU)  # fmt: skip
     assert rc == 0, err
-    metrics = json.loads((tmp_path / "e/classification_metrics.json").read_text())
+    metrics = json.loads((tmp_path / "e/metrics.json").read_text())
     assert metrics["num_images"] == 4, metrics  # 2 per class, each once
 
 

@@ -94,7 +94,7 @@ def test_auto_threshold_is_chosen_on_the_held_out_split(tree: Path, tmp_path: Pa
     assert prior["box_size_from"] == "held_out" and 0 < prior["box_size"][0] < 1
     assert prior["top1_loc_err"] > metrics["top1_loc_err"]
 
-    on_disk = json.loads((tmp_path / "localization_metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["threshold"] == metrics["threshold"]
     with (tmp_path / "threshold_curve.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -171,7 +171,7 @@ def test_threshold_choice_and_parsing():
 
 def test_read_threshold_from_a_metrics_file(tmp_path: Path):
     assert read_threshold("0.35") == (0.35, None)
-    path = tmp_path / "localization_metrics.json"
+    path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"threshold": 0.4, "threshold_mode": "minmax"}))
     assert read_threshold(str(path)) == (0.4, "minmax")
     with pytest.raises(DrnetError, match="threshold"):
@@ -296,7 +296,7 @@ def test_box_centre_offset_is_reported(tree: Path, tmp_path: Path, resolution: s
     assert offset["images"] == 9 and offset["y"] == 0 and 2 < offset["x"] <= 8
     records = json.loads((tmp_path / "shifted" / "boxes.json").read_text())
     assert (offset["x"], offset["y"]) == pytest.approx(mean_record_offset(records), abs=1e-3)
-    on_disk = json.loads((tmp_path / "shifted" / "localization_metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "shifted" / "metrics.json").read_text())
     assert on_disk["box_centre_offset"] == offset
 
 
@@ -310,7 +310,7 @@ def test_the_offset_counts_only_images_whose_top1_class_is_right(tree: Path, tmp
 
 
 def test_box_resolution_setting_and_pixel_predictions(tree: Path, tmp_path: Path):
-    with pytest.raises(DrnetError, match="box resolution"):
+    with pytest.raises(DrnetError, match="box_resolution"):
         LocalizationSettings(box_resolution="subpixel")
     assert LocalizationSettings().box_resolution == "pixel"  # chosen on the demo's held-out split
     paths = sorted((tree / "val" / "green").glob("*.png"))

@@ -76,7 +76,7 @@ def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path:
     argv = ["localize", "eval", str(data / "val"), "--boxes", str(data / "boxes.csv")]
     argv += ["--weights", str(run), "--no-progress", "--workers", "0"]
     assert main([*argv, "--threshold", "0.3", "--output-dir", str(out)]) == 0
-    metrics = json.loads((out / "localization_metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["threshold"] == 0.3 and metrics["threshold_source"] == "fixed"
     assert metrics["resize_size"] == 256  # the card's eval resize
     assert metrics["box_resolution"] == "pixel"  # the default
@@ -87,7 +87,7 @@ def test_localize_cli_with_an_untrained_run_and_its_errors(data: Path, tmp_path:
     argv_pixel = [*argv, "--threshold", "0.3", "--box-resolution", "pixel"]
     assert main([*argv_pixel, "--save-images", "0", "--output-dir", str(pixel)]) == 0
     printed = capsys.readouterr().out
-    metrics = json.loads((pixel / "localization_metrics.json").read_text())
+    metrics = json.loads((pixel / "metrics.json").read_text())
     assert metrics["box_resolution"] == "pixel"
     offset = metrics["box_centre_offset"]
     assert set(offset) == {"x", "y", "images"}
@@ -137,7 +137,7 @@ def test_train_eval_predict_localize(data: Path, tmp_path: Path):
     evaluation = tmp_path / "classify-eval"
     assert main(["classify", "eval", str(data / "val"), "--weights", str(run), "--output-dir",
                  str(evaluation), "--workers", "0", "--no-progress"]) == 0  # fmt: skip
-    metrics = json.loads((evaluation / "classification_metrics.json").read_text())
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     assert CLASSIFY_FIELDS <= set(metrics)
     assert metrics["num_images"] == 9 and 0 <= metrics["top1"] <= metrics["top5"] <= 1
     assert set(metrics["per_class_accuracy"]) == {"blue", "green", "red"}
@@ -160,7 +160,7 @@ def test_train_eval_predict_localize(data: Path, tmp_path: Path):
                  "--val-dir", str(data / "holdout"), "--weights", str(run), "--output-dir",
                  str(located), "--workers", "0", "--save-images", "4",
                  "--no-progress"]) == 0  # fmt: skip
-    metrics = json.loads((located / "localization_metrics.json").read_text())
+    metrics = json.loads((located / "metrics.json").read_text())
     assert LOCALIZE_FIELDS <= set(metrics)
     assert metrics["threshold_source"].startswith("auto")
     assert len(metrics["curve"]) == len(metrics["held_out_curve"]) == 20
@@ -181,7 +181,7 @@ def test_train_eval_predict_localize(data: Path, tmp_path: Path):
     # localize predict with the chosen t and class-activation heatmaps
     heat = tmp_path / "localize-predict"
     assert main(["localize", "predict", str(data / "val" / "green"), "--weights", str(run),
-                 "--threshold", str(located / "localization_metrics.json"), "--top-k", "2",
+                 "--threshold", str(located / "metrics.json"), "--top-k", "2",
                  "--save-heatmaps", "--output-dir", str(heat), "--no-progress"]) == 0  # fmt: skip
     entries = json.loads((heat / "boxes.json").read_text())
     assert len(entries) == 3 and len(entries[0]["predictions"]) == 2

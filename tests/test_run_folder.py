@@ -51,7 +51,7 @@ def evaluate(data: Path, run: Path, out: Path) -> dict:
     """``classify eval`` of ``run`` on the val split: its top-1 and loss."""
     argv = ["classify", "eval", data / "val", "--weights", run, "-o", out, "--workers", "0", *CPU]
     assert main([str(a) for a in argv]) == 0
-    metrics = json.loads((out / "classification_metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     return {"top1": metrics["top1"], "loss": metrics["loss"]}
 
 

@@ -163,11 +163,11 @@ def test_cli_ten_crop_writes_the_flag_and_a_top1(tmp_path: Path, capsys):
               "--model", "drn_d_22", "--channels", TINY_ARG, "--crop-size", "16", *CPU]  # fmt: skip
     rc, out, _ = run_cli(capsys, *common, "--ten-crop", "-o", tmp_path / "ten")
     assert rc == 0 and "ten crops each" in out
-    ten = json.loads((tmp_path / "ten" / "classification_metrics.json").read_text())
+    ten = json.loads((tmp_path / "ten" / "metrics.json").read_text())
     assert ten["ten_crop"] is True and ten["num_images"] == 4
     assert 0.0 <= ten["top1"] <= 1.0 and ten["top1"] * 4 == int(ten["top1"] * 4)
     rc, out, _ = run_cli(capsys, *common, "-o", tmp_path / "plain")
     assert rc == 0 and "ten crops" not in out
-    plain = json.loads((tmp_path / "plain" / "classification_metrics.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
     assert plain["ten_crop"] is False
     assert ten["loss"] != plain["loss"]  # the flag changed what was scored

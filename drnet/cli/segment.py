@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from drnet.cli import (
     BAD_INPUTS_HELP,
@@ -21,7 +20,6 @@ from drnet.cli import (
     int_in,
     list_of,
     print_skips,
-    report_failures,
 )
 from drnet.cli.engine_args import add_engine_arguments, train_config
 from drnet.cli.vocab import (
@@ -30,20 +28,19 @@ from drnet.cli.vocab import (
     add_batch_size,
     add_channels,
     add_data,
-    add_device,
-    add_dtype,
-    add_max_pixels,
+    add_inference_options,
     add_model,
-    add_no_fast,
-    add_no_progress,
     add_num_classes,
     add_output_dir,
     add_predict_overwrite,
     add_pretrained,
     add_weights,
-    add_workers,
+    finish,
     group,
     hidden,
+    inference_options,
+    load_from_args,
+    predict_output,
 )
 from drnet.constants import OVERLAY_MAX_SIDE
 from drnet.errors import DrnetError
@@ -85,9 +82,7 @@ def _add_data_arguments(p: Parser, required: bool = True, positional: bool = Tru
         default="auto",
         help="dataset layout; auto detects it",
     )
-    add_num_classes(
-        g, "number of classes (default: info.json, 19 Cityscapes)", ("-c", "--classes")
-    )
+    add_num_classes(g, "number of classes (default: info.json, 19 Cityscapes)", ("-c", "--classes"))
 
 
 def _add_split(p: Parser, default: str | None, help: str) -> None:
@@ -119,7 +114,7 @@ def _add_model_arguments(p: Parser, training: bool) -> None:
     add_channels(g)
 
 
-def _add_inference_arguments(p: Parser) -> None:
+def _add_inference_arguments(p: Parser, workers: int) -> argparse._ArgumentGroup:
     g = group(p, "inference")
     g.add_argument(
         "--ms",
@@ -141,12 +136,7 @@ def _add_inference_arguments(p: Parser) -> None:
     g.add_argument(
         "--stride", type=int_in(1, MAX_SIDE), help="sliding-window stride (default: 2/3 window)"
     )
-    add_device(g)
-    add_max_pixels(g)
-    g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    add_no_progress(g)
-    add_no_fast(g)
-    add_dtype(g)
+    return add_inference_options(p, workers)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -215,10 +205,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_data_arguments(evaluate)
     _add_split(evaluate, "val", "split to evaluate")
     _add_model_arguments(evaluate, training=False)
-    _add_inference_arguments(evaluate)
-    add_workers(evaluate, 2)
+    running = _add_inference_arguments(evaluate, workers=2)
     add_batch_size(
-        evaluate,
+        running,
         1,
         "images per forward pass: consecutive images of one size go through the network "
         "together (memory grows with N)",
@@ -246,7 +235,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_data_arguments(predict, required=False, positional=False)
     _add_split(predict, None, "predict this split of --data-dir")
     _add_model_arguments(predict, training=False)
-    _add_inference_arguments(predict)
+    _add_inference_arguments(predict, workers=0)
     add_output_dir(predict, "runs/segment-predict")
     predict.add_argument(
         "--save",
@@ -261,37 +250,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def _scales(args: argparse.Namespace) -> tuple[float, ...]:
-    from drnet.tasks.segment import DEFAULT_SCALES
+def _settings(args: argparse.Namespace, **files: object):
+    from drnet.tasks.segment import SegmentationSettings
 
-    if args.scales:
-        return args.scales
-    return DEFAULT_SCALES if args.ms else (1.0,)
+    return SegmentationSettings(
+        scales=args.scales, multi_scale=args.ms, flip=args.flip, window=args.window,
+        stride=args.stride, output_dir=args.output_dir, **files,
+    )  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from drnet.tasks.segment import SegmentOptions, train_segmentation
+    from drnet.tasks.segment import SegmentationData, SegmentationTrainSettings, train
 
-    options = SegmentOptions(
-        data_dir=args.data_dir,
-        model=args.model,
-        num_classes=args.num_classes,
-        crop_size=args.crop_size,
-        random_scale=args.random_scale,
-        random_rotate=args.random_rotate,
-        hflip=not args.no_flip,
-        layout=args.layout,
-        list_dir=args.list_dir,
-        train_split=args.train_split,
-        val_split=None if args.no_val else args.val_split,
-        weights=args.weights,
-        pretrained=bool(args.pretrained),
-        pretrained_backbone=args.pretrained_backbone,
-        backbone_weights=args.backbone_weights,
-        channels=args.channels,
-    )
-    config = train_config(args)
-    summary = train_segmentation(options, config)
+    settings = SegmentationTrainSettings(
+        config=train_config(args), model=args.model, num_classes=args.num_classes,
+        crop_size=args.crop_size, random_scale=args.random_scale,
+        random_rotate=args.random_rotate, hflip=not args.no_flip, train_split=args.train_split,
+        val_split=None if args.no_val else args.val_split, weights=args.weights,
+        pretrained=bool(args.pretrained), pretrained_backbone=args.pretrained_backbone,
+        backbone_weights=args.backbone_weights, channels=args.channels,
+    )  # fmt: skip
+    data = SegmentationData(args.data_dir, layout=args.layout, list_dir=args.list_dir)
+    summary = train(None, None, data, inference_options(args), settings).summary
     if summary["best_metric"] is not None:
         print(
             f"best mIoU {100 * summary['best_metric']:.2f} ({best_epoch_text(summary)}): "
@@ -303,101 +283,37 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from drnet.tasks.segment import run_evaluation
+    from drnet.tasks.segment import SegmentationData, SegmentationSettings, evaluate
 
-    ensure_writable(args.output_dir)
-    result = run_evaluation(
-        args.weights,
-        args.data_dir,
-        split=args.split,
-        output_dir=args.output_dir,
-        model=args.model,
-        pretrained=bool(args.pretrained),
-        workers=args.workers,
-        batch_size=args.batch_size,
-        num_classes=args.num_classes,
-        layout=args.layout,
-        list_dir=args.list_dir,
-        scales=_scales(args),
-        flip=args.flip,
-        window=args.window,
-        stride=args.stride,
-        device=args.device,
-        amp=args.amp,
-        save_predictions=args.save_predictions,
-        progress=not args.no_progress,
-        channels=args.channels,
-        fast=not args.no_fast,
-        dtype=args.dtype,
+    settings: SegmentationSettings = _settings(
+        args, batch_size=args.batch_size, save_predictions=args.save_predictions
     )
-    print(f"mIoU {100 * result['miou']:.2f}  ({result['metrics_json']})")
+    ensure_writable(args.output_dir)
+    model, card = load_from_args(args, "segmentation")
+    data = SegmentationData(args.data_dir, args.split, args.layout, args.list_dir)
+    result = evaluate(model, card, data, inference_options(args), settings)
+    files = result.write(args.output_dir)
+    if files:  # rank 0 of torchrun
+        print(f"{result.summary_lines()[0]}  ({files['metrics']})")
     return 0
 
 
-def _predict_items(args: argparse.Namespace, num_classes: int) -> list:
-    """``(path, output name)`` of every input: files and folders named by :data:`NAMES_HELP`,
-    list files and --split by their own names, repeats suffixed."""
-    from drnet.data.images import relative_names, unique_names
-    from drnet.tasks.segment import collect_inputs, split_inputs
-
-    items = []
-    if args.data_dir and args.split:
-        items += split_inputs(args.data_dir, args.split, num_classes, args.layout, args.list_dir)
-    files = []  # (position in items, path) of images given as files or in folders
-    for source in args.inputs:
-        found = collect_inputs(source)
-        if Path(source).suffix.lower() != ".txt" or Path(source).is_dir():
-            files += [(len(items) + i, path) for i, (path, _) in enumerate(found)]
-        items += found
-    for (position, path), name in zip(
-        files, relative_names([path for _, path in files]), strict=True
-    ):
-        items[position] = (path, name)
-    names = unique_names([name for _, name in items])
-    return [(path, name) for (path, _), name in zip(items, names, strict=True)]
-
-
 def run_predict(args: argparse.Namespace) -> int:
-    from drnet.cli.vocab import load_from_args
-    from drnet.data.segmentation import dataset_info
-    from drnet.engine.distributed import resolve_device
-    from drnet.engine.predict_folder import predict_folder
-    from drnet.tasks.segment import check_save_kinds
-    from drnet.tasks.segment_infer import check_window, predict_files
+    from drnet.tasks.segment import SegmentationData, predict, prediction_items
 
-    if not args.inputs and not (args.data_dir and args.split):
+    settings = _settings(args, save=args.save, alpha=args.alpha)
+    data = SegmentationData(
+        args.data_dir, args.split, args.layout, args.list_dir, tuple(args.inputs)
+    )
+    if not data.inputs and not (data.data_dir and data.split):
         raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
-    check_save_kinds(args.save)  # before the model is loaded and -o is made
-    check_window(args.window, args.stride)
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "segmentation")
-    mean, std = card.mean, card.std
-    if args.data_dir:  # the dataset's own statistics, as evaluation uses them
-        info = dataset_info(args.data_dir, args.layout, args.split or "train")
-        mean, std = info["mean"], info["std"]
-    failed: list[tuple[str, str]] = []
-    items = _predict_items(args, card.num_classes)
-    inputs = [path for path, _ in items]
-    with predict_folder(args.output_dir, "segment predict", inputs, overwrite=args.overwrite):
-        results = predict_files(
-            model,
-            items,
-            args.output_dir,
-            mean,
-            std,
-            card.num_classes,
-            resolve_device(args.device),
-            scales=_scales(args),
-            flip=args.flip,
-            window=args.window,
-            stride=args.stride,
-            save=args.save,
-            alpha=args.alpha,
-            amp=args.amp,
-            progress=not args.no_progress,
-            fast=not args.no_fast,
-            dtype=args.dtype,
-            failed=failed,
-        )
-    print(f"wrote predictions of {len(results)} image(s) to {args.output_dir}")
-    return report_failures(failed, len(results), args.output_dir)
+    items = prediction_items(data, card.num_classes)
+    with predict_output(args, "segment predict", [path for path, _ in items]):
+        result = predict(model, card, data, inference_options(args), settings)
+    return finish(
+        result,
+        args.output_dir,
+        f"predictions of {len(result.outputs)} image(s) to {args.output_dir}",
+    )

@@ -12,13 +12,15 @@ canonical option's default. ``tests/test_cli_vocabulary.py`` walks every parser 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from drnet.cli import int_in, list_of, non_negative_int, positive_int
+from drnet.atomic import atomic_write_text, json_text
+from drnet.cli import int_in, list_of, non_negative_int, positive_int, report_failures
 from drnet.constants import DTYPE_CHOICES
+from drnet.tasks.common import InferenceOptions
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -280,14 +282,13 @@ def add_json(parser: Container, what: str) -> None:
 def write_json(data: Any, destination: str) -> Path | None:
     """Write ``data`` for ``--json``: to the file ``destination`` (returned), or, for ``-``, on
     stdout (returns ``None``: the command then prints nothing else)."""
-    text = json.dumps(data, indent=2)
+    text = json_text(data)  # strict JSON: NaN and infinities are null
     if destination == "-":
-        print(text)
+        print(text, end="")
         return None
     path = Path(destination)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    return path
+    return atomic_write_text(path, text)
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -380,6 +381,7 @@ __all__ = [
     "add_class_names",
     "add_data",
     "add_device",
+    "add_inference_options",
     "add_json",
     "add_max_pixels",
     "add_model",
@@ -390,8 +392,12 @@ __all__ = [
     "add_pretrained",
     "add_weights",
     "add_workers",
+    "finish",
     "group",
     "hidden",
+    "image_inputs",
+    "inference_options",
+    "predict_output",
     "int_list",
     "write_json",
 ]
@@ -436,3 +442,71 @@ def model_from_args(args: argparse.Namespace, default_model: str = "drn_d_22"):
         channels=getattr(args, "channels", None),
     )
     return build_model(card)
+
+
+# -- running a task ------------------------------------------------------------------------------
+
+
+def add_inference_options(
+    parser: Parser, workers: int, amp: bool = True, title: str = "running"
+) -> argparse._ArgumentGroup:
+    """The option group of :class:`drnet.tasks.common.InferenceOptions`, the same in every
+    command that runs a task: ``-j/--workers``, ``--device``, ``--max-pixels``, ``--amp``
+    (where the command has it), ``--no-progress``, ``--no-fast``, ``--dtype``. Returns the
+    group (a command adds its own running options to it)."""
+    g = group(parser, title)
+    add_workers(g, workers)
+    add_device(g)
+    add_max_pixels(g)
+    if amp:
+        g.add_argument("--amp", action="store_true", help="mixed precision on GPU")
+    add_no_progress(g)
+    add_no_fast(g)
+    add_dtype(g)
+    return g
+
+
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The :class:`drnet.tasks.common.InferenceOptions` of a parsed command line (the options
+    of :func:`add_inference_options`; absent ones take the defaults)."""
+    return InferenceOptions(
+        device=getattr(args, "device", "auto"),
+        dtype=getattr(args, "dtype", None),
+        fast=not getattr(args, "no_fast", False),
+        amp=bool(getattr(args, "amp", False)),
+        workers=getattr(args, "workers", 0),
+        progress=not getattr(args, "no_progress", False),
+    )
+
+
+@contextlib.contextmanager
+def predict_output(
+    args: argparse.Namespace, command: str, inputs: Sequence[str | Path]
+) -> Iterator[Path]:
+    """``-o/--output-dir`` of a predict command claimed for the ``with`` block
+    (:func:`drnet.engine.predict_folder.predict_folder`, with ``--overwrite``)."""
+    from drnet.engine.predict_folder import predict_folder
+
+    with predict_folder(args.output_dir, command, inputs, overwrite=args.overwrite) as folder:
+        yield folder
+
+
+def image_inputs(inputs: Sequence[str]) -> list[Path]:
+    """The image files of ``INPUT...`` (files, and folders searched recursively)."""
+    from drnet.data.classification import list_images
+
+    return list_images(inputs)
+
+
+def finish(result: Any, output_dir: str | Path, written: str | Path | None = None) -> int:
+    """Print a task result's summary lines and ``wrote WRITTEN``; for a prediction, log the
+    inputs that failed (:func:`drnet.cli.report_failures`; the others were written to
+    ``output_dir``). Returns the exit status."""
+    for line in result.summary_lines():
+        print(line)
+    if written is not None:
+        print(f"wrote {written}")
+    failed = getattr(result, "failed", None)
+    if failed is None:
+        return 0
+    return report_failures(failed, result.metrics["num_images"], str(output_dir))

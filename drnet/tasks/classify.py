@@ -9,9 +9,12 @@ Accuracies are fractions in ``[0, 1]``; "top-5" means top-``min(5, num_classes)`
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +30,113 @@ from drnet.data.classification import (
     default_resize_size,
     eval_transform,
     image_folder,
+    list_images,
     ten_crop_transform,
     train_transform,
 )
+from drnet.data.images import SkipBad
 from drnet.engine.distributed import resolve_device
 from drnet.engine.rundir import atomic_csv, atomic_save_image, atomic_write_json
 from drnet.engine.trainer import Task, TrainConfig, autocast_context
 from drnet.errors import DataError, DrnetError
 from drnet.metrics import wilson_interval
 from drnet.models.loading import ModelCard, logits_of
+from drnet.speed.inference import fast_inference
+from drnet.tasks.common import (
+    METRICS_FILE,
+    InferenceOptions,
+    TrainingResult,
+    check_range,
+    legacy_options,
+    write_metrics,
+)
 from drnet.tasks.run_card import train_with_card
 
+logger = logging.getLogger(__name__)
+
 CONFUSION_IMAGE_MAX_CLASSES = 30
+
+#: The file name of earlier releases, still read (``drnet.tasks.common.read_metrics``).
+OLD_METRICS_FILE = "classification_metrics.json"
+
+__all__ = [
+    "ClassificationEvaluation",
+    "ClassificationPredictions",
+    "ClassificationResult",
+    "ClassificationSettings",
+    "ClassificationTask",
+    "ClassificationTrainSettings",
+    "evaluate",
+    "evaluate_classifier",
+    "folder_dataset",
+    "match_split_classes",
+    "predict",
+    "predict_classes",
+    "save_confusion_matrix_png",
+    "topk_correct",
+    "train",
+    "train_classifier",
+    "write_classification_report",
+    "write_predictions",
+]
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ClassificationSettings:
+    """How :func:`evaluate` and :func:`predict` score images (checked when made).
+
+    ``batch_size``: images per forward pass (ten-crop counts images, the model sees ten times
+    as many crops). ``ten_crop``: ten-crop testing (the DRN paper's Table 1; evaluation only).
+    ``top_k``: classes listed per image by :func:`predict` (capped at the number of classes).
+    """
+
+    batch_size: int = 32
+    ten_crop: bool = False
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        check_range("ClassificationSettings", "batch_size", self.batch_size, 1, integer=True)
+        check_range("ClassificationSettings", "top_k", self.top_k, 1, integer=True)
+
+
+@dataclass(frozen=True)
+class ClassificationTrainSettings:
+    """What :func:`train` needs besides the model, the card, the data and the options.
+
+    ``config``: the engine's :class:`drnet.engine.trainer.TrainConfig` (epochs, batch size,
+    learning rate, output folder...; its device, AMP, workers and progress come from the
+    :class:`~drnet.tasks.common.InferenceOptions` given to :func:`train`). Without a card the
+    model and the preprocessing are ``model``, ``channels``, ``crop_size``, ``resize_size``
+    (the class names come from the training folder). ``crop_scale``: the smallest
+    RandomResizedCrop area; ``auto_augment``: a policy of
+    :func:`drnet.data.classification.auto_augment_transform`. ``pretrained``: start from the
+    published ImageNet weights; ``weights``: from a checkpoint. ``eval_batch_size``: batch of
+    the per-epoch validation (default: the training batch). ``should_stop``: see
+    :func:`drnet.engine.train`."""
+
+    config: TrainConfig
+    model: str = "drn_d_22"
+    channels: tuple[int, ...] | None = None
+    crop_size: int = 224
+    resize_size: int | None = None
+    crop_scale: float = 0.08
+    auto_augment: str | None = None
+    pretrained: bool = False
+    weights: str | os.PathLike | None = None
+    eval_batch_size: int | None = None
+    should_stop: Callable[[], bool] | None = None
+
+    def __post_init__(self) -> None:
+        owner = "ClassificationTrainSettings"
+        check_range(owner, "crop_size", self.crop_size, 1, integer=True)
+        check_range(owner, "crop_scale", self.crop_scale, 0, 1, low_open=True)
+        if self.resize_size is not None:
+            check_range(owner, "resize_size", self.resize_size, 1, integer=True)
+        if self.eval_batch_size is not None:
+            check_range(owner, "eval_batch_size", self.eval_batch_size, 1, integer=True)
 
 
 # ----------------------------------------------------------------------------- classes
@@ -143,52 +241,58 @@ def _batches(data: Dataset | DataLoader, batch_size: int, workers: int) -> DataL
 
 
 @torch.no_grad()
+def score_classifier(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    class_names: Sequence[str],
+    options: InferenceOptions,
+    settings: ClassificationSettings,
+) -> ClassificationResult:
+    """Run ``model`` over ``data`` (a dataset or loader of ``(image, target)``) and count top-1,
+    top-5, per-class hits and the confusion matrix (the counting behind :func:`evaluate`).
+
+    ``options.fast``: run an inference copy of the model (BN folded, fused convolutions; the
+    same numbers within 1e-4 relative); ``False`` for a model that is still training (the copy
+    costs a packing pass). ``settings.ten_crop``: images are ``[10, 3, h, w]`` each
+    (:func:`folder_dataset` with ``ten_crop=True``); an image's class scores are the mean of its
+    ten crops' softmax probabilities, and the metrics (loss included) are computed from those.
+    """
+    device = resolve_device(options.device)
+    runner = fast_inference(model.eval().to(device), enabled=options.fast, dtype=options.dtype)
+    result = ClassificationResult.empty(class_names)
+    result.ten_crop = ten_crop = settings.ten_crop
+    loader = _batches(data, settings.batch_size, options.workers)
+    for images, target in tqdm(loader, desc="eval", disable=not options.progress, leave=False):
+        _check_batch_shape(images, ten_crop)
+        images = images.to(device, non_blocking=True)
+        if ten_crop:
+            logits = _ten_crop_log_probabilities(runner, images, device, options.amp)
+        else:
+            with autocast_context(device, options.amp):
+                logits = logits_of(runner(images))
+        result.update(logits, target)
+    return result
+
+
 def evaluate_classifier(
     model: nn.Module,
     data: Dataset | DataLoader,
     class_names: Sequence[str],
     device: str | torch.device = "auto",
-    *,
-    batch_size: int = 64,
-    workers: int = 0,
-    amp: bool = False,
-    fast: bool = True,
-    dtype: str | torch.dtype | None = None,
-    progress: bool = True,
-    ten_crop: bool = False,
+    **kwargs: Any,
 ) -> ClassificationResult:
-    """Run ``model`` over ``data`` (a dataset or loader of ``(image, target)``) and count top-1,
-    top-5, per-class hits and the confusion matrix.
-
-    ``fast``: run an inference copy of the model (:func:`drnet.speed.inference.fast_inference`:
-    BatchNorm folded, fused convolutions; the same numbers within 1e-4 relative). Pass
-    ``fast=False`` for a model that is still training (the copy costs a packing pass).
-    ``dtype``: ``"float32"`` (default), ``"bfloat16"`` or ``"auto"``: bf16 only where the device
-    computes it natively (:func:`drnet.engine.precision.inference_dtype`).
-
-    ``ten_crop``: ten-crop testing (the DRN paper's Table 1). Images are ``[10, 3, h, w]`` each
-    (``folder_dataset(..., ten_crop=True)`` or
-    :func:`drnet.data.classification.ten_crop_transform`); an image's class scores are the mean
-    of its ten crops' softmax probabilities, and the metrics (loss included) are computed from
-    those. ``batch_size`` counts images, so the model sees ten times as many crops per batch.
-    """
-    from drnet.speed.inference import fast_inference
-
-    device = resolve_device(str(device))
-    runner = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
-    result = ClassificationResult.empty(class_names)
-    result.ten_crop = ten_crop
-    loader = _batches(data, batch_size, workers)
-    for images, target in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        _check_batch_shape(images, ten_crop)
-        images = images.to(device, non_blocking=True)
-        if ten_crop:
-            logits = _ten_crop_log_probabilities(runner, images, device, amp)
-        else:
-            with autocast_context(device, amp):
-                logits = logits_of(runner(images))
-        result.update(logits, target)
-    return result
+    """Kept for the demo / one release: :func:`score_classifier` with the keywords of earlier
+    releases (``batch_size=64``, ``ten_crop``, and the runtime keywords ``workers``, ``amp``,
+    ``fast``, ``dtype``, ``progress`` that :class:`~drnet.tasks.common.InferenceOptions`
+    holds). New code calls :func:`evaluate`."""
+    kwargs["device"] = device
+    options = legacy_options(kwargs)
+    settings = ClassificationSettings(
+        batch_size=kwargs.pop("batch_size", 64), ten_crop=kwargs.pop("ten_crop", False)
+    )
+    if kwargs:
+        raise TypeError(f"evaluate_classifier: unexpected keyword(s) {', '.join(kwargs)}")
+    return score_classifier(model, data, class_names, options, settings)
 
 
 def _check_batch_shape(images: Tensor, ten_crop: bool) -> None:
@@ -291,14 +395,13 @@ def save_confusion_matrix_png(
 
 
 def write_classification_report(result: ClassificationResult, output_dir: str | Path) -> dict:
-    """Write ``classification_metrics.json``, ``per_class_accuracy.csv``,
-    ``confusion_matrix.csv`` and (up to 30 classes) ``confusion_matrix.png``; return the metrics
-    dict (with a ``files`` entry naming what was written and ``ten_crop``, whether the scores
-    were averaged over ten crops)."""
+    """Write ``metrics.json``, ``per_class_accuracy.csv``, ``confusion_matrix.csv`` and (up to
+    30 classes) ``confusion_matrix.png``; return the metrics dict (with a ``files`` entry naming
+    what was written and ``ten_crop``, whether the scores were averaged over ten crops).
+    ``classification_metrics.json`` of earlier releases is no longer written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    metrics = result.metrics()
-    metrics["ten_crop"] = result.ten_crop
+    metrics = report_metrics(result)
     totals = result.confusion.sum(dim=1)
     with atomic_csv(output_dir / "per_class_accuracy.csv") as handle:
         writer = csv.writer(handle)
@@ -319,20 +422,31 @@ def write_classification_report(result: ClassificationResult, output_dir: str | 
         writer.writerow(["true \\ predicted", *result.class_names])
         for name, row in zip(result.class_names, result.confusion.tolist(), strict=True):
             writer.writerow([name, *row])
-    files = {
-        "metrics": "classification_metrics.json",
-        "per_class_accuracy": "per_class_accuracy.csv",
-        "confusion_matrix_csv": "confusion_matrix.csv",
-    }
     png = save_confusion_matrix_png(
         result.confusion, result.class_names, output_dir / "confusion_matrix.png"
     )
-    if png is not None:
-        files["confusion_matrix_png"] = png.name
+    if png is None:
+        del metrics["files"]["confusion_matrix_png"]
+    write_metrics(output_dir, metrics)
+    return metrics
+
+
+def report_metrics(result: ClassificationResult) -> dict:
+    """What ``metrics.json`` holds: :meth:`ClassificationResult.metrics` with ``ten_crop``, the
+    ``confusion_matrix``, the ``class_names`` and the ``files`` an evaluation writes (the PNG
+    only up to :data:`CONFUSION_IMAGE_MAX_CLASSES` classes)."""
+    metrics = result.metrics()
+    metrics["ten_crop"] = result.ten_crop
     metrics["confusion_matrix"] = result.confusion.tolist()
     metrics["class_names"] = list(result.class_names)
+    files = {
+        "metrics": METRICS_FILE,
+        "per_class_accuracy": "per_class_accuracy.csv",
+        "confusion_matrix_csv": "confusion_matrix.csv",
+    }
+    if 0 < len(result.class_names) <= CONFUSION_IMAGE_MAX_CLASSES:
+        files["confusion_matrix_png"] = "confusion_matrix.png"
     metrics["files"] = files
-    atomic_write_json(output_dir / files["metrics"], metrics)
     return metrics
 
 
@@ -340,48 +454,39 @@ def write_classification_report(result: ClassificationResult, output_dir: str | 
 
 
 @torch.no_grad()
-def predict_classes(
+def top_classes(
     model: nn.Module,
+    card: ModelCard,
     paths: Sequence[str | Path],
-    class_names: Sequence[str],
-    *,
-    crop_size: int = 224,
-    resize_size: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    top_k: int = 5,
-    batch_size: int = 16,
-    workers: int = 0,
-    device: str | torch.device = "auto",
-    fast: bool = True,
-    dtype: str | torch.dtype | None = None,
-    progress: bool = True,
+    options: InferenceOptions,
+    settings: ClassificationSettings,
     failed: list[tuple[str, str]] | None = None,
 ) -> list[dict]:
-    """Top-``k`` classes and softmax probabilities for each image (eval preprocessing: resize +
-    centre crop). Returns ``[{"image", "top_k": [{"class", "index", "probability"}]}]``.
-    ``fast``: the inference fast path (see :func:`evaluate_classifier`). An unreadable image
-    raises :class:`DataError`; with a ``failed`` list it is appended there as
-    ``(path, message)`` and left out, and the other images are predicted."""
-    from drnet.data.images import SkipBad
-    from drnet.speed.inference import fast_inference
-
-    device = resolve_device(str(device))
-    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
-    transform = eval_transform(crop_size, resize_size, mean, std)
-    placeholder = torch.zeros(3, crop_size, crop_size)
+    """Top-``settings.top_k`` classes and softmax probabilities for each image (``card``'s eval
+    preprocessing: resize + centre crop). Returns ``[{"image", "top_k": [{"class", "index",
+    "probability"}]}]``. An unreadable image raises :class:`DataError`; with a ``failed`` list it
+    is appended there as ``(path, message)`` and left out, and the other images are predicted."""
+    device = resolve_device(options.device)
+    model = fast_inference(model.eval().to(device), enabled=options.fast, dtype=options.dtype)
+    class_names = card.names()
+    transform = eval_transform(card.crop_size, card.resize_size, card.mean, card.std)
+    placeholder = torch.zeros(3, card.crop_size, card.crop_size)
     files = SkipBad(ImageFiles(paths, transform), placeholder)
-    loader = DataLoader(files, batch_size=batch_size, num_workers=workers, shuffle=False)
-    k = min(top_k, len(class_names))
+    loader = DataLoader(
+        files, batch_size=settings.batch_size, num_workers=options.workers, shuffle=False
+    )
+    k = min(settings.top_k, len(class_names))
     predictions: list[dict] = []
-    batches = tqdm(loader, desc="predict", disable=not progress, leave=False)
+    batches = tqdm(loader, desc="predict", disable=not options.progress, leave=False)
     for images, indices, _, errors in batches:
         bad = [i for i, message in enumerate(errors) if message]
         for i in bad:
             if failed is None:
                 raise DataError(errors[i])
             failed.append((str(paths[int(indices[i])]), errors[i]))
-        probabilities = logits_of(model(images.to(device))).float().softmax(dim=1).cpu()
+        with autocast_context(device, options.amp):
+            logits = logits_of(model(images.to(device)))
+        probabilities = logits.float().softmax(dim=1).cpu()
         values, classes = probabilities.topk(k, dim=1)
         rows = zip(indices.tolist(), values, classes, errors, strict=True)
         for index, row_values, row_classes, error in rows:
@@ -397,6 +502,32 @@ def predict_classes(
                 }
             )
     return predictions
+
+
+def predict_classes(
+    model: nn.Module, paths: Sequence[str | Path], class_names: Sequence[str], **kwargs: Any
+) -> list[dict]:
+    """Kept for one release: :func:`top_classes` with the keywords of earlier releases
+    (``crop_size=224``, ``resize_size``, ``mean``, ``std``, ``top_k=5``, ``batch_size=16``,
+    ``failed``, and the runtime keywords that :class:`~drnet.tasks.common.InferenceOptions`
+    holds). New code calls :func:`predict`."""
+    options = legacy_options(kwargs)
+    card = ModelCard(
+        model="unknown",
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        crop_size=kwargs.pop("crop_size", 224),
+        resize_size=kwargs.pop("resize_size", None),
+        mean=list(kwargs.pop("mean", IMAGENET_MEAN)),
+        std=list(kwargs.pop("std", IMAGENET_STD)),
+    )
+    settings = ClassificationSettings(
+        batch_size=kwargs.pop("batch_size", 16), top_k=kwargs.pop("top_k", 5)
+    )
+    failed = kwargs.pop("failed", None)
+    if kwargs:
+        raise TypeError(f"predict_classes: unexpected keyword(s) {', '.join(kwargs)}")
+    return top_classes(model, card, paths, options, settings, failed)
 
 
 def write_predictions(predictions: Sequence[dict], output_dir: str | Path) -> dict[str, Path]:
@@ -474,6 +605,7 @@ class ClassificationTask(Task):
         self.pretrained = pretrained
         self.weights = weights
         self.eval_batch_size = eval_batch_size
+        self.initial_model: nn.Module | None = None  # train(model, ...): start from this one
         self.augmentation: dict | None = None  # what from_dirs trains with (config.json)
 
     @classmethod
@@ -533,6 +665,8 @@ class ClassificationTask(Task):
     def build_model(self) -> nn.Module:
         import drnet
 
+        if self.initial_model is not None:
+            return self.initial_model
         kwargs = {"channels": tuple(self.card.channels)} if self.card.channels else {}
         return drnet.create_model(
             self.card.model,
@@ -558,18 +692,13 @@ class ClassificationTask(Task):
     def evaluate(
         self, model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
     ) -> dict[str, float]:
-        result = evaluate_classifier(
-            model,
-            dataset,
-            self.card.names(),
-            device,
-            batch_size=self.eval_batch_size or config.batch_size,
-            workers=config.workers,
-            amp=config.amp,
-            fast=False,  # the model is still training: no inference copy per epoch
-            progress=False,
+        # the model is still training: no inference copy per epoch (fast=False)
+        options = InferenceOptions(
+            device=str(device), fast=False, amp=config.amp, workers=config.workers, progress=False
         )
-        metrics = result.metrics()
+        batch_size = self.eval_batch_size or config.batch_size
+        settings = ClassificationSettings(batch_size=batch_size)
+        metrics = score_classifier(model, dataset, self.card.names(), options, settings).metrics()
         return {
             k: metrics[k]
             for k in ("top1", "top5", "loss", "mean_class_accuracy")
@@ -583,12 +712,167 @@ class ClassificationTask(Task):
         return described
 
 
-def train_classifier(
-    task: ClassificationTask, config: TrainConfig, *, should_stop=None
-) -> dict:
+def train_classifier(task: ClassificationTask, config: TrainConfig, *, should_stop=None) -> dict:
     """Train with the shared engine; also writes ``model.json`` (the :class:`ModelCard`) into
     ``config.output_dir`` so eval/predict/localize rebuild the model from the run directory
     alone (only once the engine has checked everything: a failed start or resume leaves an
     earlier run intact; see :mod:`drnet.tasks.run_card`). ``should_stop``: see
-    :func:`drnet.engine.train`. Returns the engine's summary."""
+    :func:`drnet.engine.train`. Returns the engine's summary. :func:`train` is the same with the
+    task contract's arguments."""
     return train_with_card(task, task.card, config, should_stop)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class ClassificationEvaluation:
+    """What :func:`evaluate` returns: the counts (``result``) and their ``metrics``."""
+
+    result: ClassificationResult
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``: see :func:`report_metrics`."""
+        return report_metrics(self.result)
+
+    def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """``metrics.json``, ``per_class_accuracy.csv``, ``confusion_matrix.csv`` and (up to 30
+        classes) ``confusion_matrix.png``."""
+        files = write_classification_report(self.result, output_dir)["files"]
+        return {kind: Path(output_dir) / name for kind, name in files.items()}
+
+    def summary_lines(self) -> list[str]:
+        """Top-1, top-5, the number of images and classes."""
+        m = self.result.metrics()
+        crops = ", ten crops each" if self.result.ten_crop else ""
+        return [
+            f"top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}  ({m['num_images']} images, "
+            f"{m['num_classes']} classes{crops})"
+        ]
+
+
+@dataclass
+class ClassificationPredictions:
+    """What :func:`predict` returns: one entry per predicted image (``predictions``, see
+    :func:`top_classes`) and the images that could not be read (``failed``: ``(path,
+    message)``)."""
+
+    predictions: list[dict]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``{"num_images", "num_failed"}``."""
+        return {"num_images": len(self.predictions), "num_failed": len(self.failed)}
+
+    def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """``predictions.json`` and ``predictions.csv`` (see :func:`write_predictions`)."""
+        return write_predictions(self.predictions, output_dir)
+
+    def summary_lines(self) -> list[str]:
+        """The top class of the first ten images."""
+        lines = []
+        for item in self.predictions[:10]:
+            best = item["top_k"][0]
+            lines.append(f"{item['image']}: {best['class']} ({best['probability']:.3f})")
+        if len(self.predictions) > 10:
+            lines.append(f"... {len(self.predictions) - 10} more")
+        return lines
+
+
+ClassificationData = str | os.PathLike | Dataset | DataLoader
+
+
+def evaluate(
+    model: nn.Module,
+    card: ModelCard,
+    data: ClassificationData,
+    options: InferenceOptions,
+    settings: ClassificationSettings,
+) -> ClassificationEvaluation:
+    """Top-1/top-5, per-class accuracy and the confusion matrix of ``model`` on ``data``: an
+    ImageFolder split (read with ``card``'s eval preprocessing, its class folders matched to the
+    card's classes: :func:`folder_dataset`), or a dataset / loader of ``(image, target)``."""
+    if isinstance(data, (str, os.PathLike)):
+        data = folder_dataset(data, card, ten_crop=settings.ten_crop)
+    return ClassificationEvaluation(score_classifier(model, data, card.names(), options, settings))
+
+
+def predict(
+    model: nn.Module,
+    card: ModelCard,
+    data: Sequence[str | os.PathLike],
+    options: InferenceOptions,
+    settings: ClassificationSettings,
+) -> ClassificationPredictions:
+    """The top-``settings.top_k`` classes of the images ``data`` (files, or folders searched
+    recursively: :func:`drnet.data.classification.list_images`). Unreadable images are left out
+    and listed in ``failed``."""
+    failed: list[tuple[str, str]] = []
+    predictions = top_classes(model, card, list_images(data), options, settings, failed)
+    return ClassificationPredictions(predictions, failed)
+
+
+def train(
+    model: nn.Module | None,
+    card: ModelCard | None,
+    data: str | os.PathLike | tuple,
+    options: InferenceOptions,
+    settings: ClassificationTrainSettings,
+) -> TrainingResult:
+    """Train a classifier with the shared engine into ``settings.config.output_dir`` (the run
+    folder: checkpoints, ``log.csv``, ``config.json`` and ``model.json``; see
+    :func:`train_classifier`).
+
+    ``data``: a dataset root holding ``train/`` (and ``val/``), a pair ``(train, val)`` of
+    ImageFolder splits (``val`` may be ``None``), or a pair of datasets of ``(image, target)``
+    (then ``card`` names the model, its classes and preprocessing). Without a ``card`` the model
+    is ``settings.model`` and the classes are the training folder's. ``model``: start from this
+    network instead of building the card's. ``options``: device, AMP, workers and progress of
+    the training (``fast`` and ``dtype`` do not apply)."""
+    config = replace(
+        settings.config,
+        device=options.device,
+        amp=options.amp,
+        workers=options.workers,
+        progress=options.progress,
+    )
+    task = _training_task(card, data, settings)
+    task.initial_model = model
+    if task.card.num_classes == 1:
+        logger.warning(
+            "the training data has a single class: every image is that class, so the model "
+            "learns nothing useful (accuracy is 100%% by construction)"
+        )
+    summary = train_with_card(task, task.card, config, settings.should_stop)
+    return TrainingResult(summary, "top-1")
+
+
+def _training_task(
+    card: ModelCard | None, data: Any, settings: ClassificationTrainSettings
+) -> ClassificationTask:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Dataset):
+        if card is None:
+            raise DrnetError("train: datasets need a card naming the model and its classes")
+        return ClassificationTask(
+            card, data[0], data[1], pretrained=settings.pretrained, weights=settings.weights,
+            eval_batch_size=settings.eval_batch_size,
+        )  # fmt: skip
+    if isinstance(data, tuple):
+        train_dir, val_dir = resolve_splits(None, *data)
+    else:
+        train_dir, val_dir = resolve_splits(data)
+    if card is None:  # the classes come from the training folder
+        model, channels, mean, std = settings.model, settings.channels, None, None
+        crop_size, resize_size = settings.crop_size, settings.resize_size
+    else:
+        model, channels, mean, std = card.model, card.channels, card.mean, card.std
+        crop_size, resize_size = card.crop_size or settings.crop_size, card.resize_size
+    task = ClassificationTask.from_dirs(
+        model, train_dir, val_dir, pretrained=settings.pretrained, weights=settings.weights,
+        channels=channels, crop_size=crop_size, resize_size=resize_size, mean=mean, std=std,
+        min_scale=settings.crop_scale, auto_augment=settings.auto_augment,
+    )  # fmt: skip
+    task.eval_batch_size = settings.eval_batch_size
+    return task

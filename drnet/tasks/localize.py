@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -31,7 +33,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from drnet.constants import MAX_INPUT_PIXELS, MAX_INPUT_SIDE, OVERLAY_MAX_SIDE
+from drnet.constants import (
+    DEFAULT_BOX_THRESHOLD,
+    MAX_INPUT_PIXELS,
+    MAX_INPUT_SIDE,
+    OVERLAY_MAX_SIDE,
+)
 from drnet.data.boxes import ImageBoxes, load_boxes
 from drnet.data.classification import (
     ImageFiles,
@@ -44,9 +51,10 @@ from drnet.data.images import SkipBad, relative_names, unique_names
 from drnet.data.text import read_json
 from drnet.engine.distributed import resolve_device
 from drnet.engine.rundir import atomic_csv, atomic_save_image, atomic_write_json
-from drnet.errors import DataError, DrnetError
+from drnet.errors import DataError, DrnetError, SettingsError
 from drnet.models.loading import ModelCard
 from drnet.rendering import colorize_heatmap, render_overlay, upsample_heatmap  # noqa: F401
+from drnet.speed.inference import fast_inference
 from drnet.tasks.boxes import (
     BOX_RESOLUTIONS,
     DEFAULT_BOX_RESOLUTION,
@@ -60,9 +68,18 @@ from drnet.tasks.boxes import (
     scale_boxes,
 )
 from drnet.tasks.classify import match_split_classes
+from drnet.tasks.common import (
+    METRICS_FILE,
+    InferenceOptions,
+    check_choice,
+    check_range,
+    legacy_options,
+    write_metrics,
+)
 
 IOU_THRESHOLD = 0.5
-METRICS_FILE = "localization_metrics.json"
+#: The file name of earlier releases, still read (``--threshold FILE``, ``read_metrics``).
+OLD_METRICS_FILE = "localization_metrics.json"
 CURVE_FILE = "threshold_curve.csv"
 BOXES_FILE = "boxes.json"
 
@@ -94,27 +111,81 @@ def parse_thresholds(text: str) -> list[float]:
     return sorted(set(values))
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocalizationSettings:
-    """How boxes are made and scored (see :mod:`drnet.tasks.boxes` for the rule)."""
+    """How boxes are made and scored (see :mod:`drnet.tasks.boxes` for the rule); checked when
+    made (:class:`drnet.errors.SettingsError`, a ``ValueError``, naming the field).
 
-    threshold_mode: str = "minmax"
+    The rule: ``threshold_mode`` (``minmax``: ``t`` is a fraction of the class map's range, in
+    0..1; ``raw``: ``t`` compares with the logit; ``None``: the mode of a ``threshold`` file,
+    else minmax), ``fallback`` (the box when no position passes), ``box_resolution`` (``cell``
+    or ``pixel``), ``resize_size`` (the shorter side of the network input; ``None``: the card's;
+    0: the image's own), ``top_k`` classes boxed per image, ``iou_threshold`` for a hit.
+
+    ``threshold``: ``"auto"`` (:func:`evaluate` chooses ``t`` on the held-out split;
+    :func:`predict` uses :data:`~drnet.constants.DEFAULT_BOX_THRESHOLD`), a number, or the path of
+    a ``metrics.json`` written by ``localize eval`` (its chosen ``t`` and mode). ``thresholds``:
+    the sweep of :func:`evaluate` (numbers, or text ``"0.1,0.2"`` / ``"START:STOP:STEP"``;
+    default 0, 0.05, ..., 0.95 for minmax).
+
+    Pictures: ``save_images`` overlays of the first images of :func:`evaluate`,
+    ``save_overlays`` / ``save_heatmaps`` of every image of :func:`predict`; they are written
+    into ``output_dir`` as they are made (required when any is asked for)."""
+
+    threshold_mode: str | None = None
     fallback: str = "peak"
-    resize_size: int | None = None  # None: the model card's resize_size; 0: native size
+    resize_size: int | None = None
     top_k: int = 5
     iou_threshold: float = IOU_THRESHOLD
-    box_resolution: str = DEFAULT_BOX_RESOLUTION  # "cell" (8-px grid) or "pixel" (up-sampled)
+    box_resolution: str = DEFAULT_BOX_RESOLUTION
+    threshold: float | str = "auto"
+    thresholds: tuple[float, ...] | str | None = None
+    save_images: int = 0
+    save_overlays: bool = False
+    save_heatmaps: bool = False
+    output_dir: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise DrnetError(
-                f"threshold mode {self.threshold_mode!r}: expected one of {THRESHOLD_MODES}"
-            )
-        if self.fallback not in FALLBACKS:
-            raise DrnetError(f"fallback {self.fallback!r}: expected one of {FALLBACKS}")
-        if self.box_resolution not in BOX_RESOLUTIONS:
-            raise DrnetError(
-                f"box resolution {self.box_resolution!r}: expected one of {BOX_RESOLUTIONS}"
+        owner, mode = "LocalizationSettings", self.threshold_mode
+        threshold = self.threshold
+        if isinstance(threshold, str) and threshold.strip() == "auto":
+            threshold = "auto"
+        elif not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+            threshold, mode_of_file = read_threshold(threshold)
+            mode = mode or mode_of_file
+        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "threshold_mode", mode or "minmax")
+        check_choice(owner, "threshold_mode", self.threshold_mode, THRESHOLD_MODES)
+        check_choice(owner, "fallback", self.fallback, FALLBACKS)
+        check_choice(owner, "box_resolution", self.box_resolution, BOX_RESOLUTIONS)
+        check_range(owner, "top_k", self.top_k, 1, integer=True)
+        check_range(owner, "iou_threshold", self.iou_threshold, 0, 1)
+        check_range(owner, "save_images", self.save_images, 0, integer=True)
+        if self.resize_size is not None:
+            check_range(owner, "resize_size", self.resize_size, 0, integer=True)
+        sweep = self.thresholds
+        if isinstance(sweep, str):
+            sweep = parse_thresholds(sweep)
+        if sweep is not None:
+            sweep = tuple(float(t) for t in sweep)
+            if not sweep:
+                raise SettingsError(f"{owner}.thresholds: the sweep is empty")
+        object.__setattr__(self, "thresholds", sweep)
+        if self.threshold_mode == "minmax":
+            if threshold != "auto" and not 0 <= float(threshold) <= 1:
+                raise SettingsError(
+                    f"{owner}.threshold {threshold:g}: minmax thresholds are fractions of the "
+                    "class map's range, in 0..1 (or use threshold_mode raw)"
+                )
+            if sweep and not 0 <= min(sweep) <= max(sweep) <= 1:
+                raise SettingsError(f"{owner}.thresholds: minmax thresholds must be in 0..1")
+        elif threshold != "auto":
+            check_range(owner, "threshold", float(threshold))
+        pictures = self.save_images or self.save_overlays or self.save_heatmaps
+        if pictures and self.output_dir is None:
+            raise SettingsError(
+                f"{owner}.output_dir: needed for save_images / save_overlays / save_heatmaps "
+                "(pictures are written as they are made)"
             )
 
 
@@ -387,23 +458,23 @@ def score_split(
     boxes: dict[str, ImageBoxes],
     thresholds: Sequence[float],
     settings: LocalizationSettings,
+    options: InferenceOptions | None = None,
     *,
     record_threshold: float | None = None,
     on_image: Callable[[int, Path, ImageLocalization, dict], None] | None = None,
-    device: str | torch.device = "auto",
-    workers: int = 0,
-    progress: bool = True,
     desc: str = "localize",
 ) -> SplitScores:
     """Localize every image of an ImageFolder split and count hits for each threshold.
 
     With ``record_threshold`` (one of ``thresholds``) a per-image record (boxes, IoUs,
-    correctness) is kept for that threshold and passed to ``on_image``.
+    correctness) is kept for that threshold and passed to ``on_image``. ``options``: device,
+    loader workers and progress (the model runs as given: no fast-path copy here).
     """
-    device = resolve_device(str(device))
+    options = options or InferenceOptions()
+    device, progress = resolve_device(options.device), options.progress
     model.eval().to(device)
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
-    samples, names, loader = _split_loader(split_dir, card, resize_size, workers)
+    samples, names, loader = _split_loader(split_dir, card, resize_size, options.workers)
     scores = SplitScores.empty(thresholds)
     scores.num_images = len(samples)
     record_at = thresholds.index(record_threshold) if record_threshold is not None else None
@@ -510,7 +581,8 @@ def _require_boxes(scores: SplitScores, split_dir: str | Path, source: str | Pat
         )
 
 
-def _sweep(settings: LocalizationSettings, threshold: float | str, thresholds) -> list[float]:
+def _sweep(settings: LocalizationSettings) -> list[float]:
+    threshold, thresholds = settings.threshold, settings.thresholds
     if thresholds is None:
         if settings.threshold_mode == "raw" and threshold == "auto":
             raise DrnetError(
@@ -564,68 +636,145 @@ class _OverlayWriter:
         self.written += 1
 
 
+@dataclass(frozen=True)
+class LocalizationData:
+    """What :func:`evaluate` scores: the ImageFolder split ``images`` with its ground-truth
+    ``boxes`` (a folder of Pascal-VOC ``.xml``, or a ``.csv``/``.json`` of
+    ``image,x1,y1,x2,y2,label``), and the held-out split ``val_images`` (boxes ``val_boxes``,
+    default ``boxes``) on which ``threshold="auto"`` chooses ``t``. ``xml_origin``: the index of
+    the first pixel in XML files (1 for Pascal VOC)."""
+
+    images: str | os.PathLike
+    boxes: str | os.PathLike
+    val_images: str | os.PathLike | None = None
+    val_boxes: str | os.PathLike | None = None
+    xml_origin: int = 1
+
+    def __post_init__(self) -> None:
+        check_choice("LocalizationData", "xml_origin", self.xml_origin, (0, 1))
+
+
+@dataclass
+class LocalizationEvaluation:
+    """What :func:`evaluate` returns: ``metrics`` (``metrics.json``), the scores of the
+    evaluation split (``scores``: its per-image ``records`` become ``boxes.json``) and of the
+    held-out split (``held_out``, or ``None`` for a fixed ``t``)."""
+
+    metrics: dict[str, Any]
+    scores: SplitScores
+    held_out: SplitScores | None = None
+
+    def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """``metrics.json``, ``threshold_curve.csv`` and ``boxes.json`` (the overlays are
+        written as they are made, into ``settings.output_dir``)."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        curves = {"evaluation": self.metrics["curve"]}
+        if self.held_out is not None:
+            curves = {"held_out": self.held_out.curve(), **curves}
+        _write_curve(output_dir / CURVE_FILE, curves)
+        atomic_write_json(output_dir / BOXES_FILE, self.scores.records, indent=1)
+        write_metrics(output_dir, self.metrics)
+        return {k: output_dir / v for k, v in self.metrics["files"].items() if v}
+
+    def summary_lines(self) -> list[str]:
+        """The chosen ``t``, the errors, the centred-box prior and the box centre offset."""
+        m, prior, offset = self.metrics, self.metrics["centred_box_prior"], None
+        lines = [
+            f"t = {m['threshold']:g} ({m['threshold_source']}), {m['num_images_scored']} images",
+            f"top-1 loc err {m['top1_loc_err']:.4f}  top-5 loc err {m['top5_loc_err']:.4f}"
+            f"  GT-known loc err {m['gt_known_loc_err']:.4f}"
+            f"  (top-1 cls err {m['top1_cls_err']:.4f})",
+            f"centred-box prior: top-1 loc err {prior['top1_loc_err']:.4f}  "
+            f"top-5 loc err {prior['top5_loc_err']:.4f}",
+        ]
+        offset = m["box_centre_offset"]
+        if offset["images"]:
+            lines.append(
+                f"box centre offset (predicted - true, {m['box_resolution']} boxes): "
+                f"x {offset['x']:+.2f} px  y {offset['y']:+.2f} px over {offset['images']} "
+                "images with the right top-1 class"
+            )
+        return lines
+
+
+def evaluate(
+    model: nn.Module,
+    card: ModelCard,
+    data: LocalizationData,
+    options: InferenceOptions,
+    settings: LocalizationSettings,
+) -> LocalizationEvaluation:
+    """Score localization on ``data.images`` (the paper's protocol; see the module docstring).
+
+    ``settings.threshold="auto"`` chooses ``t`` on the held-out split ``data.val_images``; a
+    number fixes it. Overlays of the first ``settings.save_images`` images go into
+    ``settings.output_dir/overlays``. ``options.fast``: the class maps come from an inference
+    copy of the model (:func:`drnet.speed.inference.fast_inference`).
+    """
+    device = resolve_device(options.device)
+    dtype = options.dtype
+    model = fast_inference(model.eval().to(device), enabled=options.fast, dtype=dtype)
+    thresholds = _sweep(settings)
+    held_out: SplitScores | None = None
+    if settings.threshold == "auto":
+        val_dir = _check_held_out(data.val_images, data.images)
+        val_source = data.val_boxes or data.boxes
+        val_boxes = _split_boxes(val_dir, val_source, data.xml_origin)
+        held_out = score_split(
+            model, card, val_dir, val_boxes, thresholds, settings, options, desc="held-out split"
+        )
+        _require_boxes(held_out, val_dir, val_source)
+        chosen = float(choose_threshold(held_out.curve())["threshold"])
+        source = "auto: lowest top-1 localization error on the held-out split"
+    else:
+        chosen, source = float(settings.threshold), "fixed"
+
+    boxes = _split_boxes(data.images, data.boxes, data.xml_origin)
+    overlays = None
+    if settings.save_images:
+        overlays = _OverlayWriter(Path(settings.output_dir), settings.save_images)
+    scores = score_split(
+        model, card, data.images, boxes, thresholds, settings, options, record_threshold=chosen,
+        on_image=overlays, desc="evaluation split",
+    )  # fmt: skip
+    _require_boxes(scores, data.images, data.boxes)
+    metrics = _localization_metrics(card, settings, data.images, scores, held_out, chosen, source)
+    metrics["held_out_split"] = str(data.val_images) if held_out is not None else None
+    metrics["files"]["overlays"] = "overlays/" if overlays and overlays.written else None
+    return LocalizationEvaluation(metrics, scores, held_out)
+
+
 def evaluate_localization(
     model: nn.Module,
     card: ModelCard,
     split_dir: str | Path,
     boxes_source: str | Path,
     output_dir: str | Path,
-    *,
-    threshold: float | str = "auto",
-    thresholds: Sequence[float] | None = None,
-    val_dir: str | Path | None = None,
-    val_boxes_source: str | Path | None = None,
-    settings: LocalizationSettings | None = None,
-    xml_origin: int = 1,
-    save_images: int = 16,
-    device: str | torch.device = "auto",
-    workers: int = 0,
-    progress: bool = True,
-    fast: bool = True,
-    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
 ) -> dict:
-    """Score localization on ``split_dir`` and write the results into ``output_dir``.
-
-    ``threshold="auto"`` chooses ``t`` on the held-out split ``val_dir`` (boxes from
-    ``val_boxes_source``, default ``boxes_source``); a number fixes it. Writes
-    ``localization_metrics.json``, ``threshold_curve.csv``, ``boxes.json`` (per-image, at the
-    chosen ``t``) and, for the first ``save_images`` images, heatmap + box overlays in
-    ``overlays/``. Returns the metrics dict. ``fast``: the class maps come from an inference copy
-    of the model (:func:`drnet.speed.inference.fast_inference`).
-    """
-    from drnet.speed.inference import fast_inference
-
-    settings = settings or LocalizationSettings()
-    model = fast_inference(model.eval().to(resolve_device(str(device))), enabled=fast, dtype=dtype)
-    output_dir = Path(output_dir)
-    thresholds = _sweep(settings, threshold, thresholds)
-    common = dict(device=device, workers=workers, progress=progress)
-    held_out: SplitScores | None = None
-    if threshold == "auto":
-        val_dir = _check_held_out(val_dir, split_dir)
-        val_source = val_boxes_source or boxes_source
-        val_boxes = _split_boxes(val_dir, val_source, xml_origin)
-        held_out = score_split(
-            model, card, val_dir, val_boxes, thresholds, settings, desc="held-out split", **common
-        )
-        _require_boxes(held_out, val_dir, val_source)
-        chosen = float(choose_threshold(held_out.curve())["threshold"])
-        source = "auto: lowest top-1 localization error on the held-out split"
-    else:
-        chosen, source = float(threshold), "fixed"
-
-    boxes = _split_boxes(split_dir, boxes_source, xml_origin)
-    overlays = _OverlayWriter(output_dir, save_images)
-    scores = score_split(
-        model, card, split_dir, boxes, thresholds, settings, record_threshold=chosen,
-        on_image=overlays, desc="evaluation split", **common,
+    """Kept for the demo / one release: :func:`evaluate`, then :meth:`LocalizationEvaluation.write`
+    into ``output_dir``; returns the metrics. Keywords of earlier releases: ``threshold``
+    (``"auto"``), ``thresholds``, ``val_dir``, ``val_boxes_source``, ``settings``,
+    ``xml_origin`` (1), ``save_images`` (16) and the runtime keywords that
+    :class:`~drnet.tasks.common.InferenceOptions` holds."""
+    options = legacy_options(kwargs)
+    data = LocalizationData(
+        split_dir, boxes_source, kwargs.pop("val_dir", None),
+        kwargs.pop("val_boxes_source", None), kwargs.pop("xml_origin", 1),
     )  # fmt: skip
-    _require_boxes(scores, split_dir, boxes_source)
-    metrics = _localization_metrics(card, settings, split_dir, scores, held_out, chosen, source)
-    metrics["held_out_split"] = str(val_dir) if held_out is not None else None
-    metrics["files"]["overlays"] = "overlays/" if overlays.written else None
-    _write_localization(output_dir, metrics, scores, held_out)
-    return metrics
+    settings = replace(
+        kwargs.pop("settings", None) or LocalizationSettings(),
+        threshold=kwargs.pop("threshold", "auto"),
+        thresholds=kwargs.pop("thresholds", None),
+        save_images=kwargs.pop("save_images", 16),
+        output_dir=output_dir,
+    )
+    if kwargs:
+        raise TypeError(f"evaluate_localization: unexpected keyword(s) {', '.join(kwargs)}")
+    result = evaluate(model, card, data, options, settings)
+    result.write(output_dir)
+    return result.metrics
 
 
 def _localization_metrics(
@@ -676,29 +825,23 @@ def _localization_metrics(
     }
 
 
-def _write_localization(
-    output_dir: Path, metrics: dict, scores: SplitScores, held_out: SplitScores | None
-) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    curves = {"evaluation": metrics["curve"]}
-    if held_out is not None:
-        curves = {"held_out": held_out.curve(), **curves}
-    _write_curve(output_dir / CURVE_FILE, curves)
-    atomic_write_json(output_dir / BOXES_FILE, scores.records, indent=1)
-    atomic_write_json(output_dir / METRICS_FILE, metrics)
-
-
 # ----------------------------------------------------------------------------- predict
 
 
 def read_threshold(value: float | str) -> tuple[float, str | None]:
-    """A threshold from a number or from a ``localization_metrics.json`` (its chosen ``t`` and
-    threshold mode)."""
+    """A threshold from a number or from the ``metrics.json`` of ``localize eval`` (its chosen
+    ``t`` and threshold mode; the file, or the folder holding it or the
+    ``localization_metrics.json`` of earlier releases)."""
     try:
         return float(value), None
     except (TypeError, ValueError):
         pass
     path = Path(str(value))
+    if path.is_dir():
+        path = next(
+            (path / n for n in (METRICS_FILE, OLD_METRICS_FILE) if (path / n).is_file()),
+            path / METRICS_FILE,
+        )
     try:
         data = read_json(path, "threshold file")
         value = float(data["threshold"])
@@ -707,70 +850,89 @@ def read_threshold(value: float | str) -> tuple[float, str | None]:
         return value, data.get("threshold_mode")
     except (OSError, ValueError, KeyError, TypeError, DataError) as exc:
         raise DrnetError(
-            f"--threshold {value}: expected a number or a {METRICS_FILE} with a 'threshold'"
-            + (f" ({exc})" if isinstance(exc, DataError) else "")
+            f"--threshold {value}: expected a number or the {METRICS_FILE} of 'localize eval' "
+            "(with a 'threshold')" + (f" ({exc})" if isinstance(exc, DataError) else "")
         ) from exc
 
 
+@dataclass
+class LocalizationPredictions:
+    """What :func:`predict` returns: the ``boxes.json`` entries (``entries``) and the images
+    that could not be read (``failed``: ``(path, message)``)."""
+
+    entries: list[dict]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``{"num_images", "num_failed"}``."""
+        return {"num_images": len(self.entries), "num_failed": len(self.failed)}
+
+    def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """``boxes.json`` (the overlays and heatmaps are written as they are made, into
+        ``settings.output_dir``)."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return {"boxes": atomic_write_json(output_dir / BOXES_FILE, self.entries, indent=1)}
+
+    def summary_lines(self) -> list[str]:
+        """The top class and box of the first ten images."""
+        lines = []
+        for entry in self.entries[:10]:
+            top = entry["predictions"][0]
+            box = ", ".join(f"{v:g}" for v in top["box"])
+            lines.append(f"{entry['image']}: {top['class']} ({top['probability']:.3f}) box [{box}]")
+        if len(self.entries) > 10:
+            lines.append(f"... {len(self.entries) - 10} more")
+        return lines
+
+
 @torch.no_grad()
-def predict_localization(
+def predict(
     model: nn.Module,
     card: ModelCard,
-    paths: Sequence[str | Path],
-    output_dir: str | Path,
-    *,
-    threshold: float = 0.2,
-    settings: LocalizationSettings | None = None,
-    save_overlays: bool = True,
-    save_heatmaps: bool = False,
-    device: str | torch.device = "auto",
-    workers: int = 0,
-    progress: bool = True,
-    fast: bool = True,
-    dtype: str | torch.dtype | None = None,
-    failed: list[tuple[str, str]] | None = None,
-) -> list[dict]:
-    """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image.
+    data: Sequence[str | os.PathLike],
+    options: InferenceOptions,
+    settings: LocalizationSettings,
+) -> LocalizationPredictions:
+    """Boxes (and optionally class-activation heatmaps) of the top-k classes of each image of
+    ``data`` (files, or folders searched recursively), at ``settings.threshold``
+    (:data:`~drnet.constants.DEFAULT_BOX_THRESHOLD` for ``"auto"``).
 
-    Writes ``boxes.json``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box solid white)
-    and, with ``save_heatmaps``, ``heatmaps/<name>_<class>.png`` (the min-max normalised class
-    response over the image, jet colours) for every top-k class; names follow
-    :data:`drnet.cli.vocab.NAMES_HELP`, overlays and heatmaps are drawn at
-    :func:`display_size`. Returns the ``boxes.json`` entries: ``{"image", "width", "height",
+    With ``settings.save_overlays``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box
+    solid white) and with ``settings.save_heatmaps`` ``heatmaps/<name>_<class>.png`` (the min-max
+    normalised class response, jet colours) for every top-k class are written into
+    ``settings.output_dir`` as they are made; names follow :data:`drnet.cli.vocab.NAMES_HELP`,
+    pictures are drawn at :func:`display_size`. The entries are ``{"image", "width", "height",
     "predictions": [{"rank", "class", "index", "probability", "box", "fallback",
-    "heatmap"?}], "overlay"?}``. ``fast``: the inference fast path (see
-    :func:`evaluate_localization`). An unreadable image raises :class:`DataError`; with a
-    ``failed`` list it is appended there as ``(path, message)`` and left out of the outputs
-    (``boxes.json`` is still written for the others).
+    "heatmap"?}], "overlay"?}``. Unreadable images are left out and listed in ``failed``.
     """
-    from drnet.speed.inference import fast_inference
+    from drnet.data.classification import list_images
 
-    settings = settings or LocalizationSettings(top_k=1)
-    device = resolve_device(str(device))
-    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = list_images(data)
+    threshold = DEFAULT_BOX_THRESHOLD if settings.threshold == "auto" else settings.threshold
+    device = resolve_device(options.device)
+    model = fast_inference(model.eval().to(device), enabled=options.fast, dtype=options.dtype)
+    output_dir = Path(settings.output_dir) if settings.output_dir is not None else None
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
     files = SkipBad(ImageFiles(paths, BoundedTransform(resize_size, card.mean, card.std)))
-    loader = DataLoader(files, batch_size=None, num_workers=workers)
+    loader = DataLoader(files, batch_size=None, num_workers=options.workers)
     file_names = unique_names(relative_names(paths))
     written: set[str] = set()
-    entries = []
+    entries, failed = [], []
     for image, index, size, error in tqdm(
-        loader, desc="localize", disable=not progress, leave=False
+        loader, desc="localize", disable=not options.progress, leave=False
     ):
         if error:
-            if failed is None:
-                raise DataError(error)
             failed.append((str(paths[index]), error))
             continue
         image_size = (int(size[0]), int(size[1]))
         result = localize_image(model, image.to(device), image_size, [threshold], settings)
         entry = _predict_entry(card.names(), paths[index], image_size, result)
         name = file_names[index]
-        if save_heatmaps:
+        if settings.save_heatmaps:
             _write_heatmaps(output_dir, name, entry, result, written)
-        if save_overlays:
+        if settings.save_overlays:
             top = entry["predictions"][0]
             overlay = bounded_overlay(
                 paths[index],
@@ -781,8 +943,40 @@ def predict_localization(
             )
             entry["overlay"] = _save_png(overlay, output_dir, f"overlays/{name}", written)
         entries.append(entry)
-    atomic_write_json(output_dir / BOXES_FILE, entries, indent=1)
-    return entries
+    return LocalizationPredictions(entries, failed)
+
+
+def predict_localization(
+    model: nn.Module,
+    card: ModelCard,
+    paths: Sequence[str | Path],
+    output_dir: str | Path,
+    **kwargs: Any,
+) -> list[dict]:
+    """Kept for one release: :func:`predict` into ``output_dir`` (``boxes.json`` written there);
+    returns the entries. Keywords of earlier releases: ``threshold`` (0.2), ``settings``
+    (default ``top_k=1``), ``save_overlays`` (True), ``save_heatmaps``, ``failed`` (a list that
+    receives ``(path, message)`` of unreadable images; without it one raises
+    :class:`DataError`), and the runtime keywords that
+    :class:`~drnet.tasks.common.InferenceOptions` holds."""
+    options = legacy_options(kwargs)
+    settings = replace(
+        kwargs.pop("settings", None) or LocalizationSettings(top_k=1),
+        threshold=kwargs.pop("threshold", DEFAULT_BOX_THRESHOLD),
+        save_overlays=kwargs.pop("save_overlays", True),
+        save_heatmaps=kwargs.pop("save_heatmaps", False),
+        output_dir=output_dir,
+    )
+    failed = kwargs.pop("failed", None)
+    if kwargs:
+        raise TypeError(f"predict_localization: unexpected keyword(s) {', '.join(kwargs)}")
+    result = predict(model, card, [Path(p) for p in paths], options, settings)
+    if result.failed and failed is None:
+        raise DataError(result.failed[0][1])
+    if failed is not None:
+        failed.extend(result.failed)
+    result.write(output_dir)
+    return result.entries
 
 
 def _predict_entry(

@@ -1,5 +1,5 @@
 """Segmentation inference: whole image, multi-scale + flip fusion, sliding window; labels of
-large images in bands of rows (:func:`predict_labels`) and the files of ``segment predict``
+large images in bands of rows (:func:`image_labels`) and the files of ``segment predict``
 (:func:`predict_files`).
 
 Every function returns class *probabilities* ``[N, C, H, W]`` at the input size (softmax of the
@@ -10,20 +10,56 @@ scale of 1.0, no flip and a window at least as large as the image, the result is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from tqdm.auto import tqdm
 
 from drnet.constants import OVERLAY_MAX_SIDE
+from drnet.data.images import failure_message, output_path
+from drnet.data.palettes import colorize, get_palette, overlay
+from drnet.data.segmentation import read_image
+from drnet.engine.distributed import resolve_device
+from drnet.engine.rundir import atomic_save_image, atomic_write_text
+from drnet.engine.trainer import autocast_context
 from drnet.errors import DataError, DrnetError
-from drnet.models.loading import logits_of
+from drnet.models.loading import ModelCard, logits_of
+from drnet.speed.inference import fast_inference
+from drnet.tasks.common import InferenceOptions
+
+if TYPE_CHECKING:  # the settings class lives with the task (drnet.tasks.segment)
+    from drnet.tasks.segment import SegmentationSettings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+#: What ``segment predict --save`` can write.
+SAVE_KINDS = ("labels", "color", "overlay")
+
+
+def check_save_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` (what ``segment predict --save`` writes) when each is one of
+    :data:`SAVE_KINDS` and there is at least one; else :class:`DrnetError` (an empty ``--save``
+    would predict every image and write nothing)."""
+    unknown = set(kinds) - set(SAVE_KINDS)
+    if unknown:
+        raise DrnetError(
+            f"--save {', '.join(sorted(unknown))}: choose from {', '.join(SAVE_KINDS)}"
+        )
+    if not kinds:
+        raise DrnetError(
+            f"--save is empty: nothing would be written; give one or more of "
+            f"{', '.join(SAVE_KINDS)} (comma-separated)"
+        )
+    return tuple(kinds)
 
 
 def model_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -132,7 +168,7 @@ def predict_probs(
 
 # -- bounded-memory labels ------------------------------------------------------------------------
 
-#: Output rows per band of :func:`predict_labels` (at least one window's height is used).
+#: Output rows per band of :func:`image_labels` (at least one window's height is used).
 BAND_ROWS = 256
 
 
@@ -149,7 +185,7 @@ def _cover_counts(length: int, starts: Sequence[int], window: int) -> torch.Tens
 
 
 class _View:
-    """One scale (and flip) of an image for :func:`predict_labels`: its sliding-window
+    """One scale (and flip) of an image for :func:`image_labels`: its sliding-window
     probabilities, produced in rows from top to bottom in a rolling buffer (the rows no later
     band needs are dropped), so memory grows with the image width, not its area."""
 
@@ -202,7 +238,7 @@ def _row_weights(out_rows: range, height: int, src_height: int) -> tuple:
 
 
 @torch.no_grad()
-def predict_labels(
+def image_labels(
     model: nn.Module,
     image: torch.Tensor,
     mean: Sequence[float],
@@ -307,8 +343,6 @@ class IncompleteMarker:
         self.done = 0
 
     def __enter__(self) -> IncompleteMarker:
-        from drnet.engine.rundir import atomic_write_text
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             self.path,
@@ -319,12 +353,10 @@ class IncompleteMarker:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        import logging
-
         if kind is None:
             self.path.unlink(missing_ok=True)
             return
-        logging.getLogger(__name__).error(
+        logger.error(
             "%s stopped after %d image(s): %s marks %s as partial (every file written is "
             "whole); run the command again to complete it",
             self.command, self.done, self.path.name, self.path.parent,
@@ -352,10 +384,6 @@ def save_segmentation(
     """Write ``labels/NAME.png`` (class indices), ``color/NAME.png`` (palette colours) and
     ``overlay/NAME.png`` (colours over the image, at most :data:`OVERLAY_MAX_SIDE` pixels on
     its longer side) as ``save`` asks; returns the written paths."""
-    from drnet.data.images import output_path
-    from drnet.data.palettes import colorize, overlay
-    from drnet.engine.rundir import atomic_save_image
-
     written: dict[str, str] = {}
 
     def write(kind: str, array: np.ndarray) -> None:
@@ -380,52 +408,30 @@ def save_segmentation(
 @torch.no_grad()
 def predict_files(
     model: nn.Module,
+    card: ModelCard,
     items: Sequence[tuple[Path, str]],
-    output_dir: str | Path,
-    mean: Sequence[float],
-    std: Sequence[float],
-    num_classes: int,
-    device: torch.device | str = "cpu",
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    window: int | None = None,
-    stride: int | None = None,
-    save: Sequence[str] = ("labels", "color", "overlay"),
-    alpha: float = 0.5,
-    amp: bool = False,
-    progress: bool = True,
-    fast: bool = True,
+    options: InferenceOptions,
+    settings: SegmentationSettings,
     failed: list[tuple[str, str]] | None = None,
-    dtype: str | torch.dtype | None = None,
 ) -> list[dict[str, str]]:
     """Segment ``(path, output name)`` items and write their PNGs (:func:`save_segmentation`)
-    under ``output_dir``, one image at a time through :func:`predict_labels` (memory bounded
-    by the image width with ``window``). Output names must be unique (see
-    :func:`drnet.data.images.unique_names`). An unreadable image, or one past the pixel
-    budget, raises :class:`DataError`; with a ``failed`` list it is appended there as
-    ``(path, message)`` and the other images are still predicted. ``dtype``: as ``--dtype``
-    (bf16 only where the device has it natively)."""
-    from tqdm.auto import tqdm
-
-    from drnet.data.images import failure_message
-    from drnet.data.palettes import get_palette
-    from drnet.data.segmentation import read_image
-    from drnet.engine.trainer import autocast_context
-    from drnet.speed.inference import fast_inference
-    from drnet.tasks.segment import check_save_kinds
-
-    check_window(window, stride)
-    save = check_save_kinds(save)
+    into ``settings.output_dir``, one image at a time through :func:`image_labels` (memory
+    bounded by the image width with ``settings.window``), normalised with ``card.mean`` /
+    ``card.std``. Output names must be unique (see :func:`drnet.data.images.unique_names`). An
+    unreadable image, or one past the pixel budget, raises :class:`DataError`; with a ``failed``
+    list it is appended there as ``(path, message)`` and the other images are still
+    predicted."""
+    s = settings
     names = [name for _, name in items]
     if len(set(names)) != len(names):
         raise DrnetError("predict_files: two inputs have the same output name")
-    device = torch.device(device)
-    model = fast_inference(model.eval().to(device), enabled=fast, dtype=dtype)
-    palette = get_palette(num_classes)
-    output_dir = Path(output_dir)
-    results = []
+    device = resolve_device(options.device)
+    model = fast_inference(model.eval().to(device), enabled=options.fast, dtype=options.dtype)
+    palette = get_palette(card.num_classes)
+    output_dir = Path(s.output_dir)
+    results: list[dict[str, str]] = []
     with IncompleteMarker(output_dir, "segment predict") as marker:
-        for path, name in tqdm(items, desc="predict", unit="img", disable=not progress):
+        for path, name in tqdm(items, desc="predict", unit="img", disable=not options.progress):
             try:
                 raw = read_image(path)
             except (DataError, Image.DecompressionBombError) as exc:
@@ -433,11 +439,14 @@ def predict_files(
                     raise
                 failed.append((str(path), failure_message(exc)))
                 continue
-            with autocast_context(device, amp):
-                labels = predict_labels(model, raw, mean, std, scales, flip, window, stride, device)
+            with autocast_context(device, options.amp):
+                labels = image_labels(
+                    model, raw, card.mean, card.std, s.scales, s.flip, s.window, s.stride, device
+                )
             image = raw.permute(1, 2, 0).numpy()
-            results.append(
-                save_segmentation(labels.numpy(), image, output_dir, name, palette, save, alpha)
+            saved = save_segmentation(
+                labels.numpy(), image, output_dir, name, palette, s.save, s.alpha
             )
+            results.append(saved)
             marker.done = len(results)
     return results
