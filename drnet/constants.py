@@ -9,6 +9,14 @@ from __future__ import annotations
 # torchvision's ImageNet statistics (RGB, images scaled to [0, 1]): the classification default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# classification evaluation resizes the shorter side, then centre-crops: 224 of 256 (ImageNet's)
+CROP_RATIO = 0.875
+
+
+def default_resize_size(crop_size: int) -> int:
+    """The resize that goes with a centre crop: 256 for 224 (the ImageNet ratio 0.875)."""
+    return int(round(crop_size / CROP_RATIO))
+
 
 # the original code's Cityscapes info.json (RGB, [0, 1]); the official Cityscapes weights expect it
 CITYSCAPES_MEAN = (0.290101, 0.328081, 0.286964)
@@ -51,7 +59,11 @@ OVERLAY_MAX_SIDE = 2048
 #: CUDA).
 INFERENCE_VARIANTS = (
     "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
+    "onnxruntime", "openvino", "onnx_openvino",
 )  # fmt: skip
+#: ``--backend`` / ``$DRNET_BACKEND``: what runs the inference fast path (``auto``: whichever
+#: measured fastest on this machine, see :mod:`drnet.speed.chooser`)
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 # "eager" steps as the engine did before: NCHW, the loss read back every step; "engine" as
 # drnet.engine trains now: the layout measured (drnet.engine.layout), the loss read every 10 steps
 TRAINING_VARIANTS = (
@@ -70,6 +82,7 @@ SEGMENT_MAX_SIDE = 1024
 DATA_CHECK_LAYOUTS = ("auto", "list", "cityscapes", "folder", "imagefolder")
 
 __all__ = [
+    "BACKEND_CHOICES",
     "BOX_RESOLUTIONS",
     "CITYSCAPES_MEAN",
     "CITYSCAPES_STD",

@@ -19,6 +19,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from drnet.atomic import atomic_save_image
+
 __all__ = [
     "STATISTICS",
     "STATISTIC_LABELS",
@@ -263,7 +265,5 @@ def render_activation_grid(
     if path is not None:
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        from drnet.engine.rundir import atomic_save_image
-
         atomic_save_image(grid, path, format="PNG")  # never a truncated PNG
     return grid

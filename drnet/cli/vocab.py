@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from drnet.atomic import atomic_write_text, json_text
-from drnet.cli import int_in, list_of, non_negative_int, positive_int, report_failures
-from drnet.constants import DTYPE_CHOICES
+from drnet.cli import (
+    float_in,
+    int_in,
+    list_of,
+    non_negative_int,
+    positive_int,
+    report_failures,
+)
+from drnet.constants import BACKEND_CHOICES, DTYPE_CHOICES
 from drnet.tasks.common import InferenceOptions
 
 SUPPRESS = argparse.SUPPRESS
@@ -336,8 +344,34 @@ def add_no_progress(parser: Container, quiet_alias: bool = False) -> None:
 
 
 def add_no_fast(parser: Container, help: str = FAST_HELP) -> None:
-    """``--no-fast``: the plain eager model instead of the inference fast path."""
+    """``--no-fast``: the plain eager model instead of the inference fast path (and
+    ``--backend``, what runs that fast path)."""
     parser.add_argument("--no-fast", action="store_true", help=help)
+    add_backend(parser)
+
+
+BACKEND_HELP = (
+    "what runs the inference fast path: auto measures torch, ONNX Runtime and OpenVINO (where "
+    "installed) on this machine once and keeps the fastest (never one measured slower than "
+    "eager with BatchNorm folded); torch measures only torch's paths; onnxruntime/openvino use "
+    "that backend (default: $DRNET_BACKEND, else auto)"
+)
+
+
+class _BackendAction(argparse.Action):
+    """Stores the value and sets ``$DRNET_BACKEND``, where the library reads it
+    (:func:`drnet.speed.inference.fast_inference`), for the length of the command."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        os.environ["DRNET_BACKEND"] = str(values)
+
+
+def add_backend(parser: Container, help: str = BACKEND_HELP) -> None:
+    """``--backend auto|torch|onnxruntime|openvino`` (reaches the library as $DRNET_BACKEND)."""
+    parser.add_argument(
+        "--backend", choices=BACKEND_CHOICES, action=_BackendAction, default=None, help=help
+    )
 
 
 DTYPE_HELP = (
@@ -379,6 +413,7 @@ __all__ = [
     "add_batch_size",
     "add_channels",
     "add_class_names",
+    "add_classifier_model",
     "add_data",
     "add_device",
     "add_inference_options",
@@ -390,6 +425,7 @@ __all__ = [
     "add_num_classes",
     "add_output_dir",
     "add_pretrained",
+    "add_running",
     "add_weights",
     "add_workers",
     "finish",
@@ -510,3 +546,70 @@ def finish(result: Any, output_dir: str | Path, written: str | Path | None = Non
     if failed is None:
         return 0
     return report_failures(failed, result.metrics["num_images"], str(output_dir))
+
+
+# -- the model and running options of the image-classifier commands (classify, localize) -----
+
+#: Network input sides: 16 px is the smallest a DRN (output stride 8) still maps to a 2x2 grid;
+#: past 8192 px one image would not fit an accelerator.
+CROP_RANGE = (16, 8192)
+
+
+def add_classifier_model(
+    parser: Parser, training: bool = False, sizes: bool = True, inference: bool = True
+) -> None:
+    """``--model``, ``--weights``, ``--pretrained``, ``--channels``; for eval/predict also
+    ``--num-classes`` and ``--class-names``; with ``sizes`` ``--crop-size`` / ``--resize-size``."""
+    g = group(parser, "model")
+    if training:
+        add_model(g, "drn_d_22")
+        add_weights(
+            g,
+            "initialise from this checkpoint (a classifier with another number of classes "
+            "keeps its backbone and gets a fresh fc)",
+        )
+    else:
+        add_weights(
+            g,
+            "a 'drnet classify train' run directory (its model.json gives the architecture, "
+            "classes and preprocessing), a drnet checkpoint or an official .pth",
+        )
+        add_model(g, help="architecture name, when --weights has no model.json")
+        add_num_classes(g, "classes of the model (default: model.json or the checkpoint's fc)")
+        add_class_names(g)
+    add_pretrained(g, "start from the published ImageNet weights")
+    add_channels(g)
+    if not sizes:
+        return
+    g.add_argument(
+        "--crop-size",
+        type=int_in(*CROP_RANGE),
+        default=224 if training else None,
+        help="network input size: RandomResizedCrop in training, centre crop in eval"
+        + ("" if training else " (default: the run's model.json, else 224)"),
+    )
+    if training:
+        g.add_argument(
+            "--crop-scale",
+            type=float_in(0, 1, low_open=True),
+            default=0.08,
+            help="smallest RandomResizedCrop area as a fraction of the image (0.08 is the "
+            "ImageNet recipe; raise it for small objects on small images)",
+        )
+    g.add_argument(
+        "--resize-size",
+        type=int_in(*CROP_RANGE),
+        help="eval resize of the shorter side before the centre crop (default: crop/0.875, "
+        "256 for 224)",
+    )
+
+
+def add_running(
+    parser: Parser, output_dir: str, batch_size: int | None, workers: int, amp: bool = True
+) -> None:
+    """What every eval/predict command of an image classifier takes: ``-o/--output-dir``,
+    ``-b/--batch-size`` (unless ``None``) and the :func:`add_inference_options` group."""
+    g = add_inference_options(parser, workers, amp)
+    add_output_dir(g, output_dir)
+    if batch_size is not None:
+        add_batch_size(g, batch_size)

@@ -42,7 +42,14 @@ from drnet.engine.precision import (
 from drnet.engine.trainer import channels_last_is_safe
 from drnet.errors import DrnetError
 from drnet.models.summary import count_flops
-from drnet.speed.inference import InferenceModel, optimize_for_inference
+from drnet.speed.backends import backend_installed, backend_versions
+from drnet.speed.chooser import proxy_shape
+from drnet.speed.inference import (
+    BACKEND_CANDIDATES,
+    InferenceModel,
+    build_candidate,
+    optimize_for_inference,
+)
 from drnet.speed.timing import measure, median, synchronize
 
 _LOG = logging.getLogger(__name__)  # progress messages when the caller passes no ``log``
@@ -96,7 +103,7 @@ class Row:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def resolve_device(device: str) -> torch.device:
+def benchmark_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -241,7 +248,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def build_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
+def build_benchmark_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
     """The benchmarked model with its (random or loaded) weights, on ``device``."""
     torch.manual_seed(config.seed)
     if config.task == "segmentation":
@@ -263,10 +270,27 @@ def build_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+@torch.no_grad()
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random statistics and affine parameters (seeded), as trained
+    weights have: with the initial ones (mean 0, variance 1, scale 1, shift 0) folding them
+    away would be trivially exact and free."""
+    generator = torch.Generator().manual_seed(seed + 7)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            shape = module.running_mean.shape
+            module.running_mean.copy_(torch.rand(shape, generator=generator) * 0.4 - 0.2)
+            module.running_var.copy_(torch.rand(shape, generator=generator) * 1.5 + 0.5)
+            if module.weight is not None:
+                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(shape, generator=generator) * 0.4 - 0.2)
+    return model
+
+
 def model_gflop(config: BenchmarkConfig) -> float:
     """GFLOP of one forward pass of one image (multiply-add = 2), counted on the meta device."""
     with torch.device("meta"):
-        model = build_model(replace(config, checkpoint=None), torch.device("meta"))
+        model = build_benchmark_model(replace(config, checkpoint=None), torch.device("meta"))
     return count_flops(model.eval(), (1, 3, config.height, config.width)) / 1e9
 
 
@@ -300,16 +324,36 @@ def inference_runners(
                 "plain eager fp32 NCHW, BN unfused" + (" + arg-max" if segmentation else ""),
             )
         elif variant in ("fast", "fast_nchw", "fast_channels_last"):
-            if variant == "fast":
-                fast = optimize_for_inference(model, example_input=x)
+            start = time.perf_counter()
+            if variant == "fast":  # chosen afresh (not from the cache): its time is reported
+                fast = optimize_for_inference(model, example_input=x, use_cache=False)
             else:
-                fast = optimize_for_inference(model, channels_last=variant.endswith("last"))
+                fast = optimize_for_inference(
+                    model, channels_last=variant.endswith("last"), backend="torch"
+                )
+            took = time.perf_counter() - start
             note = fast.choice.name
             if fast.choice.seconds:
-                note += " (auto: " + ", ".join(
+                proxy = "x".join(str(s) for s in proxy_shape(x.shape)[-2:])
+                note += f" (auto, chosen in {took:.1f} s on {proxy}: " + ", ".join(
                     f"{k} {v * 1e3:.0f} ms" for k, v in fast.choice.seconds.items()
                 )
                 note += ")"
+            runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
+        elif variant in BACKEND_CANDIDATES:
+            if x.device.type != "cpu":
+                continue
+            if not backend_installed(variant):
+                _LOG.info("%s skipped: not installed", variant)
+                continue
+            start = time.perf_counter()
+            fast = build_candidate(model, variant)
+            version = backend_versions().get(variant, "").split("-")[0]
+            note = (
+                f"{variant} {version} on the BN-folded ONNX export "
+                f"(the fast path's backend; built in {time.perf_counter() - start:.1f} s)"
+                + (", up-sampling + arg-max in torch" if segmentation else "")
+            )
             runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
         elif variant == "bf16":
             fast = optimize_for_inference(model, example_input=x, dtype=torch.bfloat16)
@@ -338,8 +382,12 @@ def inference_runners(
                 f"PT2E X86InductorQuantizer, {config.calibration_batches} random calibration "
                 f"batches, torch.compile (quantize {setup:.0f} s)",
             )
-        elif variant == "onnx":
-            runners[variant] = _onnx_runner(model, x, config)
+        elif variant in ("onnx", "onnx_openvino"):
+            runtime = "onnxruntime" if variant == "onnx" else "openvino"
+            if runtime != "onnxruntime" and not backend_installed(runtime):
+                _LOG.info("%s skipped: openvino is not installed", variant)
+                continue
+            runners[variant] = _onnx_runner(model, x, config, runtime)
         else:
             raise DrnetError(
                 f"unknown inference variant {variant!r}; "
@@ -348,24 +396,51 @@ def inference_runners(
     return runners
 
 
-def _onnx_runner(model: nn.Module, x: torch.Tensor, config: BenchmarkConfig):
+def _onnx_runner(model: nn.Module, x: torch.Tensor, config: BenchmarkConfig, runtime: str):
+    """``drnet export onnx``'s file (logits at the input size, BN unfolded) in ONNX Runtime or
+    OpenVINO, as a user who exports the model would run it; the arg-max in torch."""
     from drnet.speed.onnx_export import _require, export_onnx
 
-    ort = _require("onnxruntime")
+    _require("onnxruntime" if runtime == "onnxruntime" else "openvino")
     tmp = tempfile.mkdtemp(prefix="drnet-onnx-")
     path = Path(tmp) / "model.onnx"
     export_onnx(model.cpu(), path, tuple(x.shape), check=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     array = x.cpu().numpy()
+    threads = torch.get_num_threads()
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
 
-    def logits() -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"input": array})[0])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        # no busy-waiting between runs: it would slow the variants interleaved with it
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+        def logits() -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"input": array})[0])
+
+        note = f"onnxruntime {ort.__version__} CPU on `drnet export onnx`"
+    else:
+        import openvino as ov
+
+        core = ov.Core()
+        network = core.read_model(str(path))
+        network.reshape({"input": list(array.shape)})
+        config_ov = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        request = core.compile_model(network, "CPU", config_ov).create_infer_request()
+
+        def logits() -> torch.Tensor:
+            request.infer({0: array}, share_inputs=True)
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        note = f"OpenVINO {ov.__version__.split('-')[0]} CPU (f32) on `drnet export onnx`"
     if config.task == "segmentation":
-        return (lambda: logits().argmax(1), logits, "onnxruntime CPU (+ arg-max in torch)")
-    return (logits, logits, "onnxruntime CPU")
+        return (lambda: logits().argmax(1), logits, note + " (+ arg-max in torch)")
+    return (logits, logits, note)
 
 
 def benchmark_inference(
@@ -568,7 +643,7 @@ def run_benchmark(
     with ``machine``, ``config``, ``conv_peak``, ``gflop_per_img`` and ``rows``."""
     if config.mode not in ("inference", "training", "both"):
         raise DrnetError(f"--mode {config.mode!r}: choose inference, training or both")
-    device = resolve_device(config.device)
+    device = benchmark_device(config.device)
     machine = machine_info(device)
     gflop = model_gflop(config)
     peak = None
@@ -577,7 +652,9 @@ def run_benchmark(
         log("measuring the conv peak")
         peak_info = conv_peak_gflops(device, repeats=max(10, config.repeats))
         peak = peak_info["peak"]
-    model = build_model(config, device)
+    model = build_benchmark_model(config, device)
+    if config.checkpoint is None:
+        randomize_batchnorm(model, config.seed)
     rows: list[Row] = []
     if config.mode in ("inference", "both"):
         rows += benchmark_inference(model, config, device, gflop, peak, log)

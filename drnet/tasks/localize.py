@@ -786,13 +786,14 @@ def _localization_metrics(
     chosen: float,
     source: str,
 ) -> dict:
-    """``localization_metrics.json``: the errors at the chosen ``t``, its curves and the prior."""
+    """``metrics.json``: the errors at the chosen ``t``, its curves and the prior."""
     curve = scores.curve()
     at = next(row for row in curve if row["threshold"] == chosen)
     prior_from = held_out if held_out is not None else scores
     n = scores.num_scored
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
     return {
+        "task": "localization",
         "split": str(split_dir),
         "held_out_split": None,
         "model": card.model,
