@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from drnet.atomic import atomic_save_image
+from drnet.rendering import colour_bar as draw_bar
 
 __all__ = [
     "STATISTICS",
@@ -245,8 +246,6 @@ def render_activation_grid(
         else:
             tiles = {n: activation_image(v, statistic=statistic) for n, v in values.items()}
         if colour_bar:
-            from drnet.rendering import colour_bar as draw_bar
-
             words = STATISTIC_LABELS[statistic]
             words += ": one scale for the row" if scale == "row" else ": each tile its own range"
             low_high = (0.0, high) if scale == "row" else (0.0, 1.0)
