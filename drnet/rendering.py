@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from drnet.atomic import atomic_save_image
+
 __all__ = [
     "BOX_STYLES",
     "COLOUR_MAPS",
@@ -245,8 +247,6 @@ def png_data_uri(image: Image.Image | np.ndarray, fast: bool = False) -> str:
 def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike) -> str:
     """Save ``image`` as a PNG at ``path`` atomically (parent folders created): an interrupted
     run never leaves a truncated file. Returns the path as a string."""
-    from drnet.engine.rundir import atomic_save_image
-
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic_save_image(image, path, format="PNG")

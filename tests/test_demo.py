@@ -359,6 +359,10 @@ def test_quick_demo_report_fits_a_390px_screen(quick_run: Path, tmp_path: Path) 
     text = (quick_run / "report.html").read_text()
     for words in ("Top confusions", "Per-class localization", "one colour scale"):
         assert words in text, words
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    for section, key in (("classification", "top1_ci95"), ("segmentation", "miou_ci95")):
+        low, high = metrics[section][key]
+        assert text.count(f"[{100 * low:.1f}%, {100 * high:.1f}%]") >= 2  # summary and section
     assert "in red" not in text and "dashed yellow" in text
     with open_browser(tmp_path, width=390, height=900) as browser:
         browser.call(

@@ -309,7 +309,8 @@ def _classification(model: str, entry: dict, root: Path, data) -> str:
     cls = entry["classification"]
     parts = [f"<h2>Classification: {_e(model)}</h2>"]
     parts.append(
-        f"<p>Top-1 {_pct(cls['top1'])}, top-5 {_pct(cls['top5'])} on {cls['num_images']} val "
+        f"<p>Top-1 {_pct(cls['top1'])}{_interval(cls.get('top1_ci95'))}, top-5 "
+        f"{_pct(cls['top5'])}{_interval(cls.get('top5_ci95'))} on {cls['num_images']} val "
         f"scenes (Fashion-MNIST test items on textures); {cls.get('epochs', '?')} epochs, "
         f"{cls.get('training_seconds', 0):.0f} s of training.</p>"
     )
@@ -434,7 +435,11 @@ def _localization(model: str, entry: dict, root: Path) -> str:
     loc = entry["localization"]
     prior = loc["centred_box_prior"]
     rows = [
-        ["top-1 localization accuracy", _pct(loc["top1_accuracy"]), _pct(prior["top1_accuracy"])],
+        [
+            "top-1 localization accuracy",
+            _pct(loc["top1_accuracy"]) + _interval(loc.get("top1_accuracy_ci95")),
+            _pct(prior["top1_accuracy"]),
+        ],
         ["top-1 localization error", _pct(loc["top1_error"]), _pct(prior["top1_loc_err"])],
         ["top-5 localization error", _pct(loc["top5_error"]), _pct(prior["top5_loc_err"])],
         [
@@ -554,7 +559,8 @@ def _segmentation(model: str, entry: dict, names: Sequence[str]) -> str:
         )
         examples.append(f'<div class="grid" style="margin-bottom:8px">{figs}</div>')
     summary = (
-        f"<p>mIoU {_pct(seg['miou'])} against {_pct(seg['background_baseline_miou'])} for "
+        f"<p>mIoU {_pct(seg['miou'])}{_interval(seg.get('miou_ci95'))} against "
+        f"{_pct(seg['background_baseline_miou'])} for "
         f"predicting background everywhere; pixel accuracy {_pct(seg['pixel_accuracy'])} "
         f"(all background: {_pct(seg['background_baseline_pixel_accuracy'])}); "
         f"{seg['num_images']} val scenes; {seg.get('epochs', '?')} epochs, "

@@ -44,12 +44,12 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from drnet.constants import SEGMENT_MAX_SIDE
+from drnet.constants import DEFAULT_BOX_THRESHOLD, SEGMENT_MAX_SIDE
 from drnet.data.images import as_rgb
 from drnet.errors import DrnetError
 from drnet.models.loading import ModelCard
 
-DEFAULT_THRESHOLD = 0.2  # the paper's box rule, minmax t: the default of `localize predict`
+DEFAULT_THRESHOLD = DEFAULT_BOX_THRESHOLD  # the paper's minmax t: `localize predict`'s default
 TOP_K = 5
 MIN_SIDE = 8  # one cell of the stride-8 class map
 # class maps are sent whole (every class, any can be shown) up to this many values (4 MiB as
@@ -60,7 +60,7 @@ BOX_FALLBACK = "peak"
 BOX_MODE = "minmax"
 # where a classifier's run keeps its tuned threshold: the localization metrics file (old and new
 # name), in the run folder or in a sibling "localization" folder (the demo's layout)
-THRESHOLD_FILES = ("localization_metrics.json", "metrics.json")
+THRESHOLD_FILES = ("metrics.json", "localization_metrics.json")
 # an input this many times smaller or larger (shorter side) than the model's training size, or
 # whose normalised colours are this far off, gets a notice
 SIZE_RATIO_NOTICE = 2.0
@@ -174,8 +174,9 @@ def tuned_threshold(source: str | Path | None) -> tuple[float, str] | None:
     """The box threshold a classifier's run chose on held-out scenes, and the file it is in.
 
     Looks, in the run folder (``source`` itself, or the folder of a checkpoint file) and in a
-    sibling ``localization`` folder (the demo's ``models/<name>/localization``), for
-    ``localization_metrics.json`` or a ``metrics.json`` with a ``threshold`` in min-max mode.
+    sibling ``localization`` folder (the demo's ``models/<name>/localization``), for a
+    ``metrics.json`` (or the older ``localization_metrics.json``) with a ``threshold`` in
+    min-max mode.
     None when there is none (a bare checkpoint, published weights)."""
     if source is None:
         return None
