@@ -9,6 +9,14 @@ from __future__ import annotations
 # torchvision's ImageNet statistics (RGB, images scaled to [0, 1]): the classification default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# classification evaluation resizes the shorter side, then centre-crops: 224 of 256 (ImageNet's)
+CROP_RATIO = 0.875
+
+
+def default_resize_size(crop_size: int) -> int:
+    """The resize that goes with a centre crop: 256 for 224 (the ImageNet ratio 0.875)."""
+    return int(round(crop_size / CROP_RATIO))
+
 
 # the original code's Cityscapes info.json (RGB, [0, 1]); the official Cityscapes weights expect it
 CITYSCAPES_MEAN = (0.290101, 0.328081, 0.286964)

@@ -22,4 +22,16 @@ class DataError(DrnetError):
 
 class SettingsError(DrnetError, ValueError):
     """A task setting or run option out of its range (``LocalizationSettings(top_k=0)``): one
-    line naming the field, what it takes and what it got. Also a ``ValueError``."""
+    line naming the field (``LocalizationSettings.top_k``), what it takes and what it got. Also
+    a ``ValueError``. :meth:`as_flags` names the command-line options instead."""
+
+    def as_flags(self) -> str:
+        """The message with each ``SomeSettings.field_name`` (or ``...Options.``/``...Data.``)
+        written as the option ``--field-name`` that sets it on the command line."""
+        import re
+
+        return re.sub(
+            r"\b[A-Z]\w*(?:Settings|Options|Data)\.(\w+)",
+            lambda m: "--" + m[1].replace("_", "-"),
+            str(self),
+        )

@@ -16,8 +16,8 @@ from drnet.data.classification import (
     eval_transform,
     image_folder,
     list_images,
+    short_output_names,
     train_transform,
-    unique_names,
 )
 from drnet.errors import CheckpointError, DataError, DrnetError
 from drnet.models.loading import ModelCard, load_model
@@ -147,9 +147,12 @@ def test_transforms_give_the_requested_size():
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
 
 
-def test_unique_names():
-    names = unique_names(["a/x.png", "b/x.png", "c/y.png", "a/x.jpg", "d/e f.png"])
+def test_short_output_names():
+    names = short_output_names(["a/x.png", "b/x.png", "c/y.png", "a/x.jpg", "d/e f.png"])
     assert names == ["a_x", "b_x", "y", "a_x_1", "e_f"]
+    with pytest.warns(DeprecationWarning, match="short_output_names"):
+        from drnet.data.classification import unique_names  # the old name, for one release
+    assert unique_names is short_output_names
 
 
 def test_match_split_classes():

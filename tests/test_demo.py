@@ -219,9 +219,16 @@ def test_quick_demo_learns(quick_run: Path) -> None:
 
 
 @pytest.mark.slow
+def _without(metrics: dict, *keys: str) -> dict:
+    """``metrics`` less the keys that name where its inputs were (paths), not what was found."""
+    return {k: v for k, v in metrics.items() if k not in keys}
+
+
 def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path: Path, capsys):
-    """The demo's numbers come from the same functions as `drnet classify eval`, `drnet
-    localize eval` and `drnet segment eval`: run on its models and data, they agree."""
+    """The demo's numbers come from the same entry points as `drnet classify eval`, `drnet
+    localize eval` and `drnet segment eval`: run on its models and data, each command writes the
+    whole metrics.json the demo wrote for that task (the paths of the inputs aside), and the
+    demo's own metrics.json reports those numbers."""
     metrics = json.loads((quick_run / "metrics.json").read_text())
     data, models = quick_run / "data", quick_run / "models" / "drn_d_22"
     classifier = models / "classification" / "checkpoint_last.pth"
@@ -229,6 +236,7 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
     common = ["--weights", str(classifier), "--no-progress", *dtype]
     assert main(["classify", "eval", str(data / "val"), *common, "-o", str(tmp_path / "c")]) == 0
     cls = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert cls == json.loads((models / "classification" / "metrics.json").read_text())
     assert cls["top1"] == metrics["classification"]["top1"]
     assert cls["confusion_matrix"] == metrics["classification"]["confusion_matrix"]
     rc = main(
@@ -238,6 +246,10 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
     )  # fmt: skip
     assert rc == 0
     loc = json.loads((tmp_path / "l" / "metrics.json").read_text())
+    demo_loc = json.loads((models / "localization" / "metrics.json").read_text())
+    assert _without(loc, "split", "held_out_split") == _without(
+        demo_loc, "split", "held_out_split"
+    )
     assert loc["threshold"] == metrics["localization"]["threshold"]
     assert loc["top1_loc_err"] == metrics["localization"]["top1_error"]
     assert loc["curve"] == metrics["localization"]["curve"]
@@ -248,6 +260,8 @@ def test_quick_demo_evaluations_equal_the_cli_commands(quick_run: Path, tmp_path
     )  # fmt: skip
     assert rc == 0
     seg = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    demo_seg = json.loads((models / "segmentation" / "metrics.json").read_text())
+    assert _without(seg, "weights", "data_dir") == _without(demo_seg, "weights", "data_dir")
     assert seg["miou"] == metrics["segmentation"]["miou"]
     assert seg["confusion_matrix"] == metrics["segmentation"]["confusion_matrix"]
     capsys.readouterr()
@@ -328,6 +342,40 @@ def test_quick_demo_report_renders_in_headless_chromium(quick_run: Path, tmp_pat
         timeout=120,
     )
     assert render.returncode == 0 and shot.is_file() and shot.stat().st_size > 50_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_quick_demo_report_fits_a_390px_screen(quick_run: Path, tmp_path: Path) -> None:
+    """At 390 px the report has no horizontal overflow (tables scroll inside their box, images
+    and charts scale), and it holds the new sections: worst mistakes, top confusions in words,
+    per-class localization, colour bars under shared-scale activation rows."""
+    import os
+
+    from chromium_devtools import open_browser
+
+    text = (quick_run / "report.html").read_text()
+    for words in ("Top confusions", "Per-class localization", "one colour scale"):
+        assert words in text, words
+    assert "in red" not in text and "dashed yellow" in text
+    with open_browser(tmp_path, width=390, height=900) as browser:
+        browser.call(
+            "Emulation.setDeviceMetricsOverride", width=390, height=900, deviceScaleFactor=1,
+            mobile=True,
+        )  # fmt: skip
+        browser.call("Page.navigate", url=(quick_run / "report.html").resolve().as_uri())
+        browser.wait_for("document.readyState === 'complete'")
+        assert browser.js("document.documentElement.scrollWidth") <= 390
+        # the pass/below verdict of every headline row is on screen
+        rights = browser.js(
+            "[...document.querySelectorAll('table.summary .pass, table.summary .fail')]"
+            ".map(e => e.getBoundingClientRect().right)"
+        )
+        assert len(rights) == 3 and max(rights) <= 390
+        shot = browser.screenshot(tmp_path / "report-390px.png")
+        if os.environ.get("DRNET_SCREENSHOTS"):
+            shutil.copy(shot, Path(os.environ["DRNET_SCREENSHOTS"]) / shot.name)
+        assert browser.errors() == []
 
 
 def test_seeds_summary_means_and_spreads() -> None:

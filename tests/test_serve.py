@@ -1,7 +1,7 @@
 """``drnet serve``: the JSON API directly, the page in headless Chromium, the box rule's JS port.
 
-The browser is driven over the Chrome DevTools Protocol with a minimal websocket client written
-here (``socket`` + ``base64`` + ``hashlib``): no dependency. Screenshots of the page's states go
+The browser is driven over the Chrome DevTools Protocol (``chromium_devtools.py``: a minimal
+websocket client, no dependency). Screenshots of the page's states go
 to ``tmp_path`` and, when ``DRNET_SCREENSHOTS=DIR`` is set, to DIR as well.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -24,11 +24,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 import torch
+from chromium_devtools import CHROMIUM, DevTools, open_browser
 from helpers import REPO, TINY_CHANNELS, _child_env, save_tiny_model
 from PIL import Image
 
@@ -125,7 +125,7 @@ def post_image(server, data: bytes, query: str = "", content_type: str = "image/
 
 @pytest.fixture(scope="module")
 def answer(server) -> dict:
-    status, body = post_image(server, _image_bytes(scene_image()))
+    status, body = post_image(server, _image_bytes(scene_image()), "?activations=1")
     assert status == 200, body
     return body
 
@@ -243,6 +243,12 @@ def test_multipart_upload_and_one_model(server, answer):
         (_image_bytes(scene_image())[:60], "", 400, "upload"),  # truncated PNG
         (_image_bytes(scene_image()), "?model=m7", 404, "unknown model m7"),
         (_image_bytes(scene_image()), "?threshold=high", 400, "threshold"),
+        (_image_bytes(scene_image()), "?threshold=nan", 400, "threshold=nan"),
+        (_image_bytes(scene_image()), "?threshold=inf", 400, "from 0 to 1"),
+        (_image_bytes(scene_image()), "?threshold=2", 400, "from 0 to 1"),
+        (_image_bytes(scene_image()), "?threshold=-1", 400, "from 0 to 1"),
+        (_image_bytes(scene_image()), "?treshold=0.5", 400, "unknown parameter treshold"),
+        (_image_bytes(scene_image()), "?activations=maybe", 400, "activations"),
     ],
 )
 def test_bad_requests_get_a_json_error(server, data, query, status, words):
@@ -366,8 +372,13 @@ def test_loopback_hosts():
 def test_page_ships_as_package_data():
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "serve/static/*" in config["tool"]["setuptools"]["package-data"]["drnet"]
+    package_data = config["tool"]["setuptools"]["package-data"]["drnet"]
+    assert "serve/static/*" in package_data and "assets/**/*" in package_data
     assert b"<html" in app.page_html()
+    examples = app.example_images()  # drnet/assets/examples, under assets/**/*
+    assert sorted(examples) == ["scene-sandal.png", "scene-three-items.png", "scene-trouser.png"]
+    for data in examples.values():
+        assert data.startswith(b"\x89PNG")
 
 
 def test_cli_serves_runs_side_by_side(runs, tmp_path):
@@ -410,155 +421,9 @@ def test_cli_needs_weights(capsys):
 
 # ----------------------------------------------------------------------------- the browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
 )
-
-
-class DevTools:
-    """The Chrome DevTools Protocol over one websocket (RFC 6455 client: text frames, masked)."""
-
-    GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-    def __init__(self, ws_url: str, timeout: float = 120) -> None:
-        parts = urlsplit(ws_url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                f"GET {parts.path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:  # byte by byte: frames may follow the handshake
-            head += self._read(1)
-        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest())
-        assert b" 101 " in head.split(b"\r\n")[0] and accept in head, head
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def _read(self, count: int) -> bytes:
-        data = bytearray()
-        while len(data) < count:
-            chunk = self.sock.recv(count - len(data))
-            if not chunk:
-                raise ConnectionError("devtools websocket closed")
-            data += chunk
-        return bytes(data)
-
-    def _send(self, payload: bytes, opcode: int = 0x1) -> None:
-        size = len(payload)
-        if size < 126:
-            header = bytes([0x80 | opcode, 0x80 | size])
-        elif size < 1 << 16:
-            header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
-        else:
-            header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
-        mask = os.urandom(4)
-        repeated = (mask * (size // 4 + 1))[:size]
-        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")) if size else 0
-        self.sock.sendall(header + mask + masked.to_bytes(size, "big"))
-
-    def _message(self) -> dict:
-        data = bytearray()
-        while True:
-            first, second = self._read(2)
-            size = second & 0x7F
-            if size == 126:
-                size = int.from_bytes(self._read(2), "big")
-            elif size == 127:
-                size = int.from_bytes(self._read(8), "big")
-            payload = self._read(size)
-            opcode = first & 0x0F
-            if opcode == 0x9:  # ping
-                self._send(payload, 0xA)
-                continue
-            if opcode == 0x8:
-                raise ConnectionError("devtools websocket closed by the browser")
-            data += payload
-            if first & 0x80:
-                return json.loads(data.decode())
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self._send(json.dumps({"id": self.next_id, "method": method, "params": params}).encode())
-        while True:
-            message = self._message()
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-
-    def js(self, expression: str):
-        result = self.call(
-            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
-        )
-        if "exceptionDetails" in result:
-            raise AssertionError(f"{expression[:80]}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {expression}")
-
-    def upload(self, selector: str, path: Path) -> None:
-        root = self.call("DOM.getDocument")["root"]["nodeId"]
-        node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
-        self.call("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
-
-    def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(data["data"]))
-        return path
-
-    def errors(self) -> list[dict]:
-        return [
-            e for e in self.events
-            if e.get("method") == "Runtime.exceptionThrown"
-            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")
-        ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def open_browser(profile: Path, width: int = 1200, height: int = 1000) -> Iterator[DevTools]:
-    """Headless Chromium (its profile in ``profile``) and a DevTools session on its page."""
-    log = open(profile / "chromium.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", f"--user-data-dir={profile / 'data'}", "about:blank"],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-    try:
-        port_file = profile / "data" / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            assert time.monotonic() < deadline and process.poll() is None, "chromium did not start"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
-        page = next(t for t in targets if t["type"] == "page")
-        tools = DevTools(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "DOM"):
-            tools.call(f"{domain}.enable")
-        tools.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=width, height=height, deviceScaleFactor=1, mobile=False,
-        )  # fmt: skip
-        yield tools
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -708,3 +573,403 @@ def test_box_rule_port_agrees_with_python(browser, server):
                         case
                     )
                     assert got[ti][k]["empty"] == bool(empty[k, ti]), case
+
+
+# ----------------------------------------------------------------------------- issue 22: the API
+
+
+def _raw_request(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` bytes as they are; (status, headers, body) of the answer."""
+    import http.client
+
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(request)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, dict(answer.getheaders()), answer.read()
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "OPTIONS", "PATCH"])
+@pytest.mark.parametrize("path", ["/api/predict", "/api/models", "/"])
+def test_unsupported_methods_answer_405_json(server, method, path):
+    status, headers, body = _raw_request(
+        server,
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi".encode(),
+    )
+    assert status == 405 and headers["Content-Type"] == "application/json"
+    assert headers["Allow"] == ("POST" if path == "/api/predict" else "GET, HEAD")
+    error = json.loads(body)["error"]
+    assert f"{method} {path} is not supported" in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"BREW /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501),
+        (b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 505),
+        (b"GET /api/models?verbose=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    ],
+)
+def test_every_answer_is_json(server, request_bytes, status):
+    """Even http.server's own errors (an unknown method, a bad version) are JSON, one line."""
+    got, headers, body = _raw_request(server, request_bytes)
+    assert got == status and headers["Content-Type"] == "application/json"
+    assert "\n" not in json.loads(body)["error"]
+
+
+def test_non_finite_numbers_travel_as_null(served, monkeypatch):
+    """A NaN or infinity anywhere in an answer becomes null: JSON.parse reads every body."""
+    monkeypatch.setattr(app, "predict", lambda *a, **k: {"score": float("nan"), "x": [math.inf]})
+    server = start(served)
+    try:
+        request = urllib.request.Request(
+            f"{server.url}api/predict?model=m1", _image_bytes(scene_image()),
+            {"Content-Type": "image/png"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            text = answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["results"] == [{"score": None, "x": [None]}]
+
+
+def test_activations_only_when_asked(server, monkeypatch):
+    """Activation maps are most of the bytes and of the compute: computed on request only."""
+    calls = []
+    real = api.level_activations
+    monkeypatch.setattr(api, "level_activations", lambda *a: calls.append(1) or real(*a))
+    status, body = post_image(server, _image_bytes(scene_image()), "?model=m1,m2")
+    assert status == 200 and calls == []
+    for result in body["results"]:
+        assert result["activations"] is None and "activations" not in result["timings_ms"]
+    status, body = post_image(server, _image_bytes(scene_image()), "?model=m2&activations=1")
+    assert status == 200 and calls == [1] and len(body["results"][0]["activations"]) == 9
+
+
+def _tuned_run(runs, tmp_path, layout: str, threshold: float) -> Path:
+    """A copy of the classifier run whose localization metrics hold ``threshold``: in the run
+    folder under the old name, or in a sibling localization/ folder as metrics.json (the demo's
+    layout and the new name)."""
+    folder = tmp_path / "models" / "drn_d_22" / "classification"
+    shutil.copytree(runs["classifier"], folder)
+    metrics = {"threshold": threshold, "threshold_mode": "minmax", "top1_loc_err": 0.4}
+    if layout == "old":
+        (folder / "localization_metrics.json").write_text(json.dumps(metrics))
+    else:
+        (folder.parent / "localization").mkdir()
+        (folder.parent / "localization" / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["old", "sibling"])
+def test_first_box_uses_the_runs_tuned_threshold(runs, tmp_path, layout):
+    """The run's chosen t (not the paper's 0.2) draws the first box; --threshold overrides it."""
+    from drnet.tasks.boxes import boxes_from_class_map, scale_boxes
+    from drnet.tasks.localize import LocalizationSettings, localize_image
+
+    folder = _tuned_run(runs, tmp_path, layout, 0.65)
+    model, card = load_model(folder)
+    tuned = ServedModel.create(model, card, str(folder), id="m1", fast=False, dtype="float32")
+    assert tuned.threshold == 0.65 and tuned.threshold_source.endswith(
+        "localization_metrics.json" if layout == "old" else "localization/metrics.json"
+    )
+    assert tuned.describe()["threshold"] == 0.65
+    image = Image.fromarray(scene_image())
+    result = api.predict(tuned, image)
+    assert result["threshold"] == 0.65
+    from drnet.data.classification import full_image_transform
+
+    x = full_image_transform(card.resize_size, card.mean, card.std)(image)[None]
+    settings = LocalizationSettings(threshold_mode="minmax", fallback="peak", top_k=5)
+    expected = localize_image(model, x, (90, 120), [0.65], settings)
+    cell, _ = boxes_from_class_map(
+        expected.class_map, expected.classes, [0.65], expected.input_size, resolution="cell"
+    )
+    cell = scale_boxes(cell, expected.input_size, (90, 120))
+    assert result["top5"][0]["boxes"]["cell"] == pytest.approx(cell[0, 0].tolist(), abs=1e-3)
+    assert api.predict(tuned, image, threshold=0.3)["threshold"] == 0.3
+    forced = ServedModel.create(model, card, str(folder), id="m1", fast=False, threshold=0.4)
+    assert (forced.threshold, forced.threshold_source) == (0.4, "--threshold")
+    bare = ServedModel.create(model, card, str(folder / "checkpoint_best.pth"), id="m1", fast=False)
+    assert bare.threshold == 0.65  # a checkpoint file: its folder's metrics
+    plain, plain_card = load_model(runs["classifier"])
+    default = ServedModel.create(plain, plain_card, str(runs["classifier"]), id="m1", fast=False)
+    assert (default.threshold, default.threshold_source) == (0.2, "the paper's default")
+
+
+def test_answers_say_what_the_model_knows(server):
+    """Under each result: the classes, the size the model looked at, and notices for inputs far
+    from its training images (a uniform black image, a photo many times the training size)."""
+    status, body = post_image(server, _image_bytes(scene_image()), "?model=m1")
+    info = body["results"][0]["model_info"]
+    assert info["classes"] == CLASS_NAMES and info["num_classes"] == len(CLASS_NAMES)
+    assert info["training_size"] == 64 and info["looked_at"] == [64, 85]
+    assert info["notices"] == []
+    status, body = post_image(server, _image_bytes(np.zeros((16, 16, 3), np.uint8)))
+    for result in body["results"]:
+        assert any("uniform" in n for n in result["model_info"]["notices"]), result["task"]
+    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    status, body = post_image(server, _image_bytes(big), "?model=m1")
+    notices = body["results"][0]["model_info"]["notices"]
+    assert any("640x480" in n and "85x64" in n for n in notices), notices
+
+
+def test_cli_threshold_option(capsys):
+    from helpers import run_cli
+
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(capsys, "serve", "--weights", "x", "--threshold", "nan")
+    assert stopped.value.code == 2 and "--threshold" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 22: the page
+
+
+@pytest.fixture(scope="module")
+def compare_models(runs, tmp_path_factory) -> list[ServedModel]:
+    """m1: the classifier with a tuned t = 0.65 (the demo's layout), m2: another classifier (other
+    weights), m3 and m4: two segmenters with different weights."""
+    root = tmp_path_factory.mktemp("compare-runs")
+    tuned = _tuned_run(runs, root, "sibling", 0.65)
+    torch.manual_seed(1)
+    other = root / "cls2"
+    save_tiny_model(other / "checkpoint_best.pth", len(CLASS_NAMES))
+    shutil.copy(runs["classifier"] / "model.json", other / "model.json")
+    seg2 = root / "seg2"
+    save_tiny_model(seg2 / "checkpoint_best.pth", SEG_CLASSES, segmentation=True)
+    shutil.copy(runs["segmenter"] / "model.json", seg2 / "model.json")
+    served = []
+    for number, folder in enumerate((tuned, other, runs["segmenter"], seg2), start=1):
+        model, card = load_model(folder)
+        served.append(
+            ServedModel.create(
+                model, card, str(folder), id=f"m{number}", fast=False, dtype="float32"
+            )
+        )
+    return served
+
+
+@pytest.fixture(scope="module")
+def compare_server(compare_models):
+    server = start(compare_models)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def set_viewport(browser: DevTools, width: int, height: int = 1000) -> None:
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=width, height=height, deviceScaleFactor=1, mobile=width < 600,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def viewport(browser: DevTools, width: int, height: int = 1000) -> Iterator[None]:
+    set_viewport(browser, width, height)
+    try:
+        yield
+    finally:
+        set_viewport(browser, 1200, 1000)
+
+
+def _scene_file(tmp_path: Path, name: str = "scene.png") -> Path:
+    path = tmp_path / name
+    Image.fromarray(scene_image()).save(path)
+    return path
+
+
+@needs_chromium
+def test_page_first_box_uses_the_runs_threshold(browser, compare_server, tmp_path):
+    """The slider starts at the run's tuned t = 0.65 and the box drawn is the API's at 0.65."""
+    status, body = post_image(compare_server, _image_bytes(scene_image()), "?model=m1")
+    assert status == 200 and body["results"][0]["threshold"] == 0.65
+    open_page(browser, compare_server.url)
+    choose_models(browser, "m1")
+    assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+    assert browser.js("document.querySelector('.classifier .threshold').value") == "0.65"
+    assert "tuned" in browser.js("document.querySelector('.threshold-source').textContent")
+    box = [
+        float(v) for v in browser.js("document.querySelector('.box-text').dataset.box").split(",")
+    ]
+    assert box == pytest.approx(body["results"][0]["top5"][0]["boxes"]["pixel"], abs=0.06)
+    assert "t = 0.65" in browser.js("document.querySelector('.box-text').textContent")
+    shoot(browser, tmp_path, "serve-tuned-threshold.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_sees_json_errors_for_bad_parameters(browser, compare_server, tmp_path):
+    """From the page: threshold=nan, an unknown parameter and PUT all answer JSON that
+    JSON.parse reads (a 400, a 400 and a 405), each one line."""
+    open_page(browser, compare_server.url)
+    answers = browser.js(
+        "(async () => { const body = await (await fetch('/examples/scene-sandal.png')).blob();"
+        " const out = [];"
+        " for (const [url, method] of [['/api/predict?threshold=nan', 'POST'],"
+        "   ['/api/predict?treshold=0.5', 'POST'], ['/api/predict', 'PUT'],"
+        "   ['/api/models', 'DELETE'], ['/api/predict', 'OPTIONS']]) {"
+        "   const answer = await fetch(url,"
+        "     { method, body: method === 'POST' ? body : undefined });"
+        "   const text = await answer.text();"
+        "   out.push([answer.status, JSON.parse(text).error]); }"
+        " return out; })()"
+    )
+    assert [a[0] for a in answers] == [400, 400, 405, 405, 405]
+    assert "threshold=nan" in answers[0][1] and "unknown parameter treshold" in answers[1][1]
+    assert all("\n" not in a[1] for a in answers)
+    browser.js(f"showError({json.dumps(answers[0][1])})")
+    shoot(browser, tmp_path, "serve-bad-threshold.png")
+
+
+@needs_chromium
+def test_page_at_390px_has_no_horizontal_overflow(browser, compare_server, tmp_path):
+    with viewport(browser, 390, 800):
+        open_page(browser, compare_server.url)
+        assert browser.js("document.documentElement.scrollWidth") <= 390
+        choose_models(browser, "m1", "m2", "m3", "m4")
+        assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+        browser.wait_for("document.querySelector('.disagreement') !== null")
+        assert browser.js("document.documentElement.scrollWidth") <= 390
+        lefts = browser.js(
+            "[...document.querySelectorAll('.card')]"
+            ".map(c => Math.round(c.getBoundingClientRect().left))"
+        )
+        assert len(lefts) == 4 and len(set(lefts)) == 1  # one card per row
+        widest = browser.js(
+            "Math.max(...[...document.querySelectorAll('body *')]"
+            ".map(e => e.getBoundingClientRect().right))"
+        )
+        assert widest <= 390.5
+        shoot(browser, tmp_path, "serve-390px.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_compares_three_models_in_one_row(browser, compare_server, tmp_path):
+    """At 1280 px three models sit in one row with their pictures aligned; two segmenters get a
+    disagreement view; activations are not computed until asked, then appear."""
+    with viewport(browser, 1280, 1100):
+        open_page(browser, compare_server.url)
+        choose_models(browser, "m1", "m3", "m4")
+        assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+        browser.wait_for("document.querySelector('.disagreement') !== null")
+        tops = browser.js(
+            "[...document.querySelectorAll('.card canvas.view')]"
+            ".map(c => Math.round(c.getBoundingClientRect().top))"
+        )
+        assert len(tops) == 3 and len(set(tops)) == 1, tops  # one row, pictures aligned
+        heights = browser.js(
+            "[...document.querySelectorAll('.card canvas.view')]"
+            ".map(c => Math.round(c.getBoundingClientRect().height))"
+        )
+        assert len(set(heights)) == 1
+        view = browser.js(
+            "(() => { const d = document.querySelector('.disagreement');"
+            " return [d.dataset.kind, Number(d.dataset.share), d.textContent]; })()"
+        )
+        assert view[0] == "segmentation" and 0 < view[1] <= 100 and "disagree" in view[2]
+        # activations: none until asked
+        assert browser.js("document.querySelectorAll('.levels img').length") == 0
+        assert browser.js("document.querySelectorAll('.compute-activations').length") == 3
+        shoot(browser, tmp_path, "serve-compare.png")
+        browser.js(
+            "(() => { const d = document.querySelector('.card.segmenter details.activations');"
+            " d.open = true; d.querySelector('.compute-activations').click(); })()"
+        )
+        browser.wait_for("document.querySelector('details.activations[data-loaded]') !== null")
+        assert browser.js("document.querySelectorAll('.levels img').length") == 9
+        assert browser.js("document.querySelectorAll('.colour-bar').length") == 1
+        shoot(browser, tmp_path, "serve-activations.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_shares_controls_between_classifiers(browser, compare_server, tmp_path):
+    """With "share controls" ticked one threshold and one class drive both classifier cards;
+    the two classifiers get a disagreement view; hover, downloads, alt text, live status."""
+    open_page(browser, compare_server.url)
+    choose_models(browser, "m1", "m2")
+    browser.js("document.querySelector('#share').checked = true")
+    assert upload_and_wait(browser, _scene_file(tmp_path), 1) == "done"
+    assert browser.js("document.querySelector('.disagreement').dataset.kind") == "classification"
+    browser.js(
+        "(() => { const s = document.querySelector('.card[data-model=m1] .threshold');"
+        " s.value = '0.4'; s.dispatchEvent(new Event('input')); })()"
+    )
+    values = browser.js("[...document.querySelectorAll('.threshold')].map(s => s.value)")
+    assert values == ["0.4", "0.4"]
+    browser.js(
+        "(() => { const s = document.querySelector('.card[data-model=m1] .class-select');"
+        " s.value = '3'; s.dispatchEvent(new Event('change')); })()"
+    )
+    chosen = browser.js(
+        "[...document.querySelectorAll('.class-select')].map(s => s.selectedOptions[0].text)"
+    )
+    assert chosen == [CLASS_NAMES[3]] * 2
+    # hover read-out of the score under the cursor
+    browser.js(
+        "(() => { const c = document.querySelector('.card[data-model=m1] canvas.view');"
+        " const r = c.getBoundingClientRect();"
+        " c.dispatchEvent(new MouseEvent('mousemove', { clientX: r.left + r.width / 2,"
+        " clientY: r.top + r.height / 2, bubbles: true })); })()"
+    )
+    readout = browser.js("document.querySelector('.card[data-model=m1] .readout').textContent")
+    assert "cell" in readout and CLASS_NAMES[3] in readout and "strongest here" in readout
+    # text alternatives, live status, what the model knows, downloads
+    labels = browser.js(
+        "[...document.querySelectorAll('canvas.view')].map(c => c.getAttribute('aria-label'))"
+    )
+    assert all(CLASS_NAMES[3] in label and "box" in label for label in labels)
+    assert browser.js("document.querySelector('#status').getAttribute('aria-live')") == "polite"
+    knows = browser.js("document.querySelector('.knows').textContent")
+    assert f"Knows {len(CLASS_NAMES)} classes" in knows and "85×64" in knows
+    browser.js("document.querySelector('.download-json').click()")
+    assert browser.js("document.body.dataset.lastDownload") == "scene.drnet.json"
+    shoot(browser, tmp_path, "serve-shared-controls.png")
+    assert browser.errors() == []
+
+
+@needs_chromium
+def test_page_examples_paste_and_dark_theme(browser, compare_server, tmp_path):
+    """An example image is one click; a pasted image is analysed; the page follows a dark
+    colour scheme."""
+    open_page(browser, compare_server.url)
+    choose_models(browser, "m3")
+    names = browser.js(
+        "[...document.querySelectorAll('#examples .example')].map(b => b.dataset.name)"
+    )
+    assert names == ["scene-sandal.png", "scene-three-items.png", "scene-trouser.png"]
+    browser.js(
+        "document.querySelector('#examples .example[data-name=\"scene-three-items.png\"]').click()"
+    )
+    browser.wait_for("document.querySelectorAll('section.image').length === 1")
+    browser.wait_for("document.querySelector('#status').dataset.state === 'done'")
+    assert "scene-three-items.png" in browser.js(
+        "document.querySelector('section.image h2').textContent"
+    )
+    browser.js(
+        "(async () => { const blob = await (await fetch('/examples/scene-sandal.png')).blob();"
+        " const data = new DataTransfer();"
+        " data.items.add(new File([blob], 'image.png', { type: 'image/png' }));"
+        " document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data })); })()"
+    )
+    browser.wait_for("document.querySelectorAll('section.image').length === 2")
+    assert "pasted-1.png" in browser.js("document.querySelector('section.image h2').textContent")
+    browser.wait_for("document.querySelector('#status').dataset.state === 'done'")
+    browser.call(
+        "Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "dark"}]
+    )
+    try:
+        background = browser.js("getComputedStyle(document.body).backgroundColor")
+        red, green, blue = (
+            int(v) for v in background[background.index("(") + 1 : -1].split(",")[:3]
+        )
+        assert max(red, green, blue) < 60, background
+        shoot(browser, tmp_path, "serve-dark.png")
+    finally:
+        browser.call("Emulation.setEmulatedMedia", features=[])
+    assert browser.errors() == []

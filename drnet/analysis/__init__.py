@@ -2,7 +2,9 @@
 gridding score")."""
 
 from drnet.analysis.activations import (
+    STATISTIC_LABELS,
     activation_image,
+    activation_values,
     collect_activations,
     level_names,
     most_active_channel,
@@ -20,7 +22,9 @@ from drnet.analysis.gridding import (
 
 __all__ = [
     "GRIDDING_CHANCE",
+    "STATISTIC_LABELS",
     "activation_image",
+    "activation_values",
     "collect_activations",
     "gridding_score",
     "gridding_scores",

@@ -19,9 +19,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from drnet.atomic import atomic_save_image
+
 __all__ = [
     "STATISTICS",
+    "STATISTIC_LABELS",
     "activation_image",
+    "activation_values",
     "collect_activations",
     "level_names",
     "most_active_channel",
@@ -115,15 +119,16 @@ def most_active_channel(activation: torch.Tensor | np.ndarray) -> torch.Tensor:
     return maps if x.dim() == 4 else maps[0]
 
 
-def activation_image(
+def activation_values(
     activation: torch.Tensor | np.ndarray, sample: int = 0, statistic: str = "mean"
 ) -> np.ndarray:
-    """One map per level, rescaled to [0, 1]: float ``[H, W]``.
+    """One level's map before any rescaling: float ``[H, W]``, the statistic's own units.
 
     ``activation`` is ``[H, W]``, ``[C, H, W]`` or ``[N, C, H, W]`` (then ``sample`` picks the
     image). ``statistic`` is ``"mean"`` (mean absolute activation over channels) or
-    ``"max_channel"`` (the most active channel, :func:`most_active_channel`, as the paper
-    shows); a ``[H, W]`` map is shown as its absolute value either way. A constant map gives zeros.
+    ``"max_channel"`` (the absolute value of the most active channel,
+    :func:`most_active_channel`, as the paper shows); a ``[H, W]`` map is shown as its absolute
+    value either way.
     """
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}; got {statistic!r}")
@@ -136,12 +141,28 @@ def activation_image(
         x = x.abs()
     else:
         raise ValueError(f"activation must be [H, W], [C, H, W] or [N, C, H, W]; got {x.shape}")
+    return x.numpy()
+
+
+def activation_image(
+    activation: torch.Tensor | np.ndarray, sample: int = 0, statistic: str = "mean"
+) -> np.ndarray:
+    """One map per level, rescaled to its own [0, 1] range: float ``[H, W]``
+    (:func:`activation_values`, min-max scaled). A constant map gives zeros."""
+    x = activation_values(activation, sample, statistic)
     low, high = float(x.min()), float(x.max())
-    return ((x - low) / (high - low)).numpy() if high > low else np.zeros(tuple(x.shape))
+    return (x - low) / (high - low) if high > low else np.zeros(tuple(x.shape))
+
+
+STATISTIC_LABELS = {
+    "mean": "mean |activation| over channels",
+    "max_channel": "|activation| of the most active channel",
+}
+"""What each statistic's tiles show, in words (row labels and colour bars)."""
 
 
 def _tile(values: np.ndarray, size: int) -> Image.Image:
-    coloured = _LUT[np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)]
+    coloured = _LUT[np.clip(np.rint(np.nan_to_num(values) * 255), 0, 255).astype(np.uint8)]
     height, width = values.shape
     scale = size / max(height, width)
     new = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -157,6 +178,8 @@ def render_activation_grid(
     sample: int = 0,
     titles: Mapping[str, str] | None = None,
     statistic: str = "mean",
+    scale: str = "tile",
+    colour_bar: bool = False,
 ) -> Image.Image:
     """Draw activation maps as a grid of tiles and optionally save it as a PNG.
 
@@ -172,6 +195,11 @@ def render_activation_grid(
         statistic: what each tile shows: ``"mean"`` (mean |activation| over channels) or
             ``"max_channel"`` (the most active channel, as in the paper's figure); call twice to
             show both side by side.
+        scale: ``"tile"``: each tile scaled to its own range (shapes only: a flat map looks as
+            strong as a real one); ``"row"``: one scale per row, from 0 to the row's largest
+            value, so that tiles of a row compare.
+        colour_bar: draw under each row a colour bar naming the statistic and its scale
+            (:func:`drnet.rendering.colour_bar`).
 
     Returns:
         The grid as a PIL image.
@@ -180,17 +208,19 @@ def render_activation_grid(
         raise ValueError("render_activation_grid needs at least one map")
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}; got {statistic!r}")
+    if scale not in ("tile", "row"):
+        raise ValueError(f"scale must be 'tile' or 'row'; got {scale!r}")
     first = next(iter(maps.values()))
     rows = dict(maps) if isinstance(first, Mapping) else {"": maps}
     titles = titles or {}
     font = ImageFont.load_default()
     label_width = 0 if list(rows) == [""] else 8 + 7 * max(len(label) for label in rows)
     text_height = 26 if titles else 14
+    bar_height = 46 if colour_bar else 0
     columns = max(len(levels) for levels in rows.values()) + (image is not None)
     cell = tile + 4
-    grid = Image.new(
-        "RGB", (label_width + columns * cell, len(rows) * (cell + text_height)), (255, 255, 255)
-    )
+    row_height = cell + text_height + bar_height
+    grid = Image.new("RGB", (label_width + columns * cell, len(rows) * row_height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     input_tile = None
     if image is not None:
@@ -199,25 +229,35 @@ def render_activation_grid(
             image = Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
         elif isinstance(image, np.ndarray):
             image = Image.fromarray(image)
-        scale = tile / max(image.size)
+        factor = tile / max(image.size)
         input_tile = image.convert("RGB").resize(
-            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            (max(1, round(image.width * factor)), max(1, round(image.height * factor))),
             Image.Resampling.BILINEAR,
         )
     for r, (label, levels) in enumerate(rows.items()):
-        top = r * (cell + text_height)
+        top = r * row_height
         if label:
             draw.text((4, top + tile // 2), label, fill=(0, 0, 0), font=font)
+        values = {n: activation_values(a, sample, statistic) for n, a in levels.items()}
+        high = max((float(v.max()) for v in values.values()), default=0.0)
+        if scale == "row":
+            tiles = {n: v / high if high > 0 else np.zeros_like(v) for n, v in values.items()}
+        else:
+            tiles = {n: activation_image(v, statistic=statistic) for n, v in values.items()}
+        if colour_bar:
+            from drnet.rendering import colour_bar as draw_bar
+
+            words = STATISTIC_LABELS[statistic]
+            words += ": one scale for the row" if scale == "row" else ": each tile its own range"
+            low_high = (0.0, high) if scale == "row" else (0.0, 1.0)
+            bar = draw_bar(*low_high, words, width=max(120, min(360, columns * cell - 8)))
+            grid.paste(bar, (label_width + 2, top + cell + text_height))
         entries = list(levels.items())
         if input_tile is not None:
             entries.insert(0, ("input", None))
         for c, (name, activation) in enumerate(entries):
             left = label_width + c * cell
-            pasted = (
-                input_tile
-                if activation is None
-                else _tile(activation_image(activation, sample, statistic), tile)
-            )
+            pasted = input_tile if activation is None else _tile(tiles[name], tile)
             grid.paste(pasted, (left + 2, top + 2))
             draw.text((left + 2, top + cell), str(name), fill=(0, 0, 0), font=font)
             if name in titles:
@@ -225,7 +265,5 @@ def render_activation_grid(
     if path is not None:
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        from drnet.engine.rundir import atomic_save_image
-
         atomic_save_image(grid, path, format="PNG")  # never a truncated PNG
     return grid

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from drnet.errors import DrnetError
+from drnet.errors import DrnetError, SettingsError
 
 # Order is the order shown by ``drnet --help``.
 COMMAND_MODULES = (
@@ -445,6 +445,8 @@ def memory_error_line(exc: BaseException) -> str | None:
 
 
 def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, SettingsError):  # the task's field names, as the options that set them
+        return " ".join(exc.as_flags().split())
     if isinstance(exc, OSError):
         return os_error_line(exc)
     if type(exc).__name__ == "DecompressionBombError":

@@ -113,35 +113,28 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.task == "classification":
         summary = make_classification_scenes(
-            args.output_dir,
-            args.train,
-            args.test,
-            args.holdout,
-            canvas=args.canvas or 64,
-            scale=args.scale or (0.8, 1.4),
-            box_format=args.box_format,
-            **common,
-        )
+            args.output_dir, args.train, args.test, args.holdout, canvas=args.canvas or 64,
+            scale=args.scale or (0.8, 1.4), box_format=args.box_format, **common,
+        )  # fmt: skip
     else:
         summary = make_segmentation_scenes(
-            args.output_dir,
-            args.train,
-            args.test,
-            canvas=args.canvas or 96,
-            items=args.items,
-            scale=args.scale or (1.0, 2.0),
-            **common,
-        )
+            args.output_dir, args.train, args.test, canvas=args.canvas or 96, items=args.items,
+            scale=args.scale or (1.0, 2.0), **common,
+        )  # fmt: skip
     print(f"wrote {summary}")
-    out = summary.out_dir
-    if args.task == "classification":
-        print(f"  images: {out}/{{train,val,holdout}}/<class>/*.png (ImageFolder)")
-        if args.box_format in ("csv", "both"):
-            print(
-                f"  boxes:  {out}/boxes_<split>.csv (image,x1,y1,x2,y2,label; 0-based, ends excl.)"
-            )
-        if args.box_format in ("voc", "both"):
-            print(f"  boxes:  {out}/boxes/<split>/<class>/*.xml (PASCAL VOC, 1-based inclusive)")
-    else:
-        print(f"  lists:  {out}/{{train,val}}_{{images,labels}}.txt; stats: {out}/info.json")
+    print("\n".join(_layout_lines(args, summary.out_dir)))
     return 0
+
+
+def _layout_lines(args: argparse.Namespace, out: object) -> list[str]:
+    """Where the scenes of ``drnet data scenes`` are, and in which formats."""
+    if args.task != "classification":
+        return [f"  lists:  {out}/{{train,val}}_{{images,labels}}.txt; stats: {out}/info.json"]
+    lines = [f"  images: {out}/{{train,val,holdout}}/<class>/*.png (ImageFolder)"]
+    if args.box_format in ("csv", "both"):
+        lines.append(
+            f"  boxes:  {out}/boxes_<split>.csv (image,x1,y1,x2,y2,label; 0-based, ends excl.)"
+        )
+    if args.box_format in ("voc", "both"):
+        lines.append(f"  boxes:  {out}/boxes/<split>/<class>/*.xml (PASCAL VOC, 1-based inclusive)")
+    return lines

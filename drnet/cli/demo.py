@@ -80,11 +80,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from drnet.demo.run import run_demo, summary_lines
+
+    config = _config(args)
+    metrics = run_demo(config)
+    if config.seeds > 1:
+        from drnet.demo.seeds import summary_lines as seeds_summary
+
+        print("\n".join(seeds_summary(metrics, config.output_dir)))
+    else:
+        print("\n".join(summary_lines(metrics, config.output_dir)))
+    sys.stdout.flush()
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    """The :class:`drnet.demo.run.DemoConfig` of a parsed ``drnet demo`` command line."""
     import time
 
-    from drnet.demo.run import DemoConfig, process_age, run_demo, summary_lines
+    from drnet.demo.run import DemoConfig, process_age
 
-    config = DemoConfig(
+    return DemoConfig(
         output_dir=args.output_dir,
         paper=args.paper,
         quick=args.quick,
@@ -101,12 +117,3 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         started=time.monotonic() - process_age(),
     )
-    metrics = run_demo(config)
-    if config.seeds > 1:
-        from drnet.demo.seeds import summary_lines as seeds_summary
-
-        print("\n".join(seeds_summary(metrics, config.output_dir)))
-    else:
-        print("\n".join(summary_lines(metrics, config.output_dir)))
-    sys.stdout.flush()
-    return 0

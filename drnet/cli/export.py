@@ -101,15 +101,19 @@ def run_onnx(args: argparse.Namespace) -> int:
     if args.json == "-":
         return 0  # the JSON on stdout replaces the text
     print(f"wrote {report.path} (opset {report.opset}, {report.exporter} exporter)")
-    for check in report.checks:
-        labels = "" if check.labels_equal is None else f", labels equal {check.labels_equal:.4%}"
-        print(
-            f"onnxruntime vs eager on {'x'.join(map(str, check.input_shape))}: max abs diff "
-            f"{check.max_abs_diff:.3e}, max rel diff {check.max_rel_diff:.3e}{labels}"
-        )
+    print("".join(f"{_check_line(check)}\n" for check in report.checks), end="")
     if json_file:
         print(f"wrote {json_file}")
     return 0
+
+
+def _check_line(check: object) -> str:
+    """One line of an onnxruntime-against-eager check of ``export onnx``."""
+    labels = "" if check.labels_equal is None else f", labels equal {check.labels_equal:.4%}"
+    return (
+        f"onnxruntime vs eager on {'x'.join(map(str, check.input_shape))}: max abs diff "
+        f"{check.max_abs_diff:.3e}, max rel diff {check.max_rel_diff:.3e}{labels}"
+    )
 
 
 def run_hub(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from drnet.cli import (
     BAD_INPUTS_HELP,
@@ -13,18 +12,28 @@ from drnet.cli import (
     int_in,
     non_negative_int,
     positive_int,
-    report_failures,
 )
-from drnet.cli.classify import CROP_RANGE, add_inference_arguments, add_model_arguments
-from drnet.cli.vocab import NAMES_HELP, add_data, add_predict_overwrite, load_from_args
+from drnet.cli.vocab import (
+    CROP_RANGE,
+    NAMES_HELP,
+    add_classifier_model,
+    add_data,
+    add_predict_overwrite,
+    add_running,
+    finish,
+    image_inputs,
+    inference_options,
+    load_from_args,
+    predict_output,
+)
 from drnet.constants import (
     BOX_RESOLUTIONS,
     DEFAULT_BOX_RESOLUTION,
+    DEFAULT_BOX_THRESHOLD,
     MAX_INPUT_PIXELS,
     MAX_INPUT_SIDE,
     OVERLAY_MAX_SIDE,
 )
-from drnet.errors import DrnetError
 
 SIZE_HELP = (
     f"The network input is scaled down to at most {MAX_INPUT_PIXELS:,} pixels and "
@@ -47,7 +56,7 @@ def _threshold_or_auto(text: str) -> float | str:
 
 
 def _threshold_or_file(text: str) -> float | str:
-    """``--threshold`` of predict: a finite number, or a localization_metrics.json path."""
+    """``--threshold`` of predict: a finite number, or the metrics.json of ``localize eval``."""
     try:
         value = float(text)
     except ValueError:
@@ -76,9 +85,9 @@ def _add_box_arguments(parser: argparse.ArgumentParser, evaluating: bool) -> Non
         group.add_argument(
             "--threshold",
             type=_threshold_or_file,
-            default=0.2,
-            help="t, or a localization_metrics.json written by 'localize eval' to reuse its "
-            "chosen t",
+            default=DEFAULT_BOX_THRESHOLD,
+            help="t, or the metrics.json written by 'localize eval' (or its folder) to reuse "
+            "its chosen t",
         )
     group.add_argument(
         "--threshold-mode",
@@ -134,7 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Score localization on an ImageFolder split: correct when the class is "
         "right and IoU > 0.5 with a ground-truth box of that class. " + RULE + " t is swept; "
         "with --threshold auto it is chosen on --val-dir (never on the evaluation split). "
-        "Writes localization_metrics.json (errors, chosen t, curve, held_out_curve, "
+        "Writes metrics.json (errors, chosen t, curve, held_out_curve, "
         "centred_box_prior), threshold_curve.csv, boxes.json (per image, at the chosen t) and "
         "overlays/*.png (heatmap, ground truth green, prediction red). " + SIZE_HELP,
     )
@@ -159,9 +168,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=16,
         help="overlay PNGs for the first N images",
     )
-    add_model_arguments(evaluate, sizes=False)
+    add_classifier_model(evaluate, sizes=False)
     _add_box_arguments(evaluate, evaluating=True)
-    add_inference_arguments(evaluate, "runs/localize-eval", None, workers=2, amp=False)
+    add_running(evaluate, "runs/localize-eval", None, workers=2, amp=False)
     evaluate.set_defaults(func=run_eval)
 
     predict = commands.add_parser(
@@ -170,134 +179,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Localize the top-k classes of image files or folders. " + RULE + " Writes "
         "boxes.json, overlays/<name>.png and, with --save-heatmaps, "
         "heatmaps/<name>_<class>.png (the class response over the image, jet colours). "
-        + NAMES_HELP + " " + SIZE_HELP + " " + BAD_INPUTS_HELP + " boxes.json lists the "
+        + NAMES_HELP
+        + " "
+        + SIZE_HELP
+        + " "
+        + BAD_INPUTS_HELP
+        + " boxes.json lists the "
         "images that were predicted.",
     )
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    add_model_arguments(predict, sizes=False)
+    add_classifier_model(predict, sizes=False)
     _add_box_arguments(predict, evaluating=False)
     predict.add_argument(
         "--save-heatmaps", action="store_true", help="write a heatmap PNG per top-k class"
     )
     predict.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    add_inference_arguments(predict, "runs/localize-predict", None, workers=0, amp=False)
+    add_running(predict, "runs/localize-predict", None, workers=0, amp=False)
     add_predict_overwrite(predict)
     predict.set_defaults(func=run_predict)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-def _settings(
-    args: argparse.Namespace, mode: str | None = None, threshold: float | str = "auto"
-):
+def _settings(args: argparse.Namespace, **pictures: object):
     from drnet.tasks.localize import LocalizationSettings
 
-    if args.top_k < 1:
-        raise DrnetError(f"--top-k must be at least 1, got {args.top_k}")
-    mode = args.threshold_mode or mode or "minmax"
-    if mode == "minmax" and threshold != "auto" and not 0 <= float(threshold) <= 1:
-        raise DrnetError(
-            f"--threshold {threshold:g}: minmax thresholds are fractions of the class map's "
-            "range, in 0..1 (or use --threshold-mode raw)"
-        )
     return LocalizationSettings(
-        threshold_mode=mode,
-        fallback=args.fallback,
-        resize_size=args.resize_size,
-        top_k=args.top_k,
-        box_resolution=args.box_resolution,
-    )
+        threshold_mode=args.threshold_mode, fallback=args.fallback, resize_size=args.resize_size,
+        top_k=args.top_k, box_resolution=args.box_resolution, threshold=args.threshold,
+        output_dir=args.output_dir, **pictures,
+    )  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from drnet.tasks.localize import evaluate_localization, parse_thresholds
+    from drnet.tasks.localize import LocalizationData, evaluate
 
-    threshold: float | str = args.threshold
-    settings = _settings(args, threshold=threshold)
-    thresholds = parse_thresholds(args.thresholds) if args.thresholds else None
-    if thresholds and settings.threshold_mode == "minmax" and not 0 <= min(thresholds) <= max(
-        thresholds
-    ) <= 1:
-        raise DrnetError(f"--thresholds {args.thresholds}: minmax thresholds must be in 0..1")
+    settings = _settings(args, thresholds=args.thresholds, save_images=args.save_images)
+    data = LocalizationData(
+        args.data_dir, args.boxes, args.val_dir, args.val_boxes, args.xml_origin
+    )
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
-    metrics = evaluate_localization(
-        model,
-        card,
-        args.data_dir,
-        args.boxes,
-        args.output_dir,
-        threshold=threshold,
-        thresholds=thresholds,
-        val_dir=args.val_dir,
-        val_boxes_source=args.val_boxes,
-        settings=settings,
-        xml_origin=args.xml_origin,
-        save_images=args.save_images,
-        device=args.device,
-        workers=args.workers,
-        fast=not args.no_fast,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-    )
-    prior = metrics["centred_box_prior"]
-    print(
-        f"t = {metrics['threshold']:g} ({metrics['threshold_source']}), "
-        f"{metrics['num_images_scored']} images"
-    )
-    print(
-        f"top-1 loc err {metrics['top1_loc_err']:.4f}  top-5 loc err {metrics['top5_loc_err']:.4f}"
-        f"  GT-known loc err {metrics['gt_known_loc_err']:.4f}"
-        f"  (top-1 cls err {metrics['top1_cls_err']:.4f})"
-    )
-    print(
-        f"centred-box prior: top-1 loc err {prior['top1_loc_err']:.4f}  "
-        f"top-5 loc err {prior['top5_loc_err']:.4f}"
-    )
-    offset = metrics["box_centre_offset"]
-    if offset["images"]:
-        print(
-            f"box centre offset (predicted - true, {metrics['box_resolution']} boxes): "
-            f"x {offset['x']:+.2f} px  y {offset['y']:+.2f} px over {offset['images']} images "
-            "with the right top-1 class"
-        )
-    print(f"wrote {Path(args.output_dir) / metrics['files']['metrics']}")
-    return 0
+    result = evaluate(model, card, data, inference_options(args), settings)
+    return finish(result, args.output_dir, result.write(args.output_dir)["metrics"])
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from drnet.data.classification import list_images
-    from drnet.engine.predict_folder import predict_folder
-    from drnet.tasks.localize import predict_localization, read_threshold
+    from drnet.tasks.localize import predict
 
-    threshold, mode = read_threshold(args.threshold)
-    settings = _settings(args, mode, threshold)
-    paths = list_images(args.inputs)
+    settings = _settings(args, save_overlays=not args.no_overlays, save_heatmaps=args.save_heatmaps)
+    paths = image_inputs(args.inputs)
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "classification")
-    failed: list[tuple[str, str]] = []
-    with predict_folder(args.output_dir, "localize predict", paths, overwrite=args.overwrite):
-        entries = predict_localization(
-            model,
-            card,
-            paths,
-            args.output_dir,
-            threshold=threshold,
-            settings=settings,
-            save_overlays=not args.no_overlays,
-            save_heatmaps=args.save_heatmaps,
-            device=args.device,
-            workers=args.workers,
-            fast=not args.no_fast,
-            dtype=args.dtype,
-            progress=not args.no_progress,
-            failed=failed,
-        )
-    for entry in entries[:10]:
-        top = entry["predictions"][0]
-        box = ", ".join(f"{v:g}" for v in top["box"])
-        print(f"{entry['image']}: {top['class']} ({top['probability']:.3f}) box [{box}]")
-    if len(entries) > 10:
-        print(f"... {len(entries) - 10} more")
-    print(f"wrote {Path(args.output_dir) / 'boxes.json'}")
-    return report_failures(failed, len(entries), args.output_dir)
+    with predict_output(args, "localize predict", paths):
+        result = predict(model, card, paths, inference_options(args), settings)
+        files = result.write(args.output_dir)
+    return finish(result, args.output_dir, files["boxes"])

@@ -36,9 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(built-in scenes: write them with `drnet data scenes`)",
         old_spellings=("--data",),
     )
-    parser.add_argument(
-        "--calibration", type=positive_int, default=32, help="calibration images"
-    )
+    parser.add_argument("--calibration", type=positive_int, default=32, help="calibration images")
     parser.add_argument("--val", type=positive_int, default=100, help="validation images scored")
     parser.add_argument(
         "--no-compile",
@@ -50,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drnet.speed.quantize_eval import evaluate_int8
+    from drnet.speed.quantize_eval import evaluate_int8, summary_lines
 
     report = evaluate_int8(
         args.weights,
@@ -65,22 +63,7 @@ def run(args: argparse.Namespace) -> int:
     json_file = write_json(report, args.json) if args.json else None
     if args.json == "-":
         return 0  # the JSON on stdout replaces the text
-    # mIoU in points (x100), as segment eval prints it; the change in points too
-    print(
-        f"mIoU float32 {100 * report['miou_fp32']:.2f}, int8 {100 * report['miou_int8']:.2f} "
-        f"(change {100 * (report['miou_int8'] - report['miou_fp32']):+.2f} points); labels "
-        f"unchanged {report['labels_unchanged']:.4%}; {report['ms_fp32']:.1f} -> "
-        f"{report['ms_int8']:.1f} ms/img ({report['speedup']:.2f}x) on {report['val_images']} "
-        f"images"
-    )
-    if "miou_bf16" in report:
-        native = "" if report["bf16_native"] else " (emulated on this CPU: time not meaningful)"
-        print(
-            f"bf16: mIoU {100 * report['miou_bf16']:.2f} (change "
-            f"{100 * (report['miou_bf16'] - report['miou_fp32']):+.2f} points); labels unchanged "
-            f"{report['labels_unchanged_bf16']:.4%}; {report['ms_bf16']:.1f} ms/img "
-            f"({report['speedup_bf16']:.2f}x){native}"
-        )
+    print("\n".join(summary_lines(report)))
     if json_file:
         print(f"wrote {json_file}")
     return 0

@@ -292,6 +292,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model, card = load_from_args(args, "segmentation")
     data = SegmentationData(args.data_dir, args.split, args.layout, args.list_dir)
     result = evaluate(model, card, data, inference_options(args), settings)
+    result.metrics["weights"] = str(args.weights)  # what was evaluated, as earlier releases
     files = result.write(args.output_dir)
     if files:  # rank 0 of torchrun
         print(f"{result.summary_lines()[0]}  ({files['metrics']})")
@@ -299,7 +300,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from drnet.tasks.segment import SegmentationData, predict, prediction_items
+    from drnet.tasks.segment import SegmentationData, predict
 
     settings = _settings(args, save=args.save, alpha=args.alpha)
     data = SegmentationData(
@@ -309,7 +310,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DrnetError("give image files/folders/lists, or --data-dir with --split SPLIT")
     ensure_writable(args.output_dir)
     model, card = load_from_args(args, "segmentation")
-    items = prediction_items(data, card.num_classes)
+    items = data.prediction_items(card.num_classes)
     with predict_output(args, "segment predict", [path for path, _ in items]):
         result = predict(model, card, data, inference_options(args), settings)
     return finish(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from drnet.cli import int_in, non_negative_int, positive_int
+from drnet.cli import float_in, int_in, non_negative_int, positive_int
 from drnet.cli.vocab import (
     add_device,
     add_dtype,
@@ -36,9 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model side by side: a classifier's top-5 classes, the class map of any class and the "
         "paper's box with a live threshold slider; a segmenter's label map, overlay and class "
         "shares; and for both the activation map of every level with its gridding score and "
-        "the time each step took. Binds 127.0.0.1 unless --host says otherwise; nothing is "
-        "written to disk. API: GET /api/models, POST /api/predict (the image as the request "
-        "body or multipart 'image'; ?model=ID&threshold=T).",
+        "the time each step took. A classifier's first box uses its run's tuned threshold "
+        "(localization_metrics.json or metrics.json in the run folder or a sibling "
+        "localization/ folder), else --threshold, else 0.2. Binds 127.0.0.1 unless --host "
+        "says otherwise; nothing is written to disk. API: GET /api/models, POST /api/predict "
+        "(the image as the request body or multipart 'image'; "
+        "?model=ID&threshold=T&activations=1).",
     )
     parser.add_argument(
         "--weights",
@@ -48,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "name; repeat for several models side by side (one per --weights)",
     )
     hidden(parser, "--checkpoint", dest="weights", metavar="PATH", action="append")
+    parser.add_argument(
+        "--threshold",
+        type=float_in(0, 1),
+        default=None,
+        metavar="T",
+        help="box threshold of every classifier's first box (0-1, a fraction of the class "
+        "map's range); default: each run's tuned t, else 0.2",
+    )
     add_model(parser, help="architecture of checkpoints that do not record it (official .pth)")
     add_pretrained(parser, "the published weights of --model (no --weights)")
     add_num_classes(parser, "classes of checkpoints that do not record them")
@@ -105,6 +116,7 @@ def load_models(args: argparse.Namespace) -> list:
                 device=device,
                 fast=not args.no_fast,
                 dtype=args.dtype,
+                threshold=getattr(args, "threshold", None),
             )
         )
     return served
@@ -150,7 +162,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise DrnetError(f"cannot listen on {args.host}:{args.port}: {_listen_error(exc)}") from exc
     for served in models:
-        print(f"{served.id}: {served.name}")
+        threshold = (
+            f" (box threshold {served.threshold:.2f}: {served.threshold_source})"
+            if served.task == "classification"
+            else ""
+        )
+        print(f"{served.id}: {served.name}{threshold}")
         served.warm_up()
     print(f"drnet serve: open {server.url} (Ctrl-C to stop)", flush=True)
     serve_forever(server)

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from drnet.atomic import atomic_write_text, json_text
-from drnet.cli import int_in, list_of, non_negative_int, positive_int, report_failures
+from drnet.cli import (
+    float_in,
+    int_in,
+    list_of,
+    non_negative_int,
+    positive_int,
+    report_failures,
+)
 from drnet.constants import BACKEND_CHOICES, DTYPE_CHOICES
 from drnet.tasks.common import InferenceOptions
 
@@ -406,6 +413,7 @@ __all__ = [
     "add_batch_size",
     "add_channels",
     "add_class_names",
+    "add_classifier_model",
     "add_data",
     "add_device",
     "add_inference_options",
@@ -417,6 +425,7 @@ __all__ = [
     "add_num_classes",
     "add_output_dir",
     "add_pretrained",
+    "add_running",
     "add_weights",
     "add_workers",
     "finish",
@@ -537,3 +546,70 @@ def finish(result: Any, output_dir: str | Path, written: str | Path | None = Non
     if failed is None:
         return 0
     return report_failures(failed, result.metrics["num_images"], str(output_dir))
+
+
+# -- the model and running options of the image-classifier commands (classify, localize) -----
+
+#: Network input sides: 16 px is the smallest a DRN (output stride 8) still maps to a 2x2 grid;
+#: past 8192 px one image would not fit an accelerator.
+CROP_RANGE = (16, 8192)
+
+
+def add_classifier_model(
+    parser: Parser, training: bool = False, sizes: bool = True, inference: bool = True
+) -> None:
+    """``--model``, ``--weights``, ``--pretrained``, ``--channels``; for eval/predict also
+    ``--num-classes`` and ``--class-names``; with ``sizes`` ``--crop-size`` / ``--resize-size``."""
+    g = group(parser, "model")
+    if training:
+        add_model(g, "drn_d_22")
+        add_weights(
+            g,
+            "initialise from this checkpoint (a classifier with another number of classes "
+            "keeps its backbone and gets a fresh fc)",
+        )
+    else:
+        add_weights(
+            g,
+            "a 'drnet classify train' run directory (its model.json gives the architecture, "
+            "classes and preprocessing), a drnet checkpoint or an official .pth",
+        )
+        add_model(g, help="architecture name, when --weights has no model.json")
+        add_num_classes(g, "classes of the model (default: model.json or the checkpoint's fc)")
+        add_class_names(g)
+    add_pretrained(g, "start from the published ImageNet weights")
+    add_channels(g)
+    if not sizes:
+        return
+    g.add_argument(
+        "--crop-size",
+        type=int_in(*CROP_RANGE),
+        default=224 if training else None,
+        help="network input size: RandomResizedCrop in training, centre crop in eval"
+        + ("" if training else " (default: the run's model.json, else 224)"),
+    )
+    if training:
+        g.add_argument(
+            "--crop-scale",
+            type=float_in(0, 1, low_open=True),
+            default=0.08,
+            help="smallest RandomResizedCrop area as a fraction of the image (0.08 is the "
+            "ImageNet recipe; raise it for small objects on small images)",
+        )
+    g.add_argument(
+        "--resize-size",
+        type=int_in(*CROP_RANGE),
+        help="eval resize of the shorter side before the centre crop (default: crop/0.875, "
+        "256 for 224)",
+    )
+
+
+def add_running(
+    parser: Parser, output_dir: str, batch_size: int | None, workers: int, amp: bool = True
+) -> None:
+    """What every eval/predict command of an image classifier takes: ``-o/--output-dir``,
+    ``-b/--batch-size`` (unless ``None``) and the :func:`add_inference_options` group."""
+    g = add_inference_options(parser, workers, amp)
+    add_output_dir(g, output_dir)
+    if batch_size is not None:
+        add_batch_size(g, batch_size)

@@ -33,8 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm.auto import tqdm
 
+from drnet.atomic import atomic_write_json
 from drnet.constants import DATA_CHECK_LAYOUTS, IGNORE_INDEX
 from drnet.data.boxes import BOX_KEYS, _check_box, _read_rows, read_voc_xml
 from drnet.data.classification import load_rgb
@@ -54,7 +57,6 @@ from drnet.data.segmentation import (
 )
 from drnet.data.text import read_lines
 from drnet.data.walk import FolderWalk, broken_link_message
-from drnet.engine.rundir import atomic_write_json
 from drnet.errors import DataError
 
 ERROR, INFO = "error", "info"
@@ -216,8 +218,6 @@ def _check_segmentation_sample(
 def _lossy_format(path: Path) -> str | None:
     """``"JPEG"`` when the label file at ``path`` is stored lossily (whatever its extension),
     else None."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return "JPEG" if im.format in ("JPEG", "MPO") else None
@@ -415,8 +415,6 @@ class _ImageIndex:
         if path in self.sizes:
             return self.sizes[path]
         try:
-            from PIL import Image
-
             with Image.open(path) as im:
                 return im.size
         except OSError:
@@ -710,8 +708,6 @@ def _run(
     jobs: list[tuple[str, Callable[[], _Result], Path]], workers: int, progress: bool
 ) -> list[_Result]:
     """Run the checks (in ``workers`` threads: decoding releases the GIL), in order."""
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(jobs), desc="check", unit="file", disable=not progress, leave=False)
     results: list[_Result] = []
     try:

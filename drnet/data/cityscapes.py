@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
+
+from drnet.atomic import atomic_save_image
 
 # re-exported: drnet.cli.segment imports the Cityscapes statistics from here
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IGNORE_INDEX  # noqa: F401
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.data.walk import FolderWalk
-from drnet.engine.rundir import atomic_save_image
 from drnet.errors import DataError
 
 CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
@@ -90,8 +92,6 @@ def prepare_cityscapes(
     written = skipped = 0
     iterator = files
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(files, desc="trainIds", unit="file")
     for path in iterator:
         target = path.with_name(path.name.replace("_labelIds.png", "_labelTrainIds.png"))

@@ -20,7 +20,12 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from drnet.constants import AUTO_AUGMENT_POLICIES, IMAGENET_MEAN, IMAGENET_STD
+from drnet.constants import (  # default_resize_size: re-exported, it was defined here
+    AUTO_AUGMENT_POLICIES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_resize_size,
+)
 from drnet.data.images import as_rgb, failure_message
 from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
@@ -76,9 +81,7 @@ def auto_augment_transform(policy: str) -> v2.Transform:
         return v2.AugMix()
     if policy in ("imagenet", "cifar10", "svhn"):
         return v2.AutoAugment(v2.AutoAugmentPolicy(policy))
-    raise DataError(
-        f"--auto-augment {policy!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}"
-    )
+    raise DataError(f"--auto-augment {policy!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}")
 
 
 def eval_transform(
@@ -136,11 +139,6 @@ def with_flips(crops: Sequence[Tensor]) -> Tensor:
     """
     stacked = torch.stack(list(crops))
     return torch.cat([stacked, stacked.flip(-1)])
-
-
-def default_resize_size(crop_size: int) -> int:
-    """The resize that goes with a centre crop: 256 for 224 (the ImageNet ratio 0.875)."""
-    return int(round(crop_size / 0.875))
 
 
 def full_image_transform(
@@ -259,9 +257,10 @@ class ImageFiles(Dataset):
         return image, index, size
 
 
-def unique_names(paths: Sequence[str | Path]) -> list[str]:
+def short_output_names(paths: Sequence[str | Path]) -> list[str]:
     """Short, unique, file-system-safe names for output files, one per path (stem, then
-    ``parent_stem``, then an index suffix when still ambiguous)."""
+    ``parent_stem``, then an index suffix when still ambiguous). The predict commands name their
+    outputs with :func:`drnet.data.images.unique_names` instead."""
     paths = [Path(p) for p in paths]
     stems = [p.stem for p in paths]
     names = [
@@ -276,3 +275,18 @@ def unique_names(paths: Sequence[str | Path]) -> list[str]:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         result.append(safe if count == 0 else f"{safe}_{count}")
     return result
+
+
+def __getattr__(name: str) -> object:
+    # ``unique_names`` of earlier releases, kept for one release under its new name: the one
+    # ``unique_names`` is drnet.data.images.unique_names (another rule, for predict outputs)
+    if name == "unique_names":
+        import warnings
+
+        warnings.warn(
+            "drnet.data.classification.unique_names is now short_output_names",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return short_output_names
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from drnet.errors import DataError, DrnetError
+
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 #: PIL's default decompression-bomb limit (its warning threshold), about 89.5 megapixels.
@@ -126,8 +128,6 @@ def list_names(entries: Sequence[str], base: str | os.PathLike) -> list[str]:
 def output_path(output_dir: str | os.PathLike, *parts: str) -> Path:
     """``output_dir/parts...``, refused (:class:`DrnetError`) when a name would lead outside
     ``output_dir`` (an absolute name, ``..``): no output is ever written over an input."""
-    from drnet.errors import DrnetError
-
     root = os.path.abspath(output_dir)
     path = os.path.normpath(os.path.join(root, *parts))
     if os.path.commonpath([root, path]) != root or path == root:
@@ -175,14 +175,12 @@ class SkipBad:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        from drnet.errors import DataError
-
         try:
             image, number, size = self.dataset[index]
         except (DataError, Image.DecompressionBombError) as exc:
             placeholder = self.placeholder
             if placeholder is None:
-                import torch
+                import torch  # here: reading images needs no torch
 
                 placeholder = torch.zeros(0)
             return placeholder, index, (0, 0), failure_message(exc)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 CITYSCAPES_CLASSES = (
@@ -55,9 +57,62 @@ CITYSCAPES_PALETTE = np.array(
 IGNORE_COLOUR = (0, 0, 0)
 
 
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (or 0-255 float) sRGB colours ``[..., 3]`` as CIELAB ``[..., 3]`` (D65 white)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = (
+        linear
+        @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    )
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])],
+        axis=-1,
+    )
+
+
+def min_colour_distance(palette: np.ndarray) -> float:
+    """The smallest CIELAB distance (Delta E 1976) between two colours of ``palette``: about
+    2.3 is just noticeable; under about 10 two classes are easily confused in a small legend."""
+    lab = srgb_to_lab(palette)
+    distances = np.linalg.norm(lab[:, None] - lab[None], axis=-1)
+    distances[np.diag_indices(len(lab))] = np.inf
+    return float(distances.min()) if len(lab) > 1 else float("inf")
+
+
+def _candidates() -> np.ndarray:
+    levels = np.linspace(0, 255, 18).round()
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid.astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _distinct(num_classes: int) -> np.ndarray:
+    candidates = _candidates()
+    lab = srgb_to_lab(candidates)
+    chosen = [0]  # black: class 0 (background, as in VOC-style palettes)
+    nearest = np.linalg.norm(lab - lab[0], axis=1)
+    for _ in range(1, num_classes):
+        best = int(nearest.argmax())
+        chosen.append(best)
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[best], axis=1))
+    return candidates[chosen]
+
+
+def distinct_palette(num_classes: int) -> np.ndarray:
+    """``[num_classes, 3]`` uint8 colours chosen greedily to be as far apart as possible in
+    CIELAB (each new colour maximises its distance to the nearest one already chosen, from an
+    18-level RGB grid): class 0 is black, and every pair of classes stays distinguishable (see
+    :func:`min_colour_distance`)."""
+    return _distinct(int(num_classes)).copy()
+
+
 def generated_palette(num_classes: int) -> np.ndarray:
     """``[num_classes, 3]`` uint8 colours spread by bit-interleaving the class index (the PASCAL
-    VOC scheme): neighbouring indices get clearly different colours; class 0 is black."""
+    VOC scheme): class 0 is black. Kept for reproducing earlier pictures; its near pairs (e.g.
+    classes 1 and 9 of 11) are why :func:`get_palette` uses :func:`distinct_palette`."""
     palette = np.zeros((num_classes, 3), dtype=np.uint8)
     for c in range(num_classes):
         value, r, g, b = c, 0, 0, 0
@@ -71,9 +126,12 @@ def generated_palette(num_classes: int) -> np.ndarray:
 
 
 def get_palette(num_classes: int) -> np.ndarray:
-    """The Cityscapes palette for 19 classes, a generated one otherwise (``[num_classes, 3]``)."""
+    """The Cityscapes palette for 19 classes, :func:`distinct_palette` otherwise (up to 256
+    classes; beyond, the VOC scheme): ``[num_classes, 3]``."""
     if num_classes == len(CITYSCAPES_PALETTE):
         return CITYSCAPES_PALETTE.copy()
+    if num_classes <= 256:
+        return distinct_palette(num_classes)
     return generated_palette(num_classes)
 
 

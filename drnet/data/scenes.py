@@ -74,9 +74,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from drnet import __version__
+from drnet.atomic import atomic_save_image, atomic_write, atomic_write_text
+from drnet.data.boxes import load_boxes
 from drnet.data.fashion_mnist import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from drnet.data.walk import FolderWalk
-from drnet.engine.rundir import atomic_save_image, atomic_write, atomic_write_text
 from drnet.errors import DataError
 
 __all__ = [
@@ -613,8 +615,6 @@ def _voc_xml(image_path: str, canvas: int, box: tuple[int, int, int, int], name:
 
 
 def _write_marker(out_dir: Path, settings: dict) -> None:
-    from drnet import __version__
-
     settings = {**settings, "complete": True, "drnet_version": __version__}
     atomic_write_text(out_dir / MARKER_FILE, json.dumps(settings, indent=2) + "\n")
 
@@ -832,7 +832,8 @@ def make_segmentation_scenes(
 def read_boxes(data_dir: str | os.PathLike, split: str) -> dict[str, list[tuple]]:
     """Read the boxes of a classification-scenes split written by this module.
 
-    Reads ``boxes_<split>.csv`` when present, else the VOC files under ``boxes/<split>/``.
+    Reads ``boxes_<split>.csv`` when present, else the VOC files under ``boxes/<split>/``,
+    through the one box reader, :func:`drnet.data.boxes.load_boxes` (which localization uses).
 
     Returns:
         ``{image path relative to data_dir: [(x1, y1, x2, y2, label name), ...]}`` in 0-based
@@ -842,37 +843,21 @@ def read_boxes(data_dir: str | os.PathLike, split: str) -> dict[str, list[tuple]
         DataError: neither format is there, or a file is malformed (named in the message).
     """
     data_dir = Path(data_dir)
-    boxes: dict[str, list[tuple]] = {}
     csv_path = data_dir / f"boxes_{split}.csv"
-    if csv_path.is_file():
-        lines = csv_path.read_text(encoding="utf-8").splitlines()
-        if not lines or lines[0].strip() != "image,x1,y1,x2,y2,label":
-            raise DataError(f"{csv_path}: expected the header image,x1,y1,x2,y2,label")
-        for n, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
-            fields = line.split(",")
-            try:
-                image, x1, y1, x2, y2, label = fields
-                box = (int(x1), int(y1), int(x2), int(y2), label)
-            except ValueError as exc:
-                raise DataError(f"{csv_path}:{n}: malformed row {line!r}") from exc
-            boxes.setdefault(image, []).append(box)
-        return boxes
     xml_dir = data_dir / "boxes" / split
-    if not xml_dir.is_dir():
+    if csv_path.is_file():
+        source = csv_path
+    elif xml_dir.is_dir():
+        source = xml_dir
+    else:
         raise DataError(f"{data_dir}: has neither boxes_{split}.csv nor boxes/{split}/")
-    for xml_path in FolderWalk(xml_dir, (".xml",)).files:
-        try:
-            root = ElementTree.parse(xml_path).getroot()
-            image = (
-                root.findtext("path") or f"{root.findtext('folder')}/{root.findtext('filename')}"
-            )
-            for obj in root.iter("object"):
-                b = obj.find("bndbox")
-                coords = [int(float(b.findtext(t))) for t in ("xmin", "ymin", "xmax", "ymax")]
-                box = (coords[0] - 1, coords[1] - 1, coords[2], coords[3], obj.findtext("name"))
-                boxes.setdefault(image, []).append(box)
-        except (ElementTree.ParseError, AttributeError, TypeError, ValueError) as exc:
-            raise DataError(f"{xml_path}: not a readable VOC annotation ({exc})") from exc
-    return boxes
+    split_dir = data_dir / split
+    keys = [p.relative_to(split_dir).as_posix() for p in FolderWalk(split_dir, (".png",)).files]
+    table = load_boxes(source, keys, root=split_dir)
+    return {
+        f"{split}/{key}": [
+            (*(int(v) for v in box.tolist()), label)
+            for box, label in zip(entry.boxes, entry.labels, strict=True)
+        ]
+        for key, entry in sorted(table.items())
+    }

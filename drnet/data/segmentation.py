@@ -39,6 +39,7 @@ from drnet.data.cityscapes import CITYSCAPES_NUM_CLASSES
 from drnet.data.images import as_rgb, failure_message, list_names
 from drnet.data.palettes import CITYSCAPES_CLASSES
 from drnet.data.text import read_json, read_lines
+from drnet.data.transforms import segmentation_eval_transform
 from drnet.data.walk import FolderWalk
 from drnet.errors import DataError
 
@@ -162,8 +163,6 @@ class SegmentationDataset(Dataset):
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         if transforms is None:
-            from drnet.data.transforms import segmentation_eval_transform
-
             transforms = segmentation_eval_transform(self.mean, self.std)
         self.transforms = transforms
         self.class_names = tuple(class_names) if class_names else None

@@ -9,21 +9,35 @@ extra augmentation is a horizontal flip.
 
 In-memory evaluation scenes are the same scenes that :mod:`drnet.data.scenes` writes to disk for
 the same settings; the demo's final evaluations read the files on disk, as the CLI does.
+:func:`prepare_data` is the demo's data stage: the normalisation statistics, the in-memory val
+sets and the evaluation scenes on disk, gathered in a :class:`SceneData`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from drnet.data.scenes import ClassificationScenes, SegmentationScenes
+from drnet.data.scenes import (
+    ClassificationScenes,
+    SegmentationScenes,
+    make_classification_scenes,
+    make_segmentation_scenes,
+)
+from drnet.demo.recipes import Recipe
 
 #: Fresh training scenes are drawn from this many "rounds" of the dataset's index range.
 FRESH_ROUNDS = 1 << 20
+# the activation probe's canvas at least: final maps of 16x16, where a gridding score can show
+ACTIVATION_CANVAS = 128
 
 
 def scene_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -163,3 +177,129 @@ class SegmentationSceneData(Dataset, _SceneData):
 
     def name(self, index: int) -> str:
         return f"{index:06d}"
+
+
+@dataclass
+class SceneData:
+    """The in-memory datasets and the on-disk evaluation scenes of a run."""
+
+    source: str
+    cls_mean: list[float]
+    cls_std: list[float]
+    seg_mean: list[float]
+    seg_std: list[float]
+    cls_val: ClassificationSceneData
+    seg_val: SegmentationSceneData
+    loc_dir: Path  # ImageFolder val/ and holdout/ with boxes (drnet data scenes, classification)
+    seg_dir: Path  # list-file layout with info.json (drnet data scenes, segmentation)
+    item_source: str
+    # val scenes on a canvas of at least ACTIVATION_CANVAS (items at the training scale): the
+    # final feature maps are 16x16 there, where a gridding score can show (6x6 maps are too small)
+    activation_probe: ClassificationSceneData | None = None
+
+    def cls_train(self, recipe: Recipe, length: int, seed: int) -> ClassificationSceneData:
+        scenes = ClassificationScenes(
+            "train",
+            length,
+            canvas=recipe.cls_canvas,
+            scale=recipe.cls_scale,
+            seed=seed,
+            source=self.source,
+        )
+        return ClassificationSceneData(
+            scenes, self.cls_mean, self.cls_std, train=True, rounds=recipe.scene_rounds
+        )
+
+    def seg_train(self, recipe: Recipe, length: int, seed: int) -> SegmentationSceneData:
+        scenes = SegmentationScenes(
+            "train",
+            length,
+            canvas=recipe.seg_canvas,
+            items=recipe.seg_items,
+            scale=recipe.seg_scale,
+            seed=seed,
+            source=self.source,
+        )
+        return SegmentationSceneData(
+            scenes, self.seg_mean, self.seg_std, train=True, rounds=recipe.scene_rounds
+        )
+
+
+def prepare_data(recipe: Recipe, out: Path, seed: int, source: str, progress: bool) -> SceneData:
+    """Normalisation statistics (from 256 training scenes of each kind), the in-memory val sets
+    and the evaluation scenes on disk, in the layouts of ``drnet data scenes``: ``out/data``
+    (``val``, ``holdout``, ``boxes_*.csv``) and ``out/data/segmentation`` (list files,
+    ``info.json`` with the statistics of 128 training scenes)."""
+    cls_probe = ClassificationScenes(
+        "train", 256, canvas=recipe.cls_canvas, scale=recipe.cls_scale, seed=seed, source=source
+    )
+    cls_mean, cls_std = scene_statistics(cls_probe.arrays()[0])
+    cls_val = ClassificationScenes(
+        "val",
+        recipe.cls_val,
+        canvas=recipe.cls_canvas,
+        scale=recipe.cls_scale,
+        seed=seed,
+        source=source,
+    )
+    seg_val = SegmentationScenes(
+        "val",
+        recipe.seg_val,
+        canvas=recipe.seg_canvas,
+        items=recipe.seg_items,
+        scale=recipe.seg_scale,
+        seed=seed,
+        source=source,
+    )
+    loc_dir = out / "data"
+    make_classification_scenes(
+        loc_dir,
+        0,
+        recipe.cls_val,
+        recipe.cls_holdout,
+        canvas=recipe.cls_canvas,
+        scale=recipe.cls_scale,
+        seed=seed,
+        box_format="csv",
+        source=source,
+        overwrite=True,
+        progress=progress,
+    )
+    seg_dir = loc_dir / "segmentation"
+    make_segmentation_scenes(
+        seg_dir,
+        128,
+        recipe.seg_val,
+        canvas=recipe.seg_canvas,
+        items=recipe.seg_items,
+        scale=recipe.seg_scale,
+        seed=seed,
+        source=source,
+        progress=progress,
+    )
+    info = json.loads((seg_dir / "info.json").read_text())
+    seg_mean, seg_std = info["mean"], info["std"]  # what evaluation normalises with
+    return SceneData(
+        source=source,
+        cls_mean=cls_mean,
+        cls_std=cls_std,
+        seg_mean=seg_mean,
+        seg_std=seg_std,
+        cls_val=ClassificationSceneData(cls_val, cls_mean, cls_std),
+        seg_val=SegmentationSceneData(seg_val, seg_mean, seg_std),
+        loc_dir=loc_dir,
+        seg_dir=seg_dir,
+        item_source=cls_probe.pool.items.source,
+        activation_probe=ClassificationSceneData(
+            ClassificationScenes(
+                "val",
+                math.lcm(recipe.activation_images, 10),
+                canvas=max(2 * recipe.cls_canvas, ACTIVATION_CANVAS),
+                scale=recipe.cls_scale,
+                seed=seed,
+                source=source,
+            ),
+            cls_mean,
+            cls_std,
+        ),
+    )

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from drnet.errors import DrnetError
+from drnet.models import get_spec
 
 # DRN-A-18 with the paper's dilation schedule (section 2's equations): no released code
 # exists for it, so the paper is its only specification
@@ -90,8 +91,6 @@ class Recipe:
         """The per-level widths ``model`` is trained at."""
         if model in self.channels:
             return tuple(self.channels[model])
-        from drnet.models import get_spec
-
         spec = get_spec(model).with_width(self.width_mult)
         return tuple(level.channels for level in spec.levels)
 

@@ -8,9 +8,7 @@ formed, every image embedded, nothing fetched from the network).
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from html.parser import HTMLParser
@@ -21,8 +19,16 @@ import numpy as np
 from PIL import Image
 
 from drnet.data.palettes import colorize, get_palette, overlay
+from drnet.rendering import (  # noqa: F401 - line_chart, nice_ticks, png_data_uri: old home
+    BOX_STYLES,
+    CHART_COLOURS,
+    draw_box,
+    line_chart,
+    nice_ticks,
+    png_data_uri,
+)
 
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+COLOURS = CHART_COLOURS
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -45,7 +51,21 @@ img.px { image-rendering: pixelated; image-rendering: crisp-edges; }
           vertical-align: -1px; border: 1px solid #888; }
 .note { color: #5a6470; font-size: 13px; max-width: 900px; }
 svg text { font: 11px system-ui, sans-serif; fill: #36404a; }
-code { background: #eef1f4; padding: 1px 4px; border-radius: 3px; }
+code { background: #eef1f4; padding: 1px 4px; border-radius: 3px; overflow-wrap: anywhere; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+img, svg.chart { max-width: 100%; height: auto; }
+.grid > * { min-width: 0; max-width: 100%; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.bad { font-style: italic; }
+ul.words { margin: 4px 0 12px; padding-left: 20px; }
+@media (max-width: 640px) {
+  main { padding: 14px 10px 40px; }
+  th, td { padding: 3px 5px; }
+  table.summary tr:first-child { display: none; }
+  table.summary, table.summary tbody, table.summary tr, table.summary td { display: block; }
+  table.summary tr { border: 1px solid #dde1e6; margin: 0 0 8px; padding: 4px 6px; }
+  table.summary td { border: 0; text-align: left; padding: 1px 0; }
+}
 """
 
 
@@ -54,15 +74,6 @@ code { background: #eef1f4; padding: 1px 4px; border-radius: 3px; }
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
-
-
-def png_data_uri(image: Image.Image | np.ndarray) -> str:
-    """``data:image/png;base64,...`` of a PIL image or a uint8 array."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _img(
@@ -84,7 +95,18 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) -> str:
+def _mark(correct: bool) -> str:
+    """A caption's verdict: a glyph and a word as well as a colour (readable without colour)."""
+    return (
+        '<span class="ok">&#10003; right</span>'
+        if correct
+        else ('<span class="bad">&#10007; wrong</span>')
+    )
+
+
+def _table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1, cls: str = ""
+) -> str:
     head = "".join(
         f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>"
         for i, h in enumerate(header)
@@ -95,134 +117,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) 
             f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) within
-    ``[low, high]``."""
-    import math
-
-    raw = (high - low) / max(1, count - 1)
-    power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= high + 1e-9 * step:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
-
-
-def line_chart(
-    series: Mapping[str, Sequence[tuple[float, float]]],
-    title: str,
-    x_label: str,
-    y_label: str,
-    *,
-    width: int = 500,
-    height: int = 260,
-    y_range: tuple[float, float] | None = None,
-    hlines: Sequence[tuple[float, str]] = (),
-    vlines: Sequence[tuple[float, str]] = (),
-) -> str:
-    """An inline SVG line chart: one polyline (with dots) per series, axes with ticks, a legend,
-    dashed reference lines ``(value, label)``."""
-    points = [p for s in series.values() for p in s if p[1] is not None]
-    if not points:
-        return f'<p class="note">{_e(title)}: no data.</p>'
-    left, right, bottom = 52, 14, 40
-    # legend entries laid out left to right in the top margin, wrapping at the chart's width
-    legend, lx, ly = [], left, 34
-    for name in series if len(series) > 1 else []:
-        advance = 30 + 6 * len(str(name))
-        if lx + advance > width - right and lx > left:
-            lx, ly = left, ly + 14
-        legend.append((lx, ly))
-        lx += advance
-    legend_rows = (ly - 34) // 14 + 1 if legend else 0
-    top = 26 + 14 * legend_rows
-    height += 14 * legend_rows
-    xs = [p[0] for p in points] + [v for v, _ in vlines]
-    ys = [p[1] for p in points] + [v for v, _ in hlines]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = y_range if y_range else (min(ys), max(ys))
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    if not y_range:
-        pad = 0.06 * (y1 - y0)
-        y0, y1 = y0 - pad, y1 + pad
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * plot_w
-
-    def sy(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * plot_h
-
-    parts = [
-        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_e(title)}">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{left}" y="15" style="font-weight:600">{_e(title)}</text>',
-    ]
-    for y in nice_ticks(y0, y1):
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
-            f'stroke="#e6e9ed"/>'
-            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>'
-        )
-    whole = all(float(x).is_integer() for x in xs)
-    if whole and x1 - x0 <= 12:
-        x_ticks = [float(x) for x in range(int(x0), int(x1) + 1)]
-    else:
-        x_ticks = nice_ticks(x0, x1)
-    for x in x_ticks:
-        parts.append(
-            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:.3g}</text>'
-        )
-    parts.append(
-        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#888"/>'
-        f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" '
-        f'stroke="#888"/>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{_e(x_label)}'
-        f"</text>"
-        f'<text x="12" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">{_e(y_label)}</text>'
-    )
-    for value, label in hlines:
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" y2="{sy(value):.1f}" '
-            f'stroke="#777" stroke-dasharray="5 4"/>'
-            f'<text x="{left + 4}" y="{sy(value) - 4:.1f}">{_e(label)}</text>'
-        )
-    for value, label in vlines:
-        parts.append(
-            f'<line x1="{sx(value):.1f}" x2="{sx(value):.1f}" y1="{top}" y2="{top + plot_h}" '
-            f'stroke="#777" stroke-dasharray="3 3"/>'
-            f'<text x="{sx(value) + 4:.1f}" y="{top + 12}">{_e(label)}</text>'
-        )
-    for i, (name, data) in enumerate(series.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        valid = [(x, y) for x, y in data if y is not None]
-        if not valid:
-            continue
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in valid)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        parts += [
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in valid
-        ]
-        if legend:
-            lx, ly = legend[i]
-            parts.append(
-                f'<rect x="{lx}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>'
-                f'<text x="{lx + 14}" y="{ly + 1}">{_e(name)}</text>'
-            )
-    parts.append("</svg>")
-    return "".join(parts)
+    table_class = f' class="{cls}"' if cls else ""
+    return f'<div class="scroll"><table{table_class}><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
 def _curve(history: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
@@ -280,7 +176,7 @@ def _summary(metrics: dict) -> str:
         else ""
     )
     head = ["", "result", "floor", "baseline", ""]
-    table = _table(head, rows)
+    table = _table(head, rows, cls="summary")
     extra = (
         f'<p class="note">Top-5 accuracy {_pct(metrics["classification"]["top5"])}; top-1 '
         f"localization error {_pct(loc['top1_error'])} (top-5 {_pct(loc['top5_error'])}, "
@@ -420,10 +316,9 @@ def _classification(model: str, entry: dict, root: Path, data) -> str:
     samples = []
     for s in cls.get("samples", []):
         scene = data.cls_val.scenes.render(s["index"])
-        mark = "ok" if s["correct"] else "bad"
         samples.append(
-            f"<figure>{_img(scene.image, 96, s['true'], True)}"
-            f'<span class="{mark}">{_e(s["predicted"])} {s["probability"]:.2f}</span><br>'
+            f"<figure>{_img(scene.image, 96, _alt(s), True)}"
+            f"{_mark(s['correct'])}: {_e(s['predicted'])} {s['probability']:.2f}<br>"
             f"<small>true: {_e(s['true'])}</small></figure>"
         )
     parts.append('<h3>Sample predictions</h3><div class="grid">' + "".join(samples) + "</div>")
@@ -439,7 +334,100 @@ def _classification(model: str, entry: dict, root: Path, data) -> str:
         '<h3>Confusion matrix and per-class accuracy</h3><div class="grid">'
         f"{confusion}<div>{table}</div></div>"
     )
+    parts.append(_confusions_in_words(cls))
+    parts.append(_worst_mistakes(root.parent / "localization" / "boxes.json"))
     return "".join(parts)
+
+
+def _alt(sample: Mapping[str, Any]) -> str:
+    return f"val scene: a {sample['true']}, predicted {sample['predicted']}"
+
+
+def top_confusions(
+    confusion: Sequence[Sequence[int]], names: Sequence[str], count: int = 3
+) -> list[dict]:
+    """The ``count`` largest off-diagonal cells of a confusion matrix (rows = true class):
+    ``{"true", "predicted", "count", "share"}`` with ``share`` the fraction of the true class's
+    images taken for the other class."""
+    cells = []
+    for i, row in enumerate(confusion):
+        total = sum(row)
+        for j, n in enumerate(row):
+            if i != j and n:
+                cells.append(
+                    {"true": names[i], "predicted": names[j], "count": int(n),
+                     "share": n / total if total else 0.0}
+                )  # fmt: skip
+    cells.sort(key=lambda c: (-c["count"], -c["share"], c["true"], c["predicted"]))
+    return cells[:count]
+
+
+def _confusions_in_words(cls: Mapping[str, Any]) -> str:
+    matrix = cls.get("confusion_matrix")
+    names = list(cls.get("per_class_accuracy", {}))
+    if not matrix or len(names) != len(matrix):
+        return ""
+    items = "".join(
+        f"<li>{c['count']} {_e(c['true'])} scenes ({_pct(c['share'])} of them) were taken for "
+        f"{_e(c['predicted'])}</li>"
+        for c in top_confusions(matrix, names)
+    )
+    return f'<h3>Top confusions</h3><ul class="words">{items or "<li>none</li>"}</ul>'
+
+
+def worst_mistakes(records: Sequence[Mapping[str, Any]], count: int = 6) -> list[Mapping]:
+    """The ``count`` highest-confidence errors among localization records (``boxes.json``):
+    images whose top-1 class is wrong, the most confident first."""
+    wrong = [r for r in records if r["predictions"] and r["predictions"][0]["class"] != r["label"]]
+    wrong.sort(key=lambda r: -float(r["predictions"][0]["probability"]))
+    return wrong[:count]
+
+
+def _worst_mistakes(boxes_file: Path, count: int = 6) -> str:
+    if not boxes_file.is_file():
+        return ""
+    records = json.loads(boxes_file.read_text(encoding="utf-8"))
+    figures = []
+    for record in worst_mistakes(records, count):
+        top = record["predictions"][0]
+        path = Path(record["path"])
+        if not path.is_file():  # a run folder moved since: the scene under its data/val
+            path = boxes_file.parents[3] / "data" / "val" / record["image"]
+        if not path.is_file():
+            continue
+        picture = Image.open(path).convert("RGB")
+        scale = max(1, 128 // max(picture.size))
+        picture = picture.resize((picture.width * scale, picture.height * scale))
+        for box in record.get("gt_boxes", []):
+            draw_box(picture, [v * scale for v in box], "truth")
+        draw_box(picture, [v * scale for v in top["box"]], "predicted")
+        alt = f"a {record['label']} taken for a {top['class']} at {top['probability']:.2f}"
+        figures.append(
+            f"<figure>{_img(picture, 128, alt)}{_mark(False)}: {_e(top['class'])} "
+            f"{top['probability']:.2f}<br><small>true: {_e(record['label'])}</small></figure>"
+        )
+    if not figures:
+        return ""
+    return (
+        "<h3>Worst mistakes</h3>"
+        '<p class="note">The val scenes the classifier got wrong with the highest confidence: '
+        f"its box {_e(BOX_STYLES['predicted']['words'])}, the true box "
+        f"{_e(BOX_STYLES['truth']['words'])}.</p>"
+        f'<div class="grid">{"".join(figures)}</div>'
+    )
+
+
+def per_class_localization(records: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """Per true class: images scored and top-1 localization accuracy (class right and IoU
+    above the threshold), from localization records (``boxes.json``)."""
+    result: dict[str, dict] = {}
+    for record in records:
+        entry = result.setdefault(record["label"], {"images": 0, "correct": 0})
+        entry["images"] += 1
+        entry["correct"] += bool(record.get("top1_loc_correct"))
+    for entry in result.values():
+        entry["top1_accuracy"] = entry["correct"] / entry["images"]
+    return dict(sorted(result.items()))
 
 
 def _localization(model: str, entry: dict, root: Path) -> str:
@@ -504,11 +492,11 @@ def _localization(model: str, entry: dict, root: Path) -> str:
         picture = root / example["picture"]
         if not picture.is_file():
             continue
-        mark = "ok" if example["correct"] else "bad"
+        alt = f"{example['image']}: heatmap of {example['predicted']} with its box"
         figures.append(
-            f"<figure>{_img(Image.open(picture), 128, example['image'])}"
-            f'<span class="{mark}">{_e(example["predicted"])}, IoU {example["iou"]:.2f}</span><br>'
-            f"<small>true: {_e(example['true'])}</small></figure>"
+            f"<figure>{_img(Image.open(picture), 128, alt)}"
+            f"{_mark(example['correct'])}: {_e(example['predicted'])}, IoU "
+            f"{example['iou']:.2f}<br><small>true: {_e(example['true'])}</small></figure>"
         )
     note = (
         '<p class="note">The paper\'s protocol: the classifier without global pooling gives a '
@@ -518,13 +506,27 @@ def _localization(model: str, entry: dict, root: Path) -> str:
         "&gt; 0.5. t is chosen on the holdout scenes (reserved training items) and only then "
         "applied to the val scenes. The prior is a centred box of the mean ground-truth size, "
         "scored the same way with the same class predictions. Pictures: the predicted class's "
-        "heatmap, its box in red, the ground truth in green.</p>"
+        "heatmap (jet colours: blue low, red high), its box as a "
+        f"{_e(BOX_STYLES['predicted']['words'])}, the ground truth as a "
+        f"{_e(BOX_STYLES['truth']['words'])}.</p>"
     )
+    per_class = ""
+    boxes_file = root / "boxes.json"
+    if boxes_file.is_file():
+        rows = [
+            [_e(name), str(v["images"]), _pct(v["top1_accuracy"])]
+            for name, v in per_class_localization(
+                json.loads(boxes_file.read_text(encoding="utf-8"))
+            ).items()
+        ]
+        per_class = "<h3>Per-class localization</h3>" + _table(
+            ["class", "val scenes", "top-1 loc. accuracy"], rows
+        )
     return (
         f"<h2>Weakly-supervised localization: {_e(model)}</h2>{note}"
         f'<div class="grid"><div>{table}<p>Threshold t = {loc["threshold"]:.2f} '
         f"({_e(loc['threshold_source'])}); {loc['num_images_scored']} val scenes.</p></div>"
-        f"{chart}</div>{resolution_table}"
+        f"{chart}</div>{per_class}{resolution_table}"
         f'<h3>Heatmaps and boxes</h3><div class="grid">{"".join(figures)}</div>'
     )
 
@@ -567,16 +569,18 @@ def _segmentation(model: str, entry: dict, names: Sequence[str]) -> str:
 
 
 def _activations(per_model: dict, activations: dict, data, figures: Path) -> str:
-    from drnet.analysis import render_activation_grid
+    from drnet.analysis import STATISTIC_LABELS, render_activation_grid
     from drnet.demo.recipes import GRIDDING_FIGURE_MODELS
 
     image = data.activation_probe.scenes.render(0).image
     parts = ["<h2>Activation maps and gridding</h2>"]
     parts.append(
         '<p class="note">Each level for one probe scene (val items on a canvas twice the '
-        "training size, so that the final maps are 16x16), each tile scaled to its own range: the "
-        "mean |activation| over channels, and (second figure) the most active channel, the "
-        "statistic of the paper's figure. The gridding score is the excess power at the period-2 "
+        "training size, so that the final maps are 16x16): the mean |activation| over channels, "
+        "and (second row) the most active channel, the statistic of the paper's figure. The "
+        "tiles of a row share one colour scale, from 0 to the row's largest value (the colour "
+        "bar under each row), so that a flat level looks flat. The gridding score is the "
+        "excess power at the period-2 "
         "and period-4 lattice frequencies (the dilations of levels 5-6) over what the "
         "neighbouring frequencies predict there, as a share of the map's power, over the channels "
         "of several val scenes: 0 means no gridding, whatever the map's smoothness or size; it is "
@@ -590,6 +594,8 @@ def _activations(per_model: dict, activations: dict, data, figures: Path) -> str
             figures / "activations_abc.png",
             image=image,
             tile=96,
+            scale="row",
+            colour_bar=True,
         )
         parts.append(
             "<h3>The paper's figure: DRN-A vs DRN-B vs DRN-C</h3>"
@@ -602,16 +608,19 @@ def _activations(per_model: dict, activations: dict, data, figures: Path) -> str
             for name, s in scores.items()
         }
         figures_html = ""
-        for statistic, label in (("mean", "mean over channels"), ("max_channel", "most active")):
+        for statistic, label in (("mean", "mean |act|"), ("max_channel", "top channel")):
             grid = render_activation_grid(
-                {model: acts},
+                {label: acts},
                 figures / f"activations_{model}_{statistic}.png",
                 image=image,
                 tile=80,
                 titles=titles,
                 statistic=statistic,
+                scale="row",
+                colour_bar=True,
             )
-            figures_html += _img(grid, None, f"activation maps {model} ({label})", True)
+            words = STATISTIC_LABELS[statistic]
+            figures_html += _img(grid, None, f"activation maps of {model} per level: {words}", True)
         rows = [
             [
                 _e(n),
@@ -623,9 +632,7 @@ def _activations(per_model: dict, activations: dict, data, figures: Path) -> str
             for n, s in scores.items()
         ]
         headers = ["level", "map", "gridding score", "lattice share", "white-noise share"]
-        parts.append(
-            f"<h3>{_e(model)}</h3><figure>{figures_html}</figure>{_table(headers, rows)}"
-        )
+        parts.append(f"<h3>{_e(model)}</h3><figure>{figures_html}</figure>{_table(headers, rows)}")
     return "".join(parts)
 
 

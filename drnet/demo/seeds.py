@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drnet.demo.recipes import get_recipe
+
 #: The comparison columns aggregated over seeds (lower is better for errors, higher for mIoU).
 COLUMNS = (
     "classification_error",
@@ -35,8 +37,6 @@ def run_seeds(config: Any, run_one) -> dict:
     """Run ``run_one(config_for_seed)`` for each seed and write ``metrics.json`` (the summary),
     ``seeds.json`` and ``report.html`` (the table, linking each run's report) into
     ``config.output_dir``; returns the summary."""
-    from drnet.demo.recipes import get_recipe
-
     out = Path(config.output_dir)
     recipe = config.recipe or get_recipe(config.paper, config.quick)
     budget = config.budget_minutes or recipe.budget_minutes
@@ -116,8 +116,11 @@ def render(summary: dict) -> str:
     rows = "".join(
         "<tr><td>"
         + "</td><td>".join(
-            [html.escape(e["model"]), *(_cell(e[c]) for c in COLUMNS),
-             "yes" if e["stopped_early"] else "no"]  # fmt: skip
+            [
+                html.escape(e["model"]),
+                *(_cell(e[c]) for c in COLUMNS),
+                "yes" if e["stopped_early"] else "no",
+            ]  # fmt: skip
         )
         + "</td></tr>"
         for e in summary["comparison"]

@@ -7,7 +7,7 @@ A training checkpoint is a dict with the keys ``model`` (state dict of the bare 
 needs to rebuild its model: architecture, classes...), ``rng`` and ``best_metric``.
 
 A file is written to a temporary name in the same directory, flushed to disk, then renamed over
-the target with :func:`os.replace` (:func:`drnet.engine.rundir.atomic_write`), so a reader never
+the target with :func:`os.replace` (:func:`drnet.atomic.atomic_write`), so a reader never
 sees a half-written checkpoint.
 """
 
@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from drnet.engine.rundir import atomic_write
+from drnet.atomic import atomic_write
 from drnet.errors import CheckpointError
+from drnet.models.checkpoints import read_checkpoint
 
 CHECKPOINT_LAST = "checkpoint_last.pth"
 CHECKPOINT_BEST = "checkpoint_best.pth"
@@ -40,10 +41,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     """Read a training checkpoint written by :func:`save_checkpoint` (``weights_only=True``,
-    through :func:`drnet.models.loading.read_checkpoint`; tensors land on the CPU, the only
+    through :func:`drnet.models.checkpoints.read_checkpoint`; tensors land on the CPU, the only
     ``map_location`` accepted)."""
-    from drnet.models.loading import read_checkpoint
-
     if str(map_location) != "cpu":
         raise ValueError(f"map_location must be 'cpu', got {map_location!r}")
     path = Path(path)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
 import os
-import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from drnet.machine import (  # re-exported: the CPU's name and flags were read here before
+    CPU_FLAGS,
+    cpu_name_and_flags,
+    cpu_signature,
+)
+from drnet.timing import measure
+
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CACHE_FILE",
+    "CPU_FLAGS",
+    "MARGIN",
+    "STEPS",
+    "cache_dir",
+    "choose_channels_last",
+    "cpu_name_and_flags",
+    "cpu_signature",
+    "layout_key",
+    "measure_layouts",
+]
 
 MARGIN = 1.05  # channels-last must be this much faster to be chosen
 STEPS = 5  # timed steps per layout (interleaved), after one untimed step each
@@ -43,28 +62,6 @@ def cache_dir() -> Path:
         return Path(os.environ["DRNET_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "drnet"
-
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-
-
-def cpu_name_and_flags() -> tuple[str, str]:
-    """The CPU's model name and which of :data:`CPU_FLAGS` it has (what decides the kernels)."""
-    name, flags = platform.processor() or platform.machine(), ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-        flags = " ".join(f for f in CPU_FLAGS if f" {f}" in text)
-    return name, flags
-
-
-def cpu_signature() -> str:
-    """``"<model name> [<flags>]"``, e.g. ``"AMD EPYC 7B13 [avx2]"``."""
-    name, flags = cpu_name_and_flags()
-    return f"{name} [{flags}]"
 
 
 def layout_key(model: nn.Module, example: torch.Tensor, device: torch.device, amp: bool) -> str:
@@ -102,11 +99,6 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_layouts(
     model: nn.Module,
     step: Callable[[nn.Module, torch.Tensor], torch.Tensor],
@@ -126,15 +118,18 @@ def measure_layouts(
             x = x.contiguous(memory_format=torch.channels_last)
         trials[channels_last] = (trial, x)
     times: dict[bool, list[float]] = {layout: [] for layout in layouts}
+
+    def one_step(trial: nn.Module, x: torch.Tensor) -> None:
+        trial.zero_grad(set_to_none=True)
+        step(trial, x).backward()
+
     for i in range(steps + 1):
         for channels_last, (trial, x) in trials.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            trial.zero_grad(set_to_none=True)
-            step(trial, x).backward()
-            _sync(device)
+            (seconds,) = measure(
+                functools.partial(one_step, trial, x), repeats=1, warmup=0, device=device
+            )
             if i:
-                times[channels_last].append(time.perf_counter() - t0)
+                times[channels_last].append(seconds)
     return {layout: sorted(t)[len(t) // 2] for layout, t in times.items()}
 
 

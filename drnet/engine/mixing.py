@@ -22,7 +22,7 @@ class BatchMixer:
     """Mix a batch ``(images [B, C, H, W], labels int64 [B])``; see the module docstring."""
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # here: the engine needs torchvision only to mix
 
         for name, alpha in (("--mixup-alpha", mixup_alpha), ("--cutmix-alpha", cutmix_alpha)):
             if not alpha >= 0:

@@ -10,7 +10,7 @@ checked, then:
   (rank 0 only, released by the OS even after ``kill -9``): :class:`RunFolderLock`;
 - writes every file atomically (temporary file in the same folder + :func:`os.replace`), so a
   reader, or a crash, never leaves a half-written ``config.json``, ``log.csv`` or checkpoint:
-  :func:`atomic_write_text`, :func:`atomic_write`.
+  :func:`drnet.atomic.atomic_write_text`, :func:`drnet.atomic.atomic_write` (re-exported here).
 """
 
 from __future__ import annotations
@@ -30,6 +30,22 @@ from drnet.atomic import (
     atomic_write_text,
 )
 from drnet.errors import DrnetError
+
+__all__ = [
+    "LOCK_FILE",
+    "RUN_FILES",
+    "RunFolderLock",
+    "WriteError",
+    "atomic_csv",
+    "atomic_save_image",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_run_folder",
+    "claim_run_folder",
+    "clear_run",
+    "run_files",
+]
 
 try:  # POSIX only; Windows trains without the lock
     import fcntl

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from drnet.atomic import atomic_write, atomic_write_text
 from drnet.errors import CheckpointError, DrnetError
 
 HUB_PREFIX = "hf-hub:"
@@ -273,8 +274,6 @@ def save_pretrained(
     (each atomically); ``card`` defaults to :func:`card_of` the model. Returns the folder."""
     _require("safetensors")
     from safetensors.torch import save
-
-    from drnet.engine.rundir import atomic_write, atomic_write_text
 
     card = card if card is not None else card_of(model)
     directory = Path(directory)

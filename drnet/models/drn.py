@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from drnet.integrations import hub
 from drnet.models.blocks import block_level, conv_level
 from drnet.models.pretrained_cfg import make_pretrained_cfg
 from drnet.models.spec import ModelSpec
@@ -280,9 +281,7 @@ class DRN(nn.Module):
     def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
         """Write the Hugging Face Hub layout (``model.safetensors``, ``config.json``,
         ``README.md``) into ``directory``; see :func:`drnet.integrations.hub.save_pretrained`."""
-        from drnet.integrations.hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
+        return hub.save_pretrained(self, directory, **kwargs)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each level's activations in backward instead of storing them."""

@@ -1,291 +1,79 @@
-"""Reading checkpoints and runs: the one way any command or notebook gets a trained model.
+"""Loading: the one way any command or notebook gets a trained model.
 
-- :func:`read_checkpoint` is the only place drnet calls ``torch.load`` (always
-  ``weights_only=True``); :func:`extract_state_dict` unwraps every accepted layout.
-- :class:`ModelCard` describes a trained model: task, architecture, widths, classes, class names
-  and preprocessing. Training writes it as ``model.json`` in the run folder and inside every
-  checkpoint (the engine's ``"task"`` entry), so either one alone rebuilds the model.
-- :func:`load_model` takes what a user has — a run directory, a drnet checkpoint, an official
-  ``.pth`` (file or URL), or a registered name with published weights — and returns the model
-  (eval mode) with its card.
-- :func:`logits_of` turns any model output (``{"out": ...}``, the official
-  ``(log_softmax, low_res)`` pair, plain logits) into one tensor whose arg-max/softmax are the
-  predictions.
+:func:`load_model` takes what a user has — a run directory, a drnet checkpoint, an official
+``.pth`` (file or URL), a Hub folder, or a registered name with published weights — and returns
+the model (eval mode) with its :class:`~drnet.models.card.ModelCard`; :func:`read_run` stops
+before building it; :func:`resolve_weights` says where a ``--weights`` value points.
+:func:`logits_of` turns any model output (``{"out": ...}``, the official ``(log_softmax,
+low_res)`` pair, plain logits) into one tensor whose arg-max/softmax are the predictions.
+
+Its parts live below it and are re-exported here under their old names: reading checkpoint
+files in :mod:`drnet.models.checkpoints`, the model card in :mod:`drnet.models.card`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import CheckpointError, DrnetError
-from drnet.models.weights import DRNET_TOP_LEVEL
+from drnet.integrations import hub
+from drnet.models.card import (
+    MODEL_CARD,
+    TASK_ALIASES,
+    TASKS,
+    ModelCard,
+    read_class_names,
+    task_name,
+)
+from drnet.models.checkpoints import (
+    CHECKPOINT_NAMES,
+    EMA_KEYS,
+    StateDict,
+    extract_state_dict,
+    load_state_dict_file,
+    read_checkpoint,
+)
+from drnet.models.pretrained_cfg import cfg_from_card
+from drnet.models.registry import (
+    WEIGHTS,
+    create_model,
+    create_segmentation_model,
+    get_weights,
+    load_segmentation_state,
+)
+from drnet.models.weights import is_url, load_into
+
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "EMA_KEYS",
+    "MODEL_CARD",
+    "TASKS",
+    "LoadedRun",
+    "ModelCard",
+    "ResolvedWeights",
+    "StateDict",
+    "build_model",
+    "extract_state_dict",
+    "load_model",
+    "load_state_dict_file",
+    "logits_of",
+    "read_checkpoint",
+    "read_class_names",
+    "read_run",
+    "resolve_weights",
+]
 
 logger = logging.getLogger(__name__)
 
-MODEL_CARD = "model.json"
-CHECKPOINT_NAMES = ("checkpoint_best.pth", "checkpoint_last.pth")
-TASKS = ("classification", "segmentation")
-_TASK_ALIASES = {"segment": "segmentation", "classify": "classification"}
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def read_checkpoint(location: str | os.PathLike, hash_prefix: str | None = None) -> Any:
-    """The object stored in a checkpoint file or URL, read with ``weights_only=True``.
-
-    URLs (``http(s)://``, ``file://``) are fetched into torch.hub's cache; ``hash_prefix`` (for
-    URLs by default the prefix in the file name, as torch.hub names them) is verified before
-    anything is unpickled. A file whose unpickling would run code is refused.
-    """
-    from drnet.models.weights import check_hash, download, hash_prefix_from_name, is_url
-
-    location = str(location)
-    if location.lower().endswith(".safetensors") and not is_url(location):
-        from drnet.integrations.hub import load_safetensors
-
-        path = Path(location).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        check_hash(path, hash_prefix)
-        return load_safetensors(path)
-    if is_url(location):
-        if hash_prefix is None:
-            hash_prefix = hash_prefix_from_name(urllib.parse.urlparse(location).path)
-        path = download(location, hash_prefix)
-    else:
-        path = Path(location).expanduser()
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint path is a directory: {path}")
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        check_hash(path, hash_prefix)
-    return _torch_load(path)
-
-
-def _looks_like_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive (``PK``); the legacy format starts with a pickle opcode."""
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    return head[:2] == b"PK" or head[:1] == b"\x80"
-
-
-def _torch_load(path: Path) -> Any:
-    if not _looks_like_torch_file(path):
-        raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, unsafe globals, truncated zip files ...
-        text = str(exc)
-        if "Unsupported global" in text or "Unsupported operand" in text:
-            raise CheckpointError(
-                f"refusing to load {path}: it contains Python objects that would run code when "
-                "unpickled (only tensors and plain containers are accepted). If you trust the "
-                "file, re-save its state_dict with torch.save(model.state_dict(), ...)"
-            ) from None
-        message = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {message} (truncated, or not a PyTorch file)"
-        ) from None
-
-
-EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
-
-
-class StateDict(dict):
-    """A state dict that remembers the wrapper prefix stripped from its keys (for errors)."""
-
-    prefix: str = ""
-
-
-def _tensor_dict(inner: Any) -> bool:
-    return (
-        isinstance(inner, Mapping)
-        and bool(inner)
-        and all(isinstance(v, Tensor) for v in inner.values())
-    )
-
-
-def extract_state_dict(
-    obj: Any, source: str = "checkpoint", ema: bool = False
-) -> dict[str, Tensor]:
-    """The model state dict inside any accepted checkpoint object.
-
-    Accepts a bare state dict, the original code's ``{epoch, arch, state_dict, best_prec1}``,
-    drnet's training checkpoints ``{"model": ...}``, Lightning's ``.ckpt`` and timm's training
-    checkpoints (``{"state_dict": ..., "state_dict_ema": ...}``; ``ema=True`` takes the EMA
-    weights and fails when there are none). A prefix in front of the keys that is not one of
-    drnet's module names is a wrapper's and is stripped, repeatedly: ``module.`` (DDP),
-    ``_orig_mod.`` (torch.compile), ``model.`` (a LightningModule's attribute) and the like.
-    Among several prefixes, the one whose keys are a drnet state dict is taken when there is
-    exactly one (a LightningModule's loss buffers are left out). The stripped prefix is kept in
-    ``StateDict.prefix`` for error messages.
-    """
-    if isinstance(obj, Mapping):
-        names = EMA_KEYS if ema else ("model", "state_dict", "model_state_dict")
-        for key in names:
-            if _tensor_dict(obj.get(key)):
-                obj = obj[key]
-                break
-        else:
-            if ema:
-                raise CheckpointError(
-                    f"{source} holds no EMA weights (none of {', '.join(EMA_KEYS)}; keys: "
-                    f"{', '.join(map(str, list(obj)[:8]))})"
-                )
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{source} holds no state dict (found {type(obj).__name__})")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"{source} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})"
-        )
-    stripped = ""
-    while any("." in str(k) for k in tensors):
-        groups: dict[str, dict[str, Tensor]] = {}
-        for key, value in tensors.items():
-            head, _, rest = str(key).partition(".")
-            groups.setdefault(head, {})[rest] = value
-        if set(groups) & DRNET_TOP_LEVEL:
-            break
-        # one wrapper attribute holding a drnet model (a LightningModule may also hold a loss)
-        wrapped = [
-            head
-            for head, inner in groups.items()
-            if len(groups) == 1 or {k.partition(".")[0] for k in inner} <= DRNET_TOP_LEVEL
-        ]
-        if len(wrapped) != 1:
-            break
-        head = wrapped[0]
-        if len(groups) > 1:
-            left = sorted(k for k in tensors if not str(k).startswith(head + "."))
-            logger.info("%s: loading the keys under '%s.', leaving out %s", source, head, left)
-        tensors = groups[head]
-        stripped += head + "."
-    result = StateDict(tensors)
-    result.prefix = stripped
-    return result
-
-
-def load_state_dict_file(
-    location: str | os.PathLike, hash_prefix: str | None = None, ema: bool = False
-) -> dict[str, Tensor]:
-    """The state dict in a checkpoint file or URL (see :func:`read_checkpoint`); ``ema``: its
-    EMA weights (timm's ``state_dict_ema``)."""
-    return extract_state_dict(read_checkpoint(location, hash_prefix), str(location), ema=ema)
-
-
-# ----------------------------------------------------------------------------- the model card
-
-
-@dataclass
-class ModelCard:
-    """What rebuilds and feeds a trained model; ``model.json`` in a run folder, and the ``"task"``
-    entry of its checkpoints.
-
-    ``crop_size``/``resize_size`` are the classification eval preprocessing (resize the shorter
-    side, centre crop); segmentation feeds whole images and ignores them.
-    """
-
-    model: str
-    num_classes: int
-    task: str = "classification"
-    class_names: list[str] = field(default_factory=list)
-    channels: list[int] | None = None
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    crop_size: int | None = 224
-    resize_size: int | None = 256
-    training: dict[str, Any] | None = None  # the recipe it was trained with (engine.recipe_of)
-
-    def __post_init__(self) -> None:
-        self.task = _TASK_ALIASES.get(self.task, self.task)
-        if self.task not in TASKS:
-            raise DrnetError(f"model card: unknown task {self.task!r} (one of {', '.join(TASKS)})")
-
-    def names(self) -> list[str]:
-        """Class names, or ``"0", "1", ...`` when the card has none."""
-        if len(self.class_names) == self.num_classes:
-            return list(self.class_names)
-        return [str(i) for i in range(self.num_classes)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_eval_size(
-        self, crop_size: int | None = None, resize_size: int | None = None
-    ) -> ModelCard:
-        """A copy with another classification eval preprocessing: ``crop_size`` alone also sets
-        the resize to the usual 256/224 ratio."""
-        from dataclasses import replace
-
-        from drnet.data.classification import default_resize_size
-
-        card = replace(self, class_names=list(self.class_names))
-        if crop_size:
-            card.crop_size, card.resize_size = crop_size, default_resize_size(crop_size)
-        if resize_size:
-            card.resize_size = resize_size
-        return card
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
-        """A card from ``model.json`` or a checkpoint's ``"task"`` entry, including the layouts
-        written before the card was shared (classification ``classes``, segmentation ``arch`` and
-        ``name: "segment"``)."""
-        data = dict(data)
-        if "model" not in data and "arch" in data:
-            data["model"] = data["arch"]
-        if "class_names" not in data and isinstance(data.get("classes"), list):
-            data["class_names"] = data["classes"]
-        if "task" not in data:
-            data["task"] = data.get("name", "classification")
-        data["class_names"] = list(data.get("class_names") or [])
-        known = {f.name for f in fields(cls)}
-        card = cls(**{k: v for k, v in data.items() if k in known and v is not None})
-        if card.task == "segmentation":  # whole images: the classification sizes do not apply
-            card.crop_size = card.resize_size = None
-        return card
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.json`` into ``directory`` (atomically)."""
-        from drnet.engine.rundir import atomic_write_text
-
-        path = Path(directory) / MODEL_CARD
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> ModelCard:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise DrnetError(f"{path}: cannot read the model card ({exc})") from exc
-
-
-def read_class_names(path: str | os.PathLike) -> list[str]:
-    """Class names from a text file (one per line) or a JSON list."""
-    from drnet.data.text import read_json, read_lines
-
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        names = read_json(path, "class names file")
-        if not isinstance(names, list):
-            raise DrnetError(f"{path}: expected a JSON list of class names")
-        return [str(n) for n in names]
-    return read_lines(path, "class names file")
+_TASK_ALIASES = TASK_ALIASES  # the name it had here
 
 
 # ----------------------------------------------------------------------------- runs
@@ -305,9 +93,6 @@ def resolve_weights(weights: str | os.PathLike) -> ResolvedWeights:
     ``hf-hub:owner/name`` for that repository's folder in huggingface_hub's cache (fetched when
     online); a file for itself (with a ``model.json`` or Hub ``config.json`` beside it, if any);
     a URL for itself."""
-    from drnet.integrations import hub
-    from drnet.models.weights import is_url
-
     text = str(weights)
     if is_url(text):
         return ResolvedWeights(text, None)
@@ -334,17 +119,13 @@ def _card_in(directory: Path) -> ModelCard | None:
     """``model.json`` in ``directory``, else the card in a Hub ``config.json``."""
     if (directory / MODEL_CARD).is_file():
         return ModelCard.read(directory / MODEL_CARD)
-    from drnet.integrations.hub import CONFIG_NAME, card_in_config
-
-    if (directory / CONFIG_NAME).is_file():
-        return card_in_config(directory / CONFIG_NAME)
+    if (directory / hub.CONFIG_NAME).is_file():
+        return hub.card_in_config(directory / hub.CONFIG_NAME)
     return None
 
 
 def _registered(weights: str) -> tuple[str, str] | None:
     """``NAME`` or ``NAME.TAG`` of registered weights (``drn_d_22``, ``drn_d_22.cityscapes``)."""
-    from drnet.models.registry import WEIGHTS
-
     name, _, tag = weights.lower().replace("-", "_").partition(".")
     if tag and (name, tag) in WEIGHTS:
         return name, tag
@@ -406,8 +187,6 @@ def _card_for_checkpoint(
 
 
 def _card_for_pretrained(model: str, tag: str) -> ModelCard:
-    from drnet.models.registry import get_weights
-
     published = get_weights(model, tag)
     return ModelCard(
         model=published.model,
@@ -456,16 +235,13 @@ def build_model(card: ModelCard) -> nn.Module:
     """A fresh (untrained) model as ``card`` describes it; its ``pretrained_cfg`` carries the
     card's preprocessing (crop size, mean/std, classes), so timm's ``resolve_data_config`` and
     the Hub export read the run's values."""
-    import drnet
-    from drnet.models.pretrained_cfg import cfg_from_card
-
     channels = tuple(card.channels) if card.channels else None
     if card.task == "segmentation":
-        network: nn.Module = drnet.create_segmentation_model(
+        network: nn.Module = create_segmentation_model(
             card.model, num_classes=card.num_classes, channels=channels
         )
     else:
-        network = drnet.create_model(card.model, num_classes=card.num_classes, channels=channels)
+        network = create_model(card.model, num_classes=card.num_classes, channels=channels)
     cfg = network.pretrained_cfg
     network.pretrained_cfg = cfg_from_card(
         card, cfg["first_conv"], classifier=cfg["classifier"], url=cfg["url"], tag=cfg["tag"]
@@ -474,7 +250,7 @@ def build_model(card: ModelCard) -> nn.Module:
 
 
 def _check_task(card: ModelCard, task: str | None, source: str) -> None:
-    task = _TASK_ALIASES.get(task, task) if task else None
+    task = task_name(task)
     if task and task != card.task:
         hint = (
             " (train a segmenter with 'drnet segment train', starting from it with "
@@ -517,16 +293,13 @@ def load_model(
             given (the default of commands that always assumed one, e.g. ``drn_d_22``).
         ema: load the checkpoint's EMA weights (timm's ``state_dict_ema``) instead.
     """
-    from drnet.models.registry import load_segmentation_state
-    from drnet.models.weights import load_into
-
     if weights is not None and pretrained:
         raise DrnetError("give --weights PATH or --pretrained, not both")
     if weights is None:
         model = model or (default_model if pretrained else None)
         if not (model and pretrained):
             raise DrnetError("pass --weights RUN_DIR_OR_CHECKPOINT (or --model NAME --pretrained)")
-        tag = "cityscapes" if _TASK_ALIASES.get(task, task) == "segmentation" else "imagenet"
+        tag = "cityscapes" if task_name(task) == "segmentation" else "imagenet"
         return _load_registered(model, tag, task)
     registered = None if Path(str(weights)).expanduser().exists() else _registered(str(weights))
     if registered is not None:
@@ -593,14 +366,12 @@ def read_run(
 
 
 def _load_registered(model: str, tag: str, task: str | None) -> tuple[nn.Module, ModelCard]:
-    import drnet
-
     card = _card_for_pretrained(model, tag)
     _check_task(card, task, f"{model} ({tag} weights)")
     if card.task == "segmentation":
-        network = drnet.create_segmentation_model(model, card.num_classes, pretrained=tag)
+        network = create_segmentation_model(model, card.num_classes, pretrained=tag)
     else:
-        network = drnet.create_model(model, pretrained=tag, num_classes=card.num_classes)
+        network = create_model(model, pretrained=tag, num_classes=card.num_classes)
     return network.eval(), card
 
 

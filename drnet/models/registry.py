@@ -25,13 +25,14 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from drnet.constants import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from drnet.errors import DrnetError
+from drnet.models.checkpoints import load_state_dict_file
 from drnet.models.drn import DRN
-from drnet.models.loading import load_state_dict_file
 from drnet.models.pretrained_cfg import cfg_from_weights
 from drnet.models.segmentation import DRNSeg
 from drnet.models.spec import LevelSpec, ModelSpec, StemSpec
@@ -414,8 +415,6 @@ def create_segmentation_model(
 def load_segmentation_state(model: DRNSeg, state_dict: dict, source: str) -> None:
     """Load a DRNSeg state dict, or (with a warning) a classification one into ``base``."""
     if not any(k.startswith(("base.", "seg.")) for k in state_dict):
-        import warnings
-
         warnings.warn(
             f"{source} is a classification checkpoint: it initialises the backbone only",
             stacklevel=3,

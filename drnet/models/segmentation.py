@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drnet.integrations import hub
 from drnet.models.drn import DRN, checkpoint_module
 from drnet.models.pretrained_cfg import make_pretrained_cfg
 
@@ -83,9 +84,7 @@ class DRNSeg(nn.Module):
     def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
         """Write the Hugging Face Hub layout (``model.safetensors``, ``config.json``,
         ``README.md``) into ``directory``; see :func:`drnet.integrations.hub.save_pretrained`."""
-        from drnet.integrations.hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
+        return hub.save_pretrained(self, directory, **kwargs)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in backward, per level (the stem counts as one level)."""

@@ -60,7 +60,7 @@ class Weights:
 
     def transforms(self):
         """The eval preprocessing these weights expect (a ``transforms.v2`` pipeline)."""
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # here: the models themselves need no torchvision
 
         steps: list = [v2.ToImage()]
         if self.resize_size:

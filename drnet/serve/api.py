@@ -11,9 +11,16 @@ encodes:
   these arrays, and ``tests/test_serve.py`` holds it equal to the Python rule;
 - segmenter: :func:`drnet.speed.inference.predict_labels` (the label map, fast path), coloured
   with :mod:`drnet.data.palettes`, and the share of pixels of each class;
-- both: per-level activations (:func:`drnet.analysis.collect_activations`), drawn as the mean
-  absolute activation and as the most active channel, each with its gridding score
-  (:func:`drnet.analysis.gridding_scores`), and the time each step took.
+- both: what the model knows (its classes, the size it looked at, and notices when the input
+  is far from what it was trained on: :func:`input_notices`), the time each step took, and on
+  request (``activations=True``: they are most of the answer's bytes and of its compute) the
+  per-level activations (:func:`drnet.analysis.collect_activations`), drawn as the mean
+  absolute activation and as the most active channel on one colour scale per statistic, each
+  with its gridding score (:func:`drnet.analysis.gridding_scores`).
+
+A classifier's first box uses its run's tuned threshold (:func:`tuned_threshold`: the ``t``
+chosen on held-out scenes by ``drnet localize eval`` or the demo), else ``--threshold``, else
+the paper's default.
 
 Nothing is written to disk: images arrive as bytes and leave as base64 PNG data URIs.
 """
@@ -22,10 +29,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +58,14 @@ MAX_MAP_VALUES = 1 << 20
 ACTIVATION_SIDE = 512  # activations are collected on the input reduced to this longer side
 BOX_FALLBACK = "peak"
 BOX_MODE = "minmax"
+# where a classifier's run keeps its tuned threshold: the localization metrics file (old and new
+# name), in the run folder or in a sibling "localization" folder (the demo's layout)
+THRESHOLD_FILES = ("localization_metrics.json", "metrics.json")
+# an input this many times smaller or larger (shorter side) than the model's training size, or
+# whose normalised colours are this far off, gets a notice
+SIZE_RATIO_NOTICE = 2.0
+COLOUR_MEAN_NOTICE = 1.5  # |mean| of a normalised channel, in training standard deviations
+COLOUR_STD_NOTICE = (0.15, 3.0)  # normalised standard deviation outside this range
 
 
 class UploadError(DrnetError):
@@ -73,6 +91,8 @@ class ServedModel:
     runner: nn.Module
     card: ModelCard
     device: torch.device
+    threshold: float = DEFAULT_THRESHOLD
+    threshold_source: str = "the paper's default"
 
     @classmethod
     def create(
@@ -85,9 +105,12 @@ class ServedModel:
         device: str | torch.device = "cpu",
         fast: bool = True,
         dtype: str = "auto",
+        threshold: float | None = None,
     ) -> ServedModel:
         """Wrap a model from :func:`drnet.models.loading.load_model` (moved to ``device``);
-        ``dtype`` as ``--dtype`` (``auto``: bfloat16 where the device has it natively)."""
+        ``dtype`` as ``--dtype`` (``auto``: bfloat16 where the device has it natively).
+        ``threshold``: a classifier's box threshold (``--threshold``); None: its run's tuned
+        one (:func:`tuned_threshold`) where ``source`` has it, else the paper's default."""
         from drnet.speed.inference import fast_inference
 
         device = torch.device(device)
@@ -95,7 +118,12 @@ class ServedModel:
         runner = fast_inference(model, enabled=fast, dtype=dtype)
         short = "/".join(str(source).replace("\\", "/").rstrip("/").split("/")[-2:])
         name = f"{card.model} {card.task} ({short})"
-        return cls(id, name, str(source), model, runner, card, device)
+        served = cls(id, name, str(source), model, runner, card, device)
+        if threshold is not None:
+            served.threshold, served.threshold_source = check_threshold(threshold), "--threshold"
+        elif card.task == "classification" and (tuned := tuned_threshold(source)) is not None:
+            served.threshold, served.threshold_source = tuned
+        return served
 
     @property
     def task(self) -> str:
@@ -113,7 +141,7 @@ class ServedModel:
         """``GET /api/models`` entry: id, name, task, architecture, classes, source, and the
         dtype inference computes in."""
         dtype = getattr(self.runner, "dtype", torch.float32)
-        return {
+        entry = {
             "dtype": str(dtype).removeprefix("torch."),
             "id": self.id,
             "name": self.name,
@@ -122,7 +150,113 @@ class ServedModel:
             "num_classes": self.card.num_classes,
             "classes": self.card.names(),
             "source": self.source,
+            "training_size": training_size(self.card),
         }
+        if self.task == "classification":
+            entry["threshold"] = self.threshold
+            entry["threshold_source"] = self.threshold_source
+        return entry
+
+
+def check_threshold(value: float, name: str = "threshold") -> float:
+    """``value`` as a box threshold: a finite number in [0, 1] (the min-max scaled response),
+    else :class:`UploadError` 400 naming ``name``."""
+    value = float(value)
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise UploadError(
+            400, f"{name}={value:g}: expected a number from 0 to 1 (a fraction of the class "
+            "map's range), such as 0.2"
+        )  # fmt: skip
+    return value
+
+
+def tuned_threshold(source: str | Path | None) -> tuple[float, str] | None:
+    """The box threshold a classifier's run chose on held-out scenes, and the file it is in.
+
+    Looks, in the run folder (``source`` itself, or the folder of a checkpoint file) and in a
+    sibling ``localization`` folder (the demo's ``models/<name>/localization``), for
+    ``localization_metrics.json`` or a ``metrics.json`` with a ``threshold`` in min-max mode.
+    None when there is none (a bare checkpoint, published weights)."""
+    if source is None:
+        return None
+    path = Path(str(source))
+    if not path.exists():
+        return None
+    folder = path if path.is_dir() else path.parent
+    for base in (folder, folder.parent / "localization"):
+        for name in THRESHOLD_FILES:
+            file = base / name
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict):
+                continue
+            value = data.get("threshold")
+            if data.get("threshold_mode", BOX_MODE) != BOX_MODE:
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1:
+                return float(value), str(file)
+    return None
+
+
+def training_size(card: ModelCard) -> int | None:
+    """The shorter side of the images the model was trained on, where its card says
+    (``crop_size``, else ``resize_size``; a segmenter's recipe crop): None when unknown."""
+    training = card.training or {}
+    sizes = [training.get("crop_size")]
+    if card.task == "classification":  # a segmenter's card sizes are not what it saw
+        sizes += [card.crop_size, card.resize_size]
+    for value in sizes:
+        if isinstance(value, int) and value > 0:
+            return value
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+            return min(value)
+    return None
+
+
+def input_notices(card: ModelCard, image_size: tuple[int, int], x: Tensor) -> list[str]:
+    """Plain-words notices when the input is far from what the model was trained on: a size
+    far from its training size, colour statistics far from its training normalisation
+    (``x`` is the normalised input ``[1, 3, H, W]``), a nearly uniform image. Hints, not
+    verdicts: an image without notices may still be unlike the training data."""
+    notices = []
+    height, width = image_size
+    trained = training_size(card)
+    looked = (int(x.shape[-2]), int(x.shape[-1]))
+    if trained:
+        ratio = min(height, width) / trained
+        if ratio >= SIZE_RATIO_NOTICE or ratio <= 1 / SIZE_RATIO_NOTICE:
+            notices.append(
+                f"size: trained on images about {trained} px on the shorter side; this one is "
+                f"{width}x{height} ({ratio:.2g}x), seen at {looked[1]}x{looked[0]}"
+            )
+    values = x[0].float()
+    mean = values.mean(dim=(-2, -1))
+    std = values.std(dim=(-2, -1)) if values[0].numel() > 1 else torch.zeros(len(values))
+    if float(std.max()) < 0.05:
+        notices.append("nearly uniform image: a class on it says little about the image")
+    elif float(mean.abs().max()) > COLOUR_MEAN_NOTICE or not (
+        COLOUR_STD_NOTICE[0] <= float(std.mean()) <= COLOUR_STD_NOTICE[1]
+    ):
+        shown = ", ".join(f"{m:+.1f}" for m in mean.tolist())
+        notices.append(
+            f"colours: far from the training images (channel means {shown} and spread "
+            f"{float(std.mean()):.2f} in training standard deviations; training: 0 and 1)"
+        )
+    return notices
+
+
+def model_knowledge(served: ServedModel, x: Tensor, image_size: tuple[int, int]) -> dict:
+    """What the page says under a result: the classes the model knows, the size it was
+    trained at and the size it looked at, and :func:`input_notices`."""
+    return {
+        "classes": served.card.names(),
+        "num_classes": served.card.num_classes,
+        "training_size": training_size(served.card),
+        "looked_at": [int(x.shape[-2]), int(x.shape[-1])],
+        "notices": input_notices(served.card, image_size, x),
+    }
 
 
 # ----------------------------------------------------------------------------- images
@@ -165,9 +299,9 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = 12_000_000
 def png_data_uri(array: np.ndarray) -> str:
     """``data:image/png;base64,...`` of a uint8 ``[H, W]``/``[H, W, 3]`` or uint16 ``[H, W]``
     array (fast compression: these travel once over a local socket)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    from drnet.rendering import png_data_uri as encode
+
+    return encode(array, fast=True)
 
 
 def float32_base64(values: Tensor) -> str:
@@ -224,10 +358,11 @@ def _levels(model: nn.Module) -> tuple[list[str], list[str]]:
 
 def level_activations(model: nn.Module, x: Tensor) -> list[dict[str, Any]]:
     """Per level: label, module, map size, channels, gridding score (None below 8x8 maps),
-    the mean |activation| and the most active channel as PNG data URIs (jet colours, each
-    rescaled to its own range) and that channel's index."""
-    from drnet.analysis import activation_image, collect_activations, gridding_scores
-    from drnet.tasks.localize import colorize
+    the mean |activation| and the most active channel as PNG data URIs (viridis colours on
+    one scale per statistic across the levels, from 0 to ``scale_max[statistic]``, so that a
+    flat level looks flat) and that channel's index."""
+    from drnet.analysis import activation_values, collect_activations, gridding_scores
+    from drnet.rendering import colorize_values
 
     shorter = _shorter_side_for(tuple(x.shape[-2:]), ACTIVATION_SIDE)
     if shorter is not None:
@@ -235,16 +370,18 @@ def level_activations(model: nn.Module, x: Tensor) -> list[dict[str, Any]]:
     modules, labels = _levels(model)
     activations = collect_activations(model, x, modules)
     scores = gridding_scores({name: act[0] for name, act in activations.items()})
+    statistics = ("mean", "max_channel")
+    values = {
+        module: {s: activation_values(activations[module][0], statistic=s) for s in statistics}
+        for module in modules
+    }
+    scale_max = {s: max(float(v[s].max()) for v in values.values()) for s in statistics}
     levels = []
     for module, label in zip(modules, labels, strict=True):
         act = activations[module][0].float().cpu()
         images = {
-            statistic: png_data_uri(
-                colorize(torch.from_numpy(activation_image(act, statistic=statistic)))
-                .permute(1, 2, 0)
-                .numpy()
-            )
-            for statistic in ("mean", "max_channel")
+            s: png_data_uri(colorize_values(values[module][s], "viridis", 0.0, scale_max[s]))
+            for s in statistics
         }
         levels.append(
             {
@@ -257,6 +394,8 @@ def level_activations(model: nn.Module, x: Tensor) -> list[dict[str, Any]]:
                 "png_max_channel": images["max_channel"],
                 # the channel most_active_channel draws: the largest mean activation
                 "max_channel": int(act.mean(dim=(-2, -1)).argmax()),
+                "scale_max": {s: _round(scale_max[s], 6) for s in statistics},
+                "peak": {s: _round(float(values[module][s].max()), 6) for s in statistics},
             }
         )
     return levels
@@ -322,11 +461,14 @@ def class_map_payload(result: Any, names: list[str]) -> dict[str, Any]:
 def classify(
     served: ServedModel,
     image: Image.Image,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     top_k: int = TOP_K,
+    activations: bool = False,
 ) -> dict[str, Any]:
-    """Top-k classes with scores, the paper's boxes (cell and pixel) at ``threshold``, the class
-    map, activations and timings of a classifier on ``image``."""
+    """Top-k classes with scores, the paper's boxes (cell and pixel) at ``threshold`` (None:
+    the model's own, ``served.threshold``), the class map, what the model knows, timings and,
+    with ``activations``, the per-level activations of a classifier on ``image``."""
+    threshold = served.threshold if threshold is None else check_threshold(threshold)
     from drnet.data.classification import full_image_transform
     from drnet.tasks.boxes import boxes_from_class_map, scale_boxes
     from drnet.tasks.localize import LocalizationSettings, localize_image
@@ -364,13 +506,19 @@ def classify(
     ]
     with timings.step("class map for the page"):
         class_map = class_map_payload(result, names)
-    with timings.step("activations"):
-        activations = level_activations(served.model, x)
+    levels = None
+    if activations:
+        with timings.step("activations"):
+            levels = level_activations(served.model, x)
     return {
         "top5": top,
         "threshold": threshold,
+        "threshold_source": (
+            served.threshold_source if threshold == served.threshold else "the request"
+        ),
         "class_map": class_map,
-        "activations": activations,
+        "model_info": model_knowledge(served, x, image_size),
+        "activations": levels,
         "timings_ms": dict(timings),
     }
 
@@ -380,11 +528,15 @@ def classify(
 
 @torch.inference_mode()
 def segment(
-    served: ServedModel, image: Image.Image, max_side: int | None = SEGMENT_MAX_SIDE
+    served: ServedModel,
+    image: Image.Image,
+    max_side: int | None = SEGMENT_MAX_SIDE,
+    activations: bool = False,
 ) -> dict[str, Any]:
     """Label map (class indices and colours, PNG), per-class pixel shares with their legend
-    colours, activations and timings of a segmenter on ``image`` (reduced to ``max_side`` on its
-    longer side first, when larger; None or 0: never)."""
+    colours, what the model knows, timings and, with ``activations``, the per-level
+    activations of a segmenter on ``image`` (reduced to ``max_side`` on its longer side first,
+    when larger; None or 0: never)."""
     from drnet.data.classification import full_image_transform
     from drnet.data.palettes import colorize, get_palette
     from drnet.speed.inference import predict_labels
@@ -411,14 +563,17 @@ def segment(
         }
         for c, name in enumerate(card.names())
     ]
-    with timings.step("activations"):
-        activations = level_activations(served.model, x)
+    levels = None
+    if activations:
+        with timings.step("activations"):
+            levels = level_activations(served.model, x)
     return {
         "input_size": [int(x.shape[-2]), int(x.shape[-1])],
         "label_png": label_png,
         "color_png": color_png,
         "classes": classes,
-        "activations": activations,
+        "model_info": model_knowledge(served, x, (image.height, image.width)),
+        "activations": levels,
         "timings_ms": dict(timings),
     }
 
@@ -427,12 +582,14 @@ def predict(
     served: ServedModel,
     image: Image.Image,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     top_k: int = TOP_K,
     max_side: int | None = SEGMENT_MAX_SIDE,
+    activations: bool = False,
 ) -> dict[str, Any]:
     """One model's results on ``image``: ``{"id", "name", "task", "image_size", ...}`` plus
-    :func:`classify`'s or :func:`segment`'s entries."""
+    :func:`classify`'s or :func:`segment`'s entries (activations only when asked: they are
+    most of the bytes and, on large images, most of the time)."""
     entry: dict[str, Any] = {
         "id": served.id,
         "name": served.name,
@@ -440,7 +597,7 @@ def predict(
         "image_size": [image.height, image.width],
     }
     if served.task == "classification":
-        entry.update(classify(served, image, threshold, top_k))
+        entry.update(classify(served, image, threshold, top_k, activations))
     else:
-        entry.update(segment(served, image, max_side))
+        entry.update(segment(served, image, max_side, activations))
     return entry

@@ -4,9 +4,13 @@ Routes: ``GET /`` the page, ``GET /api/models`` the loaded models, ``POST /api/p
 image (the raw request body with any ``Content-Type``, or ``multipart/form-data``) for every
 model or for ``?model=ID``. Requests are answered on their own threads; inference runs on one
 worker thread fed by a queue, so a request that arrives while another runs waits for it rather
-than being refused or competing for the CPU. Errors are JSON ``{"error": "..."}`` with a 4xx
-status (a 500 with one line for anything unexpected, the traceback only in the server's log).
-Nothing is written to disk.
+than being refused or competing for the CPU.
+
+Every answer is JSON (the page aside): errors are ``{"error": "..."}`` with one line and a 4xx
+status (405 for a method the route does not take, a 500 for anything unexpected, the traceback
+only in the server's log); non-finite numbers are sent as ``null``. Query parameters are
+checked: an unknown one, or a threshold that is not a number in [0, 1], is a 400. Nothing is
+written to disk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import email.policy
 import ipaddress
 import json
 import logging
+import math
 import socket
 import threading
 from collections.abc import Sequence
@@ -34,10 +39,10 @@ from drnet.constants import (
     SERVE_PORT,
 )
 from drnet.serve.api import (
-    DEFAULT_THRESHOLD,
     TOP_K,
     ServedModel,
     UploadError,
+    check_threshold,
     decode_image,
     predict,
 )
@@ -51,13 +56,26 @@ class ServeSettings:
 
     max_upload_bytes: int = int(SERVE_MAX_UPLOAD_MB * 1024 * 1024)
     max_pixels: int = SERVE_MAX_PIXELS
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None  # None: each classifier's own (ServedModel.threshold)
     max_side: int | None = SEGMENT_MAX_SIDE
 
 
 def page_html() -> bytes:
     """The page (``drnet/serve/static/index.html``, package data)."""
     return resources.files("drnet.serve").joinpath("static/index.html").read_bytes()
+
+
+def example_images() -> dict[str, bytes]:
+    """The example images the page offers (``drnet/assets/examples/*.png``, package data):
+    ``{file name: PNG bytes}``, sorted by name."""
+    folder = resources.files("drnet").joinpath("assets/examples")
+    if not folder.is_dir():
+        return {}
+    return {
+        entry.name: entry.read_bytes()
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".png")
+    }
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -98,6 +116,7 @@ class DrnetServer(ThreadingHTTPServer):
         self.models = {m.id: m for m in models}
         self.settings = settings
         self.page = page_html()
+        self.examples = example_images()
         self.allowed_hosts = allowed_hosts(str(address[0]))
         self.any_address = str(address[0]) in ("", "0.0.0.0", "::")
         if ":" in str(address[0]):
@@ -133,9 +152,11 @@ class DrnetServer(ThreadingHTTPServer):
         super().server_close()
         self.worker.shutdown(wait=False, cancel_futures=True)
 
-    def run_models(self, image, ids: Sequence[str], threshold: float) -> list[dict[str, Any]]:
+    def run_models(
+        self, image, ids: Sequence[str], threshold: float | None, activations: bool = False
+    ) -> list[dict[str, Any]]:
         """The results of the models ``ids`` on ``image``, computed on the inference worker
-        (queued behind any request already there)."""
+        (queued behind any request already there); ``threshold`` None: each classifier's own."""
 
         def job() -> list[dict[str, Any]]:
             return [
@@ -145,6 +166,7 @@ class DrnetServer(ThreadingHTTPServer):
                     threshold=threshold,
                     top_k=TOP_K,
                     max_side=self.settings.max_side,
+                    activations=activations,
                 )
                 for i in ids
             ]
@@ -162,8 +184,12 @@ class RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         logger.debug("%s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -173,8 +199,20 @@ class RequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, data: Any) -> None:
-        self._send(status, json.dumps(data).encode("utf-8"), "application/json")
+    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(finite(data), allow_nan=False).encode("utf-8")
+        self._send(status, body, "application/json", headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None):
+        """http.server's own errors (a malformed request line, an unknown method, a header
+        too long) as JSON too, not its HTML page."""
+        short = self.responses.get(code, ("error", ""))[0]
+        self.close_connection = True
+        if not getattr(self, "command", None):
+            self.command = "GET"  # no request line parsed: still send a body
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # unparsed version: still send a status line
+        self._json(code, {"error": f"{code} {message or short}".splitlines()[0]})
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
@@ -206,6 +244,21 @@ class RequestHandler(BaseHTTPRequestHandler):
         if self._request_ok():
             self._guarded(self._post)
 
+    def _not_allowed(self) -> None:
+        """PUT, DELETE, OPTIONS, PATCH: a 405 in JSON naming the methods the route takes."""
+        if not self._request_ok():
+            return
+        path = urlsplit(self.path).path
+        allowed = "POST" if path == "/api/predict" else "GET, HEAD"
+        self._drain_or_close()
+        self._json(
+            405,
+            {"error": f"{self.command} {path} is not supported: use {allowed}"},
+            {"Allow": allowed},
+        )
+
+    do_PUT = do_DELETE = do_OPTIONS = do_PATCH = _not_allowed  # noqa: N815 - http.server's names
+
     def _request_ok(self) -> bool:
         """Answer (and close) a request this server must not serve: a ``Host`` that is not
         one of its names (421), a body whose length cannot be known (400, 411). Its body is
@@ -230,11 +283,19 @@ class RequestHandler(BaseHTTPRequestHandler):
         return True
 
     def _get(self) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
+        if path.startswith("/api/"):
+            _query(url.query, known=())
         if path in ("/", "/index.html"):
             self._send(200, self.server.page, "text/html; charset=utf-8")
         elif path == "/api/models":
             self._json(200, {"models": [m.describe() for m in self.server.models.values()]})
+        elif path == "/api/examples":
+            names = list(self.server.examples)
+            self._json(200, {"examples": [{"name": n, "url": f"/examples/{n}"} for n in names]})
+        elif path.startswith("/examples/") and path[len("/examples/") :] in self.server.examples:
+            self._send(200, self.server.examples[path[len("/examples/") :]], "image/png")
         elif path == "/favicon.ico":
             self._send(204, b"", "image/x-icon")
         else:
@@ -246,12 +307,17 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._drain_or_close()
             self._error(404, f"no such endpoint: POST {url.path} (use /api/predict)")
             return
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            query = _query(url.query, PREDICT_PARAMETERS)
+        except UploadError:
+            self._drain_or_close()
+            raise
         data, name = self._upload(query.get("filename"))  # read first: keep-alive stays in step
         ids = self._model_ids(query.get("model"))
         threshold = _threshold(query.get("threshold"), self.server.settings.threshold)
+        activations = _flag(query.get("activations"), "activations")
         image = decode_image(data, name, self.server.settings.max_pixels)
-        results = self.server.run_models(image, ids, threshold)
+        results = self.server.run_models(image, ids, threshold, activations)
         self._json(
             200,
             {"image": {"name": name, "width": image.width, "height": image.height},
@@ -303,13 +369,51 @@ class RequestHandler(BaseHTTPRequestHandler):
         return body, name
 
 
-def _threshold(text: str | None, default: float) -> float:
+PREDICT_PARAMETERS = ("model", "threshold", "filename", "activations")
+
+
+def _query(text: str, known: Sequence[str]) -> dict[str, str]:
+    """The query's parameters (the last value of each); an unknown one is a 400 that names
+    the known ones (a misspelt parameter must not be silently ignored)."""
+    query = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        takes = f"it takes {', '.join(known)}" if known else "it takes none"
+        raise UploadError(400, f"unknown parameter {', '.join(unknown)}: {takes}")
+    return query
+
+
+def _threshold(text: str | None, default: float | None) -> float | None:
     if text is None:
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UploadError(400, f"threshold={text!r}: expected a number such as 0.2") from None
+    return check_threshold(value)
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None:
+        return False
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on", ""):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise UploadError(400, f"{name}={text!r}: expected 1 or 0")
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every NaN or infinity replaced by None (``null``): JSON has no such
+    numbers, and ``JSON.parse`` refuses ``NaN``."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
 
 
 def _multipart_file(content_type: str, body: bytes, default_name: str) -> tuple[bytes, str]:

@@ -103,7 +103,7 @@ class Row:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def resolve_device(device: str) -> torch.device:
+def benchmark_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -248,7 +248,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def build_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
+def build_benchmark_model(config: BenchmarkConfig, device: torch.device) -> nn.Module:
     """The benchmarked model with its (random or loaded) weights, on ``device``."""
     torch.manual_seed(config.seed)
     if config.task == "segmentation":
@@ -290,7 +290,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 def model_gflop(config: BenchmarkConfig) -> float:
     """GFLOP of one forward pass of one image (multiply-add = 2), counted on the meta device."""
     with torch.device("meta"):
-        model = build_model(replace(config, checkpoint=None), torch.device("meta"))
+        model = build_benchmark_model(replace(config, checkpoint=None), torch.device("meta"))
     return count_flops(model.eval(), (1, 3, config.height, config.width)) / 1e9
 
 
@@ -643,7 +643,7 @@ def run_benchmark(
     with ``machine``, ``config``, ``conv_peak``, ``gflop_per_img`` and ``rows``."""
     if config.mode not in ("inference", "training", "both"):
         raise DrnetError(f"--mode {config.mode!r}: choose inference, training or both")
-    device = resolve_device(config.device)
+    device = benchmark_device(config.device)
     machine = machine_info(device)
     gflop = model_gflop(config)
     peak = None
@@ -652,7 +652,7 @@ def run_benchmark(
         log("measuring the conv peak")
         peak_info = conv_peak_gflops(device, repeats=max(10, config.repeats))
         peak = peak_info["peak"]
-    model = build_model(config, device)
+    model = build_benchmark_model(config, device)
     if config.checkpoint is None:
         randomize_batchnorm(model, config.seed)
     rows: list[Row] = []

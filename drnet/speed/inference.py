@@ -11,7 +11,7 @@
   BatchNorm folded and one is kept only if it measured faster (:func:`choose_fast_path`,
   :mod:`drnet.speed.chooser`; the decision is cached per machine),
 - DRNSeg's up-sampling as two small matrix products instead of a grouped transposed conv, and a
-  labels-only path (:meth:`InferenceModel.predict_labels`) that up-samples a band of rows at a time
+  labels-only path (:meth:`InferenceModel.labels`) that up-samples a band of rows at a time
   and keeps only the arg-max (no full-resolution logits, no log-softmax),
 - optionally ``torch.compile``,
 - optionally bfloat16 weights and activations (``dtype=torch.bfloat16``, for CPUs and GPUs with
@@ -81,7 +81,7 @@ class InferenceModel(nn.Module):
     """An eval-only, optimized model with the same outputs as the model it came from.
 
     ``forward`` follows the original's output convention (logits, feature lists, DRNSeg's
-    ``{"out": ...}`` or the official pair). For segmentation, :meth:`predict_labels` returns
+    ``{"out": ...}`` or the official pair). For segmentation, :meth:`labels` returns
     class indices ``[N, H, W]`` at the input size, the cheapest way to get a label map.
     """
 
@@ -162,15 +162,17 @@ class InferenceModel(nn.Module):
         return self.model.forward_map(self._prepare(x)).float()
 
     @torch.no_grad()
-    def predict_labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
+    def labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
         """Arg-max labels ``[N, H, W]`` (int64) without materialising full-resolution logits."""
         if not self.is_segmentation:
-            raise RuntimeError("predict_labels needs a segmentation model")
+            raise RuntimeError("labels needs a segmentation model")
         size = tuple(x.shape[-2:])
         low = self._lowres(self._prepare(x))
         if self.upsample is not None:
             return self.upsample.labels(low, size, chunk_rows)
         return upsample_labels_reference(self.model.up, low, size, chunk_rows)
+
+    predict_labels = labels  # its name in earlier releases, kept for one release
 
 
 def _separable_upsample(model: nn.Module) -> SeparableUpsample | None:
@@ -456,7 +458,7 @@ def predict_labels(model: nn.Module, x: torch.Tensor, chunk_rows: int = 64) -> t
     Identical to ``model(x)["out"].argmax(1)`` up to floating-point ties.
     """
     if isinstance(model, (InferenceModel, FastOnFirstCall)):
-        return model.predict_labels(x, chunk_rows)
+        return model.labels(x, chunk_rows)
     if isinstance(model, DRNSeg):
         low = model.forward_logits_lowres(x)
         upsample = _separable_upsample(model)
@@ -576,5 +578,8 @@ class FastOnFirstCall(nn.Module):
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.runner(x).forward_map(x)
 
-    def predict_labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
-        return self.runner(x).predict_labels(x, chunk_rows)
+    def labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
+        """Arg-max labels ``[N, H, W]`` of the optimized model."""
+        return self.runner(x).labels(x, chunk_rows)
+
+    predict_labels = labels  # its name in earlier releases, kept for one release

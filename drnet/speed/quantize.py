@@ -104,7 +104,7 @@ class Int8Model(nn.Module):
     """A calibrated int8 model with the original's output convention (CPU only).
 
     ``forward`` returns what the float model returns (logits; ``{"out": ...}`` or the official
-    pair for segmentation); :meth:`predict_labels` gives segmentation labels.
+    pair for segmentation); :meth:`labels` gives segmentation labels.
     """
 
     def __init__(
@@ -127,6 +127,15 @@ class Int8Model(nn.Module):
                 self.upsample = None
         self._runner: Any = torch.compile(quantized) if compile else quantized
         self.compiled = compile
+
+    def train(self, mode: bool = True) -> Int8Model:
+        """Inference only: ``eval()`` is a no-op (an exported int8 graph refuses the switch,
+        so code that calls ``model.eval()`` on any model, the task evaluation included, can
+        take this one); ``train()`` raises."""
+        if mode:
+            raise RuntimeError("an int8 model is for inference only")
+        self.training = False
+        return self
 
     def _core(self, x: torch.Tensor) -> torch.Tensor:
         if not self.compiled:
@@ -152,15 +161,17 @@ class Int8Model(nn.Module):
         return {"out": logits}
 
     @torch.no_grad()
-    def predict_labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
+    def labels(self, x: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
         """Segmentation labels ``[N, H, W]``."""
         if not self.is_segmentation:
-            raise RuntimeError("predict_labels needs a segmentation model")
+            raise RuntimeError("labels needs a segmentation model")
         low = self._core(x)
         size = tuple(x.shape[-2:])
         if self.upsample is not None:
             return self.upsample.labels(low, size, chunk_rows)
         return upsample_labels_reference(self.up, low, size, chunk_rows)
+
+    predict_labels = labels  # its name in earlier releases, kept for one release
 
 
 def quantize_int8(

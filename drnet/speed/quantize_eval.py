@@ -1,5 +1,11 @@
 """Int8 and bf16 vs float32 on real data: mIoU, unchanged labels and time per image, side by
-side."""
+side.
+
+mIoU and pixel accuracy come from the segmentation task's own evaluation
+(:func:`drnet.tasks.segment.evaluate`, on the same images for every precision); this module adds
+only what an evaluation does not measure: the share of labels each precision leaves unchanged
+and the time per image, taken in interleaved rounds (load hits every path alike).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
+from drnet.data.segmentation import open_segmentation_dataset
+from drnet.engine.precision import native_bf16
 from drnet.errors import DataError
-from drnet.metrics import ConfusionMatrix
+from drnet.models.loading import load_model, logits_of
+from drnet.speed.inference import optimize_for_inference
+from drnet.speed.quantize import quantize_int8
+from drnet.tasks import segment
+from drnet.tasks.common import InferenceOptions
 
 
 def _evenly(count: int, wanted: int) -> list[int]:
@@ -51,12 +64,6 @@ def evaluate_int8(
     any CPU; its time means something only where ``bf16_native`` is true (elsewhere bf16 is
     emulated, several times slower than float32).
     """
-    from drnet.data.segmentation import open_segmentation_dataset
-    from drnet.engine.precision import native_bf16
-    from drnet.models.loading import load_model
-    from drnet.speed.inference import optimize_for_inference
-    from drnet.speed.quantize import quantize_int8
-
     if data is None:
         raise DataError("--data: give a segmentation dataset folder (e.g. from drnet data scenes)")
     calibration_set = open_segmentation_dataset(data, calibration_split, num_classes)
@@ -82,30 +89,37 @@ def evaluate_int8(
     quantized = quantize_int8(network, calibration, example_input=calibration[0], compile=compile)
     quantize_s = time.perf_counter() - start
 
-    runners = {"fp32": lambda x: network(x)["out"].argmax(1), "int8": quantized.predict_labels}
+    models = {"fp32": network, "int8": quantized}
     if bf16:
-        bf16_model = optimize_for_inference(network, channels_last=True, dtype=torch.bfloat16)
-        runners["bf16"] = bf16_model.predict_labels
-    matrices = {name: ConfusionMatrix(classes) for name in runners}
+        models["bf16"] = optimize_for_inference(network, channels_last=True, dtype=torch.bfloat16)
+    indices = _evenly(len(val_set), val_images)
+    # the scores: the task's evaluation on the same images (each model runs as it is given)
+    options = InferenceOptions(device="cpu", fast=False, progress=False)
+    subset = Subset(val_set, indices)
+    settings = segment.SegmentationSettings()
+    metrics = {
+        name: segment.evaluate(model, card, subset, options, settings).metrics
+        for name, model in models.items()
+    }
+    # the time per image and the labels each precision changes: interleaved rounds
+    runners = {"fp32": lambda x: logits_of(network(x)).argmax(1), "int8": quantized.labels}
+    if bf16:
+        runners["bf16"] = models["bf16"].labels
     times: dict[str, list[float]] = {name: [] for name in runners}
     same = dict.fromkeys(runners, 0)
     total = 0
-    indices = _evenly(len(val_set), val_images)
     first = val_set[indices[0]][0][None]
     for runner in runners.values():
         runner(first)  # compile / pack for this shape outside the timing
     for i in indices:
-        image, label = val_set[i]
-        x = image[None]
+        x = val_set[i][0][None]
         labels = {}
         for name, runner in runners.items():  # interleaved: load hits every path alike
             t0 = time.perf_counter()
             labels[name] = runner(x)
             times[name].append(time.perf_counter() - t0)
-            matrices[name].update(labels[name][0], label)
             same[name] += int((labels[name] == labels["fp32"]).sum())
         total += labels["fp32"].numel()
-    metrics = {name: matrix.compute() for name, matrix in matrices.items()}
     ms = {name: 1e3 * float(torch.tensor(values).median()) for name, values in times.items()}
     fp32_metrics, int8_metrics = metrics["fp32"], metrics["int8"]
     ms_fp32, ms_int8 = ms["fp32"], ms["int8"]
@@ -137,3 +151,24 @@ def evaluate_int8(
             bf16_native=native_bf16("cpu"),
         )
     return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What ``drnet quantize`` prints for a :func:`evaluate_int8` report: mIoU in points (x100,
+    as ``segment eval`` prints it) and its change, the unchanged labels and the time per image."""
+    r = report
+    lines = [
+        f"mIoU float32 {100 * r['miou_fp32']:.2f}, int8 {100 * r['miou_int8']:.2f} "
+        f"(change {100 * (r['miou_int8'] - r['miou_fp32']):+.2f} points); labels "
+        f"unchanged {r['labels_unchanged']:.4%}; {r['ms_fp32']:.1f} -> "
+        f"{r['ms_int8']:.1f} ms/img ({r['speedup']:.2f}x) on {r['val_images']} images"
+    ]
+    if "miou_bf16" in r:
+        native = "" if r["bf16_native"] else " (emulated on this CPU: time not meaningful)"
+        lines.append(
+            f"bf16: mIoU {100 * r['miou_bf16']:.2f} (change "
+            f"{100 * (r['miou_bf16'] - r['miou_fp32']):+.2f} points); labels unchanged "
+            f"{r['labels_unchanged_bf16']:.4%}; {r['ms_bf16']:.1f} ms/img "
+            f"({r['speedup_bf16']:.2f}x){native}"
+        )
+    return lines

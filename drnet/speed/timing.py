@@ -1,38 +1,8 @@
-"""Wall-clock timing that waits for the device (CUDA) and reports medians."""
+"""Wall-clock timing that waits for the device (CUDA) and reports medians.
 
-from __future__ import annotations
+Re-exported from :mod:`drnet.timing`, drnet's one timing helper (also the demo's budget clock).
+"""
 
-import statistics
-import time
-from collections.abc import Callable
+from drnet.timing import measure, median, synchronize
 
-import torch
-
-
-def synchronize(device: torch.device | str | None = None) -> None:
-    device = torch.device(device) if device is not None else None
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(
-    fn: Callable[[], object],
-    repeats: int = 5,
-    warmup: int = 1,
-    device: torch.device | str | None = None,
-) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+__all__ = ["measure", "median", "synchronize"]

@@ -60,6 +60,8 @@ CONFUSION_IMAGE_MAX_CLASSES = 30
 OLD_METRICS_FILE = "classification_metrics.json"
 
 __all__ = [
+    "CONFUSION_IMAGE_MAX_CLASSES",
+    "ClassificationData",
     "ClassificationEvaluation",
     "ClassificationPredictions",
     "ClassificationResult",
@@ -72,7 +74,11 @@ __all__ = [
     "match_split_classes",
     "predict",
     "predict_classes",
+    "report_metrics",
+    "resolve_splits",
     "save_confusion_matrix_png",
+    "score_classifier",
+    "top_classes",
     "topk_correct",
     "train",
     "train_classifier",
@@ -435,7 +441,7 @@ def report_metrics(result: ClassificationResult) -> dict:
     """What ``metrics.json`` holds: :meth:`ClassificationResult.metrics` with ``ten_crop``, the
     ``confusion_matrix``, the ``class_names`` and the ``files`` an evaluation writes (the PNG
     only up to :data:`CONFUSION_IMAGE_MAX_CLASSES` classes)."""
-    metrics = result.metrics()
+    metrics = {"task": "classification", **result.metrics()}
     metrics["ten_crop"] = result.ten_crop
     metrics["confusion_matrix"] = result.confusion.tolist()
     metrics["class_names"] = list(result.class_names)
@@ -781,13 +787,24 @@ class ClassificationPredictions:
         return lines
 
 
-ClassificationData = str | os.PathLike | Dataset | DataLoader
+@dataclass(frozen=True)
+class ClassificationData:
+    """The ImageFolder splits :func:`train` reads: ``root`` holding ``train/`` (and ``val/``,
+    used when it exists), or ``train_dir`` / ``val_dir`` given (they win over ``root``'s)."""
+
+    root: str | os.PathLike | None = None
+    train_dir: str | os.PathLike | None = None
+    val_dir: str | os.PathLike | None = None
+
+    def splits(self) -> tuple[Path, Path | None]:
+        """The training and validation folders (see :func:`resolve_splits`)."""
+        return resolve_splits(self.root, self.train_dir, self.val_dir)
 
 
 def evaluate(
     model: nn.Module,
     card: ModelCard,
-    data: ClassificationData,
+    data: str | os.PathLike | Dataset | DataLoader,
     options: InferenceOptions,
     settings: ClassificationSettings,
 ) -> ClassificationEvaluation:
@@ -817,7 +834,7 @@ def predict(
 def train(
     model: nn.Module | None,
     card: ModelCard | None,
-    data: str | os.PathLike | tuple,
+    data: ClassificationData | str | os.PathLike | tuple,
     options: InferenceOptions,
     settings: ClassificationTrainSettings,
 ) -> TrainingResult:
@@ -825,8 +842,9 @@ def train(
     folder: checkpoints, ``log.csv``, ``config.json`` and ``model.json``; see
     :func:`train_classifier`).
 
-    ``data``: a dataset root holding ``train/`` (and ``val/``), a pair ``(train, val)`` of
-    ImageFolder splits (``val`` may be ``None``), or a pair of datasets of ``(image, target)``
+    ``data``: :class:`ClassificationData` (or its ``root``, a folder holding ``train/`` and
+    ``val/``), a pair ``(train, val)`` of ImageFolder splits (``val`` may be ``None``), or a
+    pair of datasets of ``(image, target)``
     (then ``card`` names the model, its classes and preprocessing). Without a ``card`` the model
     is ``settings.model`` and the classes are the training folder's. ``model``: start from this
     network instead of building the card's. ``options``: device, AMP, workers and progress of
@@ -842,8 +860,8 @@ def train(
     task.initial_model = model
     if task.card.num_classes == 1:
         logger.warning(
-            "the training data has a single class: every image is that class, so the model "
-            "learns nothing useful (accuracy is 100%% by construction)"
+            "the training data has a single class folder: every image is that class, so the "
+            "model learns nothing useful (accuracy is 100%% by construction)"
         )
     summary = train_with_card(task, task.card, config, settings.should_stop)
     return TrainingResult(summary, "top-1")
@@ -860,9 +878,10 @@ def _training_task(
             eval_batch_size=settings.eval_batch_size,
         )  # fmt: skip
     if isinstance(data, tuple):
-        train_dir, val_dir = resolve_splits(None, *data)
-    else:
-        train_dir, val_dir = resolve_splits(data)
+        data = ClassificationData(None, *data)
+    elif not isinstance(data, ClassificationData):
+        data = ClassificationData(data)
+    train_dir, val_dir = data.splits()
     if card is None:  # the classes come from the training folder
         model, channels, mean, std = settings.model, settings.channels, None, None
         crop_size, resize_size = settings.crop_size, settings.resize_size

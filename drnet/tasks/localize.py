@@ -27,13 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torchvision.utils import draw_bounding_boxes
 from tqdm.auto import tqdm
 
 from drnet.constants import (
@@ -56,6 +53,7 @@ from drnet.engine.distributed import resolve_device
 from drnet.engine.rundir import atomic_csv, atomic_save_image, atomic_write_json
 from drnet.errors import DataError, DrnetError, SettingsError
 from drnet.models.loading import ModelCard
+from drnet.rendering import colorize_heatmap, render_overlay, upsample_heatmap  # noqa: F401
 from drnet.speed.inference import fast_inference
 from drnet.tasks.boxes import (
     BOX_RESOLUTIONS,
@@ -68,7 +66,6 @@ from drnet.tasks.boxes import (
     iou,
     normalize_response,
     scale_boxes,
-    upsample_class_map,
 )
 from drnet.tasks.classify import match_split_classes
 from drnet.tasks.common import (
@@ -269,58 +266,9 @@ def display_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- rendering
-
-
-def colorize(values: Tensor) -> Tensor:
-    """A jet colour map: ``values`` ``[H, W]`` in ``[0, 1]`` to uint8 RGB ``[3, H, W]``."""
-    v = values.float().clamp(0, 1)
-    channels = [(1.5 - (4 * v - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)]
-    return (torch.stack(channels) * 255).round().to(torch.uint8)
-
-
-def upsample_heatmap(
-    response: Tensor, input_size: tuple[int, int], image_size: tuple[int, int], stride: int = 8
-) -> Tensor:
-    """A class response ``[h, w]`` (already in ``[0, 1]``) as a heatmap ``[H, W]`` over the
-    original image: bilinear over the cell centres (cell ``(i, j)`` centred on pixel
-    ``stride * j + (stride - 1) / 2`` of the network input, as for pixel boxes), cropped to the
-    input and resized to the image."""
-    up = upsample_class_map(response[None], input_size, stride)[0]
-    if tuple(input_size) != tuple(image_size):
-        up = F.interpolate(up[None, None], size=image_size, mode="bilinear")[0, 0]
-    return up.clamp(0, 1)
-
-
-def render_overlay(
-    image: Image.Image,
-    heatmap: Tensor | None,
-    predicted: Tensor | None = None,
-    ground_truth: Tensor | None = None,
-    labels: Sequence[str] | None = None,
-    alpha: float = 0.45,
-) -> Image.Image:
-    """The image blended with a heatmap, ground-truth boxes in green and predicted boxes in red
-    (labelled when the image is at least 128 px on its shorter side)."""
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-    if heatmap is not None:
-        blended = (1 - alpha) * pixels.float() + alpha * colorize(heatmap).float()
-        pixels = blended.round().clamp(0, 255).to(torch.uint8)
-    width = max(1, min(pixels.shape[1:]) // 100)
-    show_labels = min(pixels.shape[1:]) >= 128
-    if ground_truth is not None and len(ground_truth):
-        pixels = draw_bounding_boxes(
-            pixels, ground_truth.reshape(-1, 4), colors="lime", width=width
-        )
-    if predicted is not None and len(predicted):
-        predicted = predicted.reshape(-1, 4)
-        pixels = draw_bounding_boxes(
-            pixels,
-            predicted,
-            labels=list(labels) if labels and show_labels else None,
-            colors="red",
-            width=width,
-        )
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+# moved to drnet.rendering (one module draws for the report, localize and serve); the old names
+# stay importable from here
+colorize = colorize_heatmap
 
 
 # ----------------------------------------------------------------------------- one image
@@ -838,13 +786,14 @@ def _localization_metrics(
     chosen: float,
     source: str,
 ) -> dict:
-    """``localization_metrics.json``: the errors at the chosen ``t``, its curves and the prior."""
+    """``metrics.json``: the errors at the chosen ``t``, its curves and the prior."""
     curve = scores.curve()
     at = next(row for row in curve if row["threshold"] == chosen)
     prior_from = held_out if held_out is not None else scores
     n = scores.num_scored
     resize_size = card.resize_size if settings.resize_size is None else settings.resize_size
     return {
+        "task": "localization",
         "split": str(split_dir),
         "held_out_split": None,
         "model": card.model,
@@ -952,7 +901,7 @@ def predict(
     (:data:`~drnet.constants.DEFAULT_BOX_THRESHOLD` for ``"auto"``).
 
     With ``settings.save_overlays``, ``overlays/<name>.png`` (heatmap of the top-1 class, its box
-    in red) and with ``settings.save_heatmaps`` ``heatmaps/<name>_<class>.png`` (the min-max
+    solid white) and with ``settings.save_heatmaps`` ``heatmaps/<name>_<class>.png`` (the min-max
     normalised class response, jet colours) for every top-k class are written into
     ``settings.output_dir`` as they are made; names follow :data:`drnet.cli.vocab.NAMES_HELP`,
     pictures are drawn at :func:`display_size`. The entries are ``{"image", "width", "height",

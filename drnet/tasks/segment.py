@@ -89,12 +89,17 @@ __all__ = [
     "SegmentationSettings",
     "SegmentationTask",
     "SegmentationTrainSettings",
+    "check_save_kinds",
+    "collect_inputs",
     "evaluate",
     "evaluate_segmentation",
     "predict",
     "predict_segmentation",
+    "prediction_items",
     "run_evaluation",
+    "score_segmentation",
     "segmentation_loss",
+    "split_inputs",
     "train",
     "train_segmentation",
 ]
@@ -163,6 +168,11 @@ class SegmentationData:
     layout: str = "auto"
     list_dir: str | os.PathLike | None = None
     inputs: tuple[str | os.PathLike, ...] = ()
+
+    def prediction_items(self, num_classes: int) -> list[tuple[Path, str]]:
+        """``(path, output name)`` of every input :func:`predict` segments (see
+        :func:`prediction_items`)."""
+        return prediction_items(self, num_classes)
 
 
 @dataclass
@@ -500,12 +510,14 @@ class SegmentationEvaluation:
 def evaluate(
     model: nn.Module,
     card: ModelCard,
-    data: SegmentationData | SegmentationDataset,
+    data: SegmentationData | Dataset,
     options: InferenceOptions,
     settings: SegmentationSettings,
 ) -> SegmentationEvaluation:
     """mIoU, per-class IoU and pixel accuracy of ``model`` on ``data`` (a split of a dataset
-    folder, or a :class:`~drnet.data.segmentation.SegmentationDataset`), with whole-image,
+    folder, or a dataset of ``(image, label)`` full images such as a
+    :class:`~drnet.data.segmentation.SegmentationDataset` or a ``Subset`` of one; its classes
+    are the card's when it does not say), with whole-image,
     multi-scale/flip or sliding-window inference (``settings``).
 
     Runs under ``torchrun`` too: each process scores its shard, the confusion matrices are
@@ -522,11 +534,14 @@ def evaluate(
     else:
         dataset, where = data, {"data_dir": None, "split": None}
     save_dir = Path(settings.output_dir) / "predictions" if settings.save_predictions else None
+    num_classes = getattr(dataset, "num_classes", None) or card.num_classes
     metrics = score_segmentation(
-        model, dataset, options, settings, distributed=ctx.is_distributed, save_dir=save_dir
-    )
-    names = dataset.class_names or card.class_names or None
+        model, dataset, options, settings, distributed=ctx.is_distributed,
+        num_classes=num_classes, save_dir=save_dir,
+    )  # fmt: skip
+    names = getattr(dataset, "class_names", None) or card.class_names or None
     result = {
+        "task": "segmentation",
         "miou": metrics["miou"],
         "miou_ci95": metrics["miou_ci95"],
         "pixel_accuracy": metrics["pixel_accuracy"],
@@ -538,7 +553,7 @@ def evaluate(
                 "accuracy": metrics["accuracy"][c],
                 "pixels": metrics["pixels"][c],
             }
-            for c in range(dataset.num_classes)
+            for c in range(num_classes)
         ],
         "iou": metrics["iou"],
         "confusion_matrix": metrics["confusion_matrix"],
