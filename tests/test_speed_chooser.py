@@ -88,7 +88,7 @@ def test_chooser_returns_only_what_it_measured_faster(
     assert fast.choice.seconds == medians and not fast.choice.cached
     assert fast.choice.fold_bn  # the fallback is eager with BatchNorm folded, not unfolded eager
     with torch.inference_mode():
-        assert torch.equal(fast.predict_labels(x), segmenter(x)["out"].argmax(1))
+        assert torch.equal(fast.labels(x), segmenter(x)["out"].argmax(1))
 
 
 def test_auto_offers_every_installed_backend_and_keeps_the_rule(segmenter, cache, monkeypatch):
@@ -209,7 +209,7 @@ def test_backend_segmentation_agrees_with_eager(segmenter, backend):
     with torch.inference_mode():
         expected = segmenter(x)["out"]
         got = fast(x)["out"]
-        labels = fast.predict_labels(x)
+        labels = fast.labels(x)
         other = torch.randn(1, 3, 32, 40)  # another size: dynamic axes / another compile
         other_got = fast(other)["out"]
         other_expected = segmenter(other)["out"]

@@ -312,7 +312,7 @@ def inference_runners(
 
     def timed_for(fast: nn.Module) -> Callable[[], Any]:
         if segmentation:
-            return lambda: fast.predict_labels(x)
+            return lambda: fast.labels(x)
         return lambda: fast(x)
 
     for variant in variants:

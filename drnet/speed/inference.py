@@ -376,7 +376,7 @@ def choose_fast_path(
 
 def _labels_or_forward(model: InferenceModel, x: torch.Tensor) -> Any:
     # what eval/predict/serve call: a segmenter's labels, a classifier's scores
-    return model.predict_labels(x) if model.is_segmentation else model(x)
+    return model.labels(x) if model.is_segmentation else model(x)
 
 
 def optimize_for_inference(
