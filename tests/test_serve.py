@@ -973,3 +973,19 @@ def test_page_examples_paste_and_dark_theme(browser, compare_server, tmp_path):
     finally:
         browser.call("Emulation.setEmulatedMedia", features=[])
     assert browser.errors() == []
+
+
+def test_warm_up_says_what_it_chooses(runs, monkeypatch):
+    """`drnet serve` prints each step of choosing the fast path while it warms up (the lines
+    reach the progress callback the CLI passes), before the first request is answered."""
+    monkeypatch.setenv("DRNET_BACKEND", "torch")  # the candidates every install has
+    model, card = load_model(runs["classifier"])
+    lines: list[str] = []
+    served = ServedModel.create(
+        model, card, str(runs["classifier"]), id="m1", fast=True, dtype="float32",
+        progress=lines.append,
+    )  # fmt: skip
+    assert lines == []  # nothing is chosen before the warm-up
+    served.warm_up()
+    assert lines, "the warm-up reported nothing"
+    assert all(isinstance(line, str) and line for line in lines)

@@ -21,7 +21,6 @@ from torch import nn
 
 from drnet import rendering
 from drnet.atomic import atomic_save_image
-from drnet.rendering import colour_bar as draw_bar
 
 __all__ = [
     "STATISTICS",

@@ -117,9 +117,19 @@ def load_models(args: argparse.Namespace) -> list:
                 fast=not args.no_fast,
                 dtype=args.dtype,
                 threshold=getattr(args, "threshold", None),
+                progress=_warm_up_printer(f"m{number}"),
             )
         )
     return served
+
+
+def _warm_up_printer(model_id: str):
+    """Print each step of choosing a model's fast path while the server warms up."""
+
+    def say(line: str) -> None:
+        print(f"{model_id}: {line}", flush=True)
+
+    return say
 
 
 def _listen_error(exc: OSError) -> str:

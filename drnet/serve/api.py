@@ -32,7 +32,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,16 +106,19 @@ class ServedModel:
         fast: bool = True,
         dtype: str = "auto",
         threshold: float | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> ServedModel:
         """Wrap a model from :func:`drnet.models.loading.load_model` (moved to ``device``);
         ``dtype`` as ``--dtype`` (``auto``: bfloat16 where the device has it natively).
         ``threshold``: a classifier's box threshold (``--threshold``); None: its run's tuned
-        one (:func:`tuned_threshold`) where ``source`` has it, else the paper's default."""
+        one (:func:`tuned_threshold`) where ``source`` has it, else the paper's default.
+        ``progress``: called with a line for each step of choosing the fast path (at
+        :meth:`warm_up`), so that a server says what it is doing before it answers."""
         from drnet.speed.inference import fast_inference
 
         device = torch.device(device)
         model = model.eval().to(device)
-        runner = fast_inference(model, enabled=fast, dtype=dtype)
+        runner = fast_inference(model, enabled=fast, dtype=dtype, progress=progress)
         short = "/".join(str(source).replace("\\", "/").rstrip("/").split("/")[-2:])
         name = f"{card.model} {card.task} ({short})"
         served = cls(id, name, str(source), model, runner, card, device)
