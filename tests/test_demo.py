@@ -133,22 +133,26 @@ def test_training_stops_at_its_time_limit(tmp_path: Path) -> None:
     from drnet.demo.run import _train_run
     from drnet.engine import TrainConfig
     from drnet.models.loading import ModelCard
-    from drnet.tasks.classify import ClassificationTask, train_classifier
+    from drnet.tasks import classify
 
     scenes = ClassificationScenes("train", 40, canvas=32, scale=(0.6, 1.0), seed=0)
     train_set = ClassificationSceneData(scenes, [0.5] * 3, [0.25] * 3, train=True)
     card = ModelCard("drn_d_22", 10, class_names=list(scenes.classes), channels=[4] + [8] * 7)
-    task = ClassificationTask(card, train_set, None)
     config = TrainConfig(output_dir=str(tmp_path), epochs=3, batch_size=4, workers=0)
     config.progress = False
     config.time_limit = 0.0
-    result = _train_run(train_classifier, task, config)
+
+    def run() -> dict:  # through the entry point, as the demo trains
+        settings = classify.ClassificationTrainSettings(config=config)
+        return _train_run(classify.train, card, (train_set, None), config, settings)
+
+    result = run()
     assert result["stopped_early"] and result["history"] == []
     assert result["images_seen"] == 4  # one iteration, then the stop
     assert result["checkpoint"].is_file()
     config.time_limit = 600.0
     config.overwrite = True  # a fresh run into the same folder
-    done = _train_run(train_classifier, task, config)
+    done = run()
     assert not done["stopped_early"] and len(done["history"]) == 3
     assert done["images_seen"] == 3 * 40
 

@@ -35,19 +35,25 @@ from drnet.models.card import ModelCard
 from drnet.models.loading import load_model
 from drnet.tasks import classify, localize, segment
 from drnet.tasks.boxes import BOX_RESOLUTIONS, iou
-from drnet.tasks.classify import ClassificationTask, train_classifier, write_classification_report
+from drnet.tasks.classify import write_classification_report
 from drnet.tasks.common import InferenceOptions
 from drnet.tasks.localize import LocalizationSettings, class_heatmap, localize_image, render_overlay
-from drnet.tasks.segment import SegmentationTask, train_segmentation
 from drnet.timing import Stopwatch
 
 
-def train_run(train_fn, task, train_config: TrainConfig) -> dict:
-    """Train with the library (``train_fn``: :func:`drnet.tasks.classify.train_classifier` or
-    :func:`drnet.tasks.segment.train_segmentation`); the engine stops by itself at
+def train_run(train, card: ModelCard, data: tuple, train_config: TrainConfig, settings) -> dict:
+    """Train through a task's ``train`` entry point (:func:`drnet.tasks.classify.train` or
+    :func:`drnet.tasks.segment.train`, as ``drnet classify train`` and ``drnet segment train``
+    do) on the ``(train, val)`` datasets; the engine stops by itself at
     ``train_config.time_limit`` (the budget's safety net), keeping the weights so far."""
+    options = InferenceOptions(
+        device=train_config.device,
+        amp=train_config.amp,
+        workers=train_config.workers,
+        progress=train_config.progress,
+    )
     with Stopwatch() as watch:
-        summary = train_fn(task, train_config)
+        summary = train(None, card, data, options, settings).summary
     if summary["stopped_early"]:
         say(
             f"note: training stopped at its time limit ({fmt_s(train_config.time_limit)}); "
@@ -120,7 +126,7 @@ def train_demo_classifier(
     time_limit: float | None,
 ) -> dict:
     """Train one classifier on the demo's scenes with the library task
-    (:func:`drnet.tasks.classify.train_classifier`); returns the run's record."""
+    (:func:`drnet.tasks.classify.train`); returns the run's record."""
     card = ModelCard(
         model=model_name,
         num_classes=10,
@@ -133,11 +139,12 @@ def train_demo_classifier(
     )
     train_set = data.cls_train(recipe, plan.cls_per_epoch, config.seed)
     monitor = Subset(data.cls_val, range(min(recipe.cls_monitor, recipe.cls_val)))
-    task = ClassificationTask(card, train_set, monitor, eval_batch_size=64)
-    settings = training_config(
+    train_config = training_config(
         recipe, model_name, "classification", out, config, device, time_limit
     )
-    return {**train_run(train_classifier, task, settings), "card": card}
+    settings = classify.ClassificationTrainSettings(config=train_config, eval_batch_size=64)
+    record = train_run(classify.train, card, (train_set, monitor), train_config, settings)
+    return {**record, "card": card}
 
 
 def evaluate_classification(
@@ -325,11 +332,15 @@ def train_segmenter(
     )
     train_set = data.seg_train(recipe, plan.seg_per_epoch, config.seed)
     monitor = Subset(data.seg_val, range(min(recipe.seg_monitor, recipe.seg_val)))
-    task = SegmentationTask(card, train_set, monitor, backbone_weights=backbone)
-    settings = training_config(recipe, model_name, "segmentation", out, config, device, time_limit)
+    train_config = training_config(
+        recipe, model_name, "segmentation", out, config, device, time_limit
+    )
+    settings = segment.SegmentationTrainSettings(
+        config=train_config, backbone_weights=None if backbone is None else str(backbone)
+    )
     with warnings.catch_warnings():  # the classifier's fc is dropped on purpose
         warnings.simplefilter("ignore")
-        return train_run(train_segmentation, task, settings)
+        return train_run(segment.train, card, (train_set, monitor), train_config, settings)
 
 
 def background_baseline(confusion: torch.Tensor) -> dict:

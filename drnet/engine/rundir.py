@@ -54,21 +54,6 @@ except ImportError:  # pragma: no cover - exercised on Windows only
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "LOCK_FILE",
-    "RUN_FILES",
-    "RunFolderLock",
-    "WriteError",
-    "atomic_csv",
-    "atomic_save_image",
-    "atomic_write",
-    "atomic_write_json",
-    "atomic_write_text",
-    "check_run_folder",
-    "claim_run_folder",
-    "clear_run",
-    "run_files",
-]
 
 LOCK_FILE = ".drnet.lock"
 # a folder holding one of these holds a run (model.json alone is left by a start that failed)

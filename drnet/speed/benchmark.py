@@ -13,12 +13,10 @@ step.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +30,7 @@ from torch import nn
 
 import drnet
 from drnet.constants import IGNORE_INDEX, INFERENCE_VARIANTS, TRAINING_VARIANTS
-from drnet.engine.layout import choose_channels_last, cpu_name_and_flags
+from drnet.engine.layout import choose_channels_last
 from drnet.engine.precision import (
     amp_dtype,
     amp_unavailable_reason,
@@ -41,6 +39,8 @@ from drnet.engine.precision import (
 )
 from drnet.engine.trainer import channels_last_is_safe
 from drnet.errors import DrnetError
+from drnet.machine import machine_info
+from drnet.models.loading import logits_of
 from drnet.models.summary import count_flops
 from drnet.speed.backends import backend_installed, backend_versions
 from drnet.speed.chooser import proxy_shape
@@ -109,25 +109,6 @@ def benchmark_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DrnetError(f"--device {device}: CUDA is not available on this machine")
     return torch.device(device)
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """CPU/GPU, threads, versions and the load average at the time of the call."""
-    cpu, flags = cpu_name_and_flags()
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_flags": flags,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-    }
-    with contextlib.suppress(OSError):
-        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def conv_peak_gflops(
@@ -295,14 +276,6 @@ def model_gflop(config: BenchmarkConfig) -> float:
 
 
 # ---------------------------------------------------------------------------------- inference
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, dict):
-        return output["out"]
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return output
-
-
 def inference_runners(
     model: nn.Module, x: torch.Tensor, config: BenchmarkConfig, variants: tuple[str, ...]
 ) -> dict[str, tuple[Callable[[], Any], Callable[[], torch.Tensor], str]]:
@@ -320,7 +293,7 @@ def inference_runners(
             base = model.eval()
             runners[variant] = (
                 (lambda b=base: b(x)["out"].argmax(1)) if segmentation else (lambda b=base: b(x)),
-                lambda b=base: _logits(b(x)),
+                lambda b=base: logits_of(b(x)),
                 "plain eager fp32 NCHW, BN unfused" + (" + arg-max" if segmentation else ""),
             )
         elif variant in ("fast", "fast_nchw", "fast_channels_last"):
@@ -339,7 +312,7 @@ def inference_runners(
                     f"{k} {v * 1e3:.0f} ms" for k, v in fast.choice.seconds.items()
                 )
                 note += ")"
-            runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
+            runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), note)
         elif variant in BACKEND_CANDIDATES:
             if x.device.type != "cpu":
                 continue
@@ -354,16 +327,16 @@ def inference_runners(
                 f"(the fast path's backend; built in {time.perf_counter() - start:.1f} s)"
                 + (", up-sampling + arg-max in torch" if segmentation else "")
             )
-            runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
+            runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), note)
         elif variant == "bf16":
             fast = optimize_for_inference(model, example_input=x, dtype=torch.bfloat16)
             note = fast.choice.name + (
                 "" if native_bf16(x.device) else " (emulated: this device has no native bf16)"
             )
-            runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), note)
+            runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), note)
         elif variant == "compile":
             fast = optimize_for_inference(model, channels_last="auto", fuse=False, compile=True)
-            runners[variant] = (timed_for(fast), lambda f=fast: _logits(f(x)), fast.choice.name)
+            runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), fast.choice.name)
         elif variant == "int8":
             if x.device.type != "cpu":
                 continue
@@ -378,7 +351,7 @@ def inference_runners(
             setup = time.perf_counter() - start
             runners[variant] = (
                 timed_for(quantized) if segmentation else (lambda q=quantized: q(x)),
-                lambda q=quantized: _logits(q(x)),
+                lambda q=quantized: logits_of(q(x)),
                 f"PT2E X86InductorQuantizer, {config.calibration_batches} random calibration "
                 f"batches, torch.compile (quantize {setup:.0f} s)",
             )
@@ -457,7 +430,7 @@ def benchmark_inference(
     model = model.eval()
     rows: list[Row] = []
     with torch.inference_mode():
-        reference = _logits(model(x)).float()
+        reference = logits_of(model(x)).float()
         runners = inference_runners(model, x, config, variants)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for name, (timed, _, _) in runners.items():
@@ -496,7 +469,7 @@ def benchmark_inference(
 
 # ----------------------------------------------------------------------------------- training
 def _loss(task: str, output: Any, target: torch.Tensor) -> torch.Tensor:
-    logits = _logits(output).float()
+    logits = logits_of(output).float()
     if task == "segmentation":
         return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
     return F.cross_entropy(logits, target)
