@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import drnet
+from drnet.atomic import WriteError, atomic_write_json
 from drnet.engine.layout import cache_dir, cpu_signature
-from drnet.speed.timing import median
+from drnet.timing import median, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,6 @@ def read_decision(key: str) -> dict[str, Any] | None:
 
 def write_decision(key: str, entry: dict[str, Any]) -> None:
     """Add ``entry`` under ``key`` (atomically; an unwritable cache only costs a re-measure)."""
-    from drnet.atomic import WriteError, atomic_write_json
-
     data = _read_all()
     data[key] = entry
     path = cache_dir() / CACHE_FILE
@@ -164,8 +163,6 @@ def time_candidates(
     than ``prune`` times the ``baseline``'s is not timed again (it cannot be chosen: on an AVX2
     CPU the fused oneDNN paths take 1.6-2.6x the baseline's time, and timing them again would
     double the choosing time)."""
-    from drnet.speed.timing import synchronize
-
     times: dict[str, list[float]] = {name: [] for name in candidates}
     active = dict(candidates)
     with torch.inference_mode():

@@ -25,6 +25,7 @@ from drnet.speed.inference import optimize_for_inference
 from drnet.speed.quantize import quantize_int8
 from drnet.tasks import segment
 from drnet.tasks.common import InferenceOptions
+from drnet.timing import median
 
 
 def _evenly(count: int, wanted: int) -> list[int]:
@@ -120,7 +121,7 @@ def evaluate_int8(
             times[name].append(time.perf_counter() - t0)
             same[name] += int((labels[name] == labels["fp32"]).sum())
         total += labels["fp32"].numel()
-    ms = {name: 1e3 * float(torch.tensor(values).median()) for name, values in times.items()}
+    ms = {name: 1e3 * median(values) for name, values in times.items()}
     fp32_metrics, int8_metrics = metrics["fp32"], metrics["int8"]
     ms_fp32, ms_int8 = ms["fp32"], ms["int8"]
     report = {
