@@ -58,8 +58,8 @@ OVERLAY_MAX_SIDE = 2048
 #: ``drnet benchmark`` variants ("bf16" is "amp" by its CPU name: bf16 autocast, bf16/fp16 on
 #: CUDA).
 INFERENCE_VARIANTS = (
-    "eager", "fast", "fast_nchw", "fast_channels_last", "bf16", "compile", "int8", "onnx",
-    "onnxruntime", "openvino", "onnx_openvino",
+    "eager", "fast", "fast_nchw", "fast_channels_last", "winograd", "bf16", "compile", "int8",
+    "onnx", "onnxruntime", "openvino", "onnx_openvino",
 )  # fmt: skip
 #: ``--backend`` / ``$DRNET_BACKEND``: what runs the inference fast path (``auto``: whichever
 #: measured fastest on this machine, see :mod:`drnet.speed.chooser`)

@@ -144,3 +144,22 @@ def test_bf16_inference_variant_and_its_peak(monkeypatch, native) -> None:
     bf16_peak = 40.0 if native else 20.0
     assert rows["bf16"]["pct_peak"] == pytest.approx(100 * rows["bf16"]["gflops"] / bf16_peak)
     assert rows["eager"]["pct_peak"] == pytest.approx(100 * rows["eager"]["gflops"] / 20.0)
+
+
+def test_benchmark_has_a_winograd_row_agreeing_with_eager() -> None:
+    config = BenchmarkConfig(
+        model="drn_d_22",
+        task="segmentation",
+        height=48,
+        width=64,
+        batch=1,
+        num_classes=5,
+        channels=(16, 16, 32, 64, 64, 64, 64, 64),
+        repeats=1,
+        inference_variants=("eager", "winograd"),
+        measure_peak=False,
+        measure_memory=False,
+    )
+    rows = {r["variant"]: r for r in run_benchmark(config)["rows"]}
+    assert "winograd" in rows["winograd"]["note"]
+    assert rows["winograd"]["max_rel_diff"] < 1e-4 and rows["winograd"]["labels_equal"] == 1.0

@@ -140,8 +140,10 @@ def test_auto_layout_measures_and_includes_eager() -> None:
     model = drnet.create_segmentation_model("drn_d_22", 3, channels=TINY_CHANNELS).eval()
     x = torch.randn(1, 3, 32, 32)
     fast = optimize_for_inference(model, example_input=x, repeats=1)
-    # eager with BatchNorm folded ("fold") is the baseline every other candidate must beat
-    assert set(fast.choice.seconds) == set(TORCH_CANDIDATES) | set(installed_backends()[1:])
+    # eager with BatchNorm folded ("fold") is the baseline every other candidate must beat;
+    # Winograd is offered only for convs of at least 64 channels (these have 32)
+    torch_names = set(TORCH_CANDIDATES) - {"winograd"}
+    assert set(fast.choice.seconds) == torch_names | set(installed_backends()[1:])
     with torch.inference_mode():
         assert relative_error(fast(x)["out"], model(x)["out"]) < 1e-4
     with pytest.raises(RuntimeError, match="inference only"):

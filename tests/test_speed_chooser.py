@@ -41,12 +41,14 @@ def segmenter():
 
 
 def fake_timer(medians: dict[str, float], calls: list | None = None):
-    """A stand-in for chooser.time_candidates returning fixed times (three rounds each)."""
+    """A stand-in for chooser.time_candidates returning fixed times (three rounds each); a
+    candidate not in ``medians`` takes twice the baseline's."""
 
     def timer(candidates, rounds, budget_s=chooser.TIME_BUDGET_S, device=None):
         if calls is not None:
             calls.append(sorted(candidates))
-        return {name: [medians[name]] * 3 for name in candidates}
+        slow = 2 * medians["fold"]
+        return {name: [medians.get(name, slow)] * 3 for name in candidates}
 
     return timer
 
@@ -72,10 +74,12 @@ def test_pick_never_returns_a_candidate_measured_slower():
 @pytest.mark.parametrize(
     ("medians", "expected"),
     [
-        ({"fold": 1.0, "fast_nchw": 1.2, "fast_channels_last": 1.5}, "fold"),  # all slower
-        ({"fold": 1.0, "fast_nchw": 0.99, "fast_channels_last": 1.1}, "fold"),  # within noise
-        ({"fold": 1.0, "fast_nchw": 0.7, "fast_channels_last": 0.8}, "fast_nchw"),
-        ({"fold": 1.0, "fast_nchw": 0.9, "fast_channels_last": 0.6}, "fast_channels_last"),
+        ({"fold": 1.0, "fast_nchw": 1.2, "fast_channels_last": 1.5, "winograd": 1.1}, "fold"),
+        ({"fold": 1.0, "fast_nchw": 0.99, "fast_channels_last": 1.1, "winograd": 0.98}, "fold"),
+        ({"fold": 1.0, "fast_nchw": 0.7, "fast_channels_last": 0.8, "winograd": 0.9}, "fast_nchw"),
+        ({"fold": 1.0, "fast_nchw": 0.9, "fast_channels_last": 0.6, "winograd": 0.7},
+         "fast_channels_last"),
+        ({"fold": 1.0, "fast_nchw": 0.9, "fast_channels_last": 0.8, "winograd": 0.6}, "winograd"),
     ],
 )
 def test_chooser_returns_only_what_it_measured_faster(
@@ -106,7 +110,7 @@ def test_auto_offers_every_installed_backend_and_keeps_the_rule(segmenter, cache
 
 def test_decision_is_cached_reused_and_invalidated(segmenter, cache, monkeypatch):
     calls: list = []
-    medians = {"fold": 1.0, "fast_nchw": 0.5, "fast_channels_last": 0.8}
+    medians = {"fold": 1.0, "fast_nchw": 0.5, "fast_channels_last": 0.8, "winograd": 0.7}
     monkeypatch.setattr(chooser, "time_candidates", fake_timer(medians, calls))
     x = torch.randn(1, 3, 48, 64)
     first = optimize_for_inference(segmenter, example_input=x, backend="torch")

@@ -313,6 +313,11 @@ def inference_runners(
                 )
                 note += ")"
             runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), note)
+        elif variant == "winograd":  # the fast path's Winograd candidate, built directly
+            if x.device.type != "cpu":
+                continue
+            fast = build_candidate(model, variant)
+            runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), fast.choice.name)
         elif variant in BACKEND_CANDIDATES:
             if x.device.type != "cpu":
                 continue

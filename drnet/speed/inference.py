@@ -6,6 +6,8 @@
 - BatchNorm folded into the convolutions (:mod:`drnet.speed.fold`),
 - conv + ReLU and conv + residual add + ReLU fused into single oneDNN kernels on CPU
   (:mod:`drnet.speed.fused`),
+- the wide 3x3 convolutions (dilated ones included) computed with Winograd's F(4x4, 3x3)
+  (:mod:`drnet.speed.winograd`: a quarter of the multiplications, in float32),
 - channels_last memory layout, or ONNX Runtime / OpenVINO running the folded model's export:
   with an example input and ``channels_last="auto"`` the candidates are timed against eager with
   BatchNorm folded and one is kept only if it measured faster (:func:`choose_fast_path`,
@@ -41,6 +43,8 @@ from drnet.models.segmentation import DRNSeg
 from drnet.speed.fold import fold_batchnorm
 from drnet.speed.fused import fuse_model
 from drnet.speed.upsample import SeparableUpsample, upsample_labels_reference
+from drnet.speed.winograd import apply_winograd
+from drnet.speed.winograd import eligible as winograd_eligible
 
 
 @dataclass
@@ -58,6 +62,7 @@ class FastPathChoice:
     backend: str = "torch"  # what runs the network: torch, onnxruntime or openvino
     cached: bool = False  # the decision came from the cache (nothing was timed)
     candidate: str = ""  # the chooser's name for it (fold, fast_nchw, onnxruntime, ...)
+    winograd: bool = False  # the wide 3x3 convs run drnet.speed.winograd's F(4x4, 3x3)
 
     @property
     def name(self) -> str:
@@ -69,6 +74,7 @@ class FastPathChoice:
         parts = [
             "fold" if self.fold_bn else "",
             "fuse" if self.fuse else "",
+            "winograd" if self.winograd else "",
             "channels_last" if self.channels_last else "nchw",
             "sepup" if self.separable_upsample else "",
             "compile" if self.compile else "",
@@ -219,6 +225,7 @@ def _build(
     channels_last: bool,
     separable: bool,
     dtype: torch.dtype = torch.float32,
+    winograd: bool = False,
 ) -> InferenceModel:
     fast = copy.deepcopy(model).eval()
     for parameter in fast.parameters():
@@ -227,6 +234,7 @@ def _build(
         fast = fold_batchnorm(fast, inplace=True)
     if fuse and fold_bn:
         fast = fuse_model(fast, inplace=True)
+    winograd = winograd and dtype == torch.float32 and apply_winograd(fast) > 0
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     upsample = _separable_upsample(fast) if separable else None  # float32, from the fp32 kernel
@@ -234,6 +242,7 @@ def _build(
     choice = FastPathChoice(
         fold_bn, fuse and fold_bn, channels_last, upsample is not None, False, dtype
     )
+    choice.winograd = winograd
     return InferenceModel(fast, choice, upsample)
 
 
@@ -243,7 +252,7 @@ def _default_channels_last(device: torch.device) -> bool:
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
 
 
-TORCH_CANDIDATES = ("fold", "fast_nchw", "fast_channels_last")
+TORCH_CANDIDATES = ("fold", "fast_nchw", "fast_channels_last", "winograd")
 BACKEND_CANDIDATES = ("onnxruntime", "openvino")
 
 
@@ -256,12 +265,16 @@ def build_candidate(
 ) -> InferenceModel:
     """One of the fast path's candidates, by the chooser's name: ``"fold"`` (eager with
     BatchNorm folded, NCHW: the baseline), ``"fast_nchw"``/``"fast_channels_last"`` (folded and
-    fused oneDNN kernels in either layout) or ``"onnxruntime"``/``"openvino"`` (the folded
-    model's ONNX export run by that backend, float32, CPU)."""
+    fused oneDNN kernels in either layout), ``"winograd"`` (folded, channels_last, the wide 3x3
+    convolutions by Winograd's F(4x4, 3x3): float32 on CPU, :mod:`drnet.speed.winograd`) or
+    ``"onnxruntime"``/``"openvino"`` (the folded model's ONNX export run by that backend,
+    float32, CPU)."""
     if name == "fold":
         built = _build(model, fold_bn, False, False, True, dtype)
     elif name in ("fast_nchw", "fast_channels_last"):
         built = _build(model, fold_bn, fuse, name == "fast_channels_last", True, dtype)
+    elif name == "winograd":
+        built = _build(model, True, False, True, True, dtype, winograd=True)
     elif name in BACKEND_CANDIDATES:
         from drnet.speed.backends import build_backend_core
 
@@ -290,11 +303,23 @@ def _candidate_names(
 ) -> list[str]:
     from drnet.speed.backends import installed_backends, supports_backends
 
-    names = list(TORCH_CANDIDATES)
+    names = [n for n in TORCH_CANDIDATES if n != "winograd" or _winograd_applies(model, dtype)]
     if backend == "torch" or dtype != torch.float32 or not supports_backends(model):
         return names
     wanted = BACKEND_CANDIDATES if backend == "auto" else (backend,)
     return names + [name for name in wanted if name in installed_backends()]
+
+
+def _winograd_applies(model: nn.Module, dtype: torch.dtype) -> bool:
+    # float32 on CPU, with at least one wide 3x3 stride-1 conv (the GPU's cuDNN has its own)
+    if dtype != torch.float32:
+        return False
+    try:
+        if next(model.parameters()).device.type != "cpu":
+            return False
+    except StopIteration:
+        return False
+    return any(winograd_eligible(m) for m in model.modules())
 
 
 def choose_fast_path(
