@@ -105,6 +105,7 @@ def test_training_amp_variant_on_cpu_needs_native_bf16(monkeypatch, caplog, nati
 
     flags = frozenset({"avx512_bf16"} if native else {"avx2"})
     monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # as if not capped
     config = BenchmarkConfig(
         model="drn_d_22", task="classification", height=32, width=32, batch=2, num_classes=4,
         channels=TINY_CHANNELS, repeats=1, mode="training",
@@ -126,6 +127,7 @@ def test_bf16_inference_variant_and_its_peak(monkeypatch, native) -> None:
 
     flags = frozenset({"avx512_bf16"} if native else {"avx2"})
     monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # as if not capped
     config = BenchmarkConfig(
         model="drn_d_22", task="classification", height=32, width=32, batch=2, num_classes=4,
         channels=TINY_CHANNELS, repeats=1, inference_variants=("eager", "bf16"),

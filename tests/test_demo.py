@@ -286,6 +286,7 @@ def test_demo_precision_follows_the_hardware(monkeypatch) -> None:
         return _DemoRun(DemoConfig(dtype=dtype), None, None, cpu, Path("."), None)
 
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # as if not capped
     assert use_amp(DemoConfig(), cpu)
     assert demo_run("auto").precision() == {
         "requested": "auto", "training": "bfloat16", "evaluation": "bfloat16"
@@ -293,6 +294,7 @@ def test_demo_precision_follows_the_hardware(monkeypatch) -> None:
     assert not use_amp(DemoConfig(dtype="float32"), cpu)
     assert demo_run("float32").precision()["evaluation"] == "float32"
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # as if not capped
     assert not use_amp(DemoConfig(), cpu)
     assert demo_run("auto").precision() == {
         "requested": "auto", "training": "float32", "evaluation": "float32"

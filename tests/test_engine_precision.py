@@ -19,6 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cpu_flags(monkeypatch):
     def set_flags(*flags: str) -> None:
         monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # as if not capped
 
     return set_flags
 
@@ -44,6 +45,14 @@ def test_capability_check_reads_the_cpu_flags(cpu_flags):
     assert precision.amp_unavailable_reason("cpu") is None
     cpu_flags("amx_bf16")
     assert precision.native_bf16("cpu")
+
+
+def test_bf16_is_not_native_where_onednn_is_capped_below_it(cpu_flags, monkeypatch):
+    # ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with avx512_bf16: oneDNN emulates bf16, so float32
+    cpu_flags("avx512f", "avx512_bf16")
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: False)
+    assert not precision.native_bf16("cpu") and precision.amp_dtype("cpu") is None
+    assert precision.inference_dtype("auto", "cpu") == (torch.float32, None)
 
 
 def test_bf16_training_on_a_cpu_with_native_bf16(tmp_path, cpu_flags):

@@ -37,8 +37,19 @@ def native_bf16(device: torch.device | str) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return any(flag in _cpu_flags() for flag in NATIVE_CPU_BF16_FLAGS)
+        # the CPU's flags, and oneDNN willing to use them (ONEDNN_MAX_CPU_ISA can cap it: then
+        # bf16 convolutions are emulated, several times slower than float32)
+        return any(flag in _cpu_flags() for flag in NATIVE_CPU_BF16_FLAGS) and onednn_bf16()
     return False
+
+
+def onednn_bf16() -> bool:
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return True  # nothing to ask: the flags decide
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without the op
+        return True
 
 
 def amp_dtype(device: torch.device | str) -> torch.dtype | None:

@@ -190,8 +190,9 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def say(progress: Progress | None, message: str) -> None:
-    """``message`` to the log and, when given, to ``progress`` (e.g. ``print`` in a server)."""
-    logger.info("%s", message)
+    """``message`` to ``progress`` when given (e.g. ``print`` in a server), else to the log
+    (at INFO; at DEBUG beside ``progress``, so that a server does not print it twice)."""
+    logger.log(logging.INFO if progress is None else logging.DEBUG, "%s", message)
     if progress is not None:
         with contextlib.suppress(Exception):
             progress(message)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drnet.engine.precision import onednn_bf16
 from drnet.models.blocks import BasicBlock, Bottleneck
 from drnet.models.drn import DRN
 
@@ -32,18 +33,11 @@ def _onednn_pointwise_available() -> bool:
         return False
 
 
-def _onednn_bf16_available() -> bool:
-    try:  # oneDNN's bf16 kernels need avx512bw/vl/dq or avx_ne_convert; elsewhere they refuse
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
 ONEDNN_POINTWISE = _onednn_pointwise_available()
 PACKED_WEIGHTS = ONEDNN_POINTWISE and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 #: the dtypes the fused oneDNN kernels run in on this CPU (others take the plain ops)
 ONEDNN_DTYPES = frozenset(
-    {torch.float32} | ({torch.bfloat16} if ONEDNN_POINTWISE and _onednn_bf16_available() else set())
+    {torch.float32} | ({torch.bfloat16} if ONEDNN_POINTWISE and onednn_bf16() else set())
 )
 
 
