@@ -115,3 +115,18 @@ def test_offered_for_float32_cpu_models_with_wide_convs_only():
     assert "winograd" in _candidate_names(wide, "torch", torch.float32)
     assert "winograd" not in _candidate_names(wide, "torch", torch.bfloat16)
     assert "winograd" not in _candidate_names(narrow, "torch", torch.float32)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_bands_of_tile_rows_give_the_same_result(monkeypatch, dilation):
+    from drnet.speed import winograd
+
+    torch.manual_seed(1)
+    x = torch.randn(1, 16, 37, 21)
+    weight, bias = torch.randn(8, 16, 3, 3), torch.randn(8)
+    whole = winograd_conv3x3(x, transform_weight(weight), bias, dilation)
+    monkeypatch.setattr(winograd, "BAND_BYTES", 1)  # one tile row per band
+    banded = winograd_conv3x3(x, transform_weight(weight), bias, dilation)
+    assert torch.allclose(banded, whole, rtol=0, atol=1e-5)
+    reference = F.conv2d(x, weight, bias, padding=dilation, dilation=dilation)
+    assert relative_error(banded, reference) < 3e-5

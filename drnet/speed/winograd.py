@@ -53,6 +53,8 @@ A_T = (
 )
 TILE = 4  # outputs per tile side
 MIN_CHANNELS = 64
+#: transformed tiles per band of tile rows, in bytes (:func:`winograd_conv3x3`)
+BAND_BYTES = 16 * 2**20
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -96,10 +98,35 @@ def winograd_conv3x3(
         xp = xp.reshape(n, gh, d, gw, d, channels).permute(0, 2, 4, 1, 3, 5)
         xp = xp.reshape(n * d * d, gh, gw, channels)
     images, rows, cols = xp.shape[0], (xp.shape[1] - 2) // TILE, (xp.shape[2] - 2) // TILE
+    y = x.new_empty(images, rows, TILE, cols, TILE, outputs)
+    # bands of tile rows whose transformed tiles fit in about BAND_BYTES (the transforms are
+    # passes over memory: out of cache they cost more than the products they save)
+    per_row = 36 * images * cols * max(channels, outputs) * x.element_size()
+    band = max(1, min(rows, BAND_BYTES // per_row))
+    for first in range(0, rows, band):
+        last = min(rows, first + band)
+        rows_in = xp[:, TILE * first : TILE * last + 2]
+        _tile_band(rows_in, weight_t, bias, y[:, first:last])
+    y = y.view(images, rows * TILE, cols * TILE, outputs)
+    if d > 1:  # batch-to-space
+        y = y.view(n, d, d, rows * TILE, cols * TILE, outputs).permute(0, 3, 1, 4, 2, 5)
+        y = y.reshape(n, padded_h, padded_w, outputs)
+    if padded_h != height or padded_w != width:
+        y = y[:, :height, :width].contiguous()
+    return y.permute(0, 3, 1, 2)
+
+
+def _tile_band(
+    xp: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor
+) -> None:
+    """One band of tile rows: ``xp`` ``[images, 4 * rows + 2, 4 * cols + 2, C]`` (padded input
+    rows), ``y`` ``[images, rows, 4, cols, 4, K]`` (written)."""
+    images, channels = xp.shape[0], xp.shape[3]
+    rows, cols, outputs = y.shape[1], y.shape[3], y.shape[5]
     # input transform B^T d B, rows then columns, on strided views (no tile copies)
     row_terms = [xp[:, i : i + TILE * rows : TILE] for i in range(6)]
-    v = x.new_empty(36, images, rows, cols, channels)
-    stripe = x.new_empty(images, rows, xp.shape[2], channels)
+    v = xp.new_empty(36, images, rows, cols, channels)
+    stripe = xp.new_empty(images, rows, xp.shape[2], channels)
     for a in range(6):
         _combine(row_terms, B_T[a], stripe)
         col_terms = [stripe[:, :, j : j + TILE * cols : TILE] for j in range(6)]
@@ -107,26 +134,17 @@ def winograd_conv3x3(
             _combine(col_terms, B_T[b], v[6 * a + b])
     m = torch.bmm(v.view(36, -1, channels), weight_t).view(6, 6, images, rows, cols, outputs)
     del v
-    # output transform A^T m A into [images, rows, 4, cols, 4, K]
-    y = x.new_empty(images, rows, TILE, cols, TILE, outputs)
-    stripe = x.new_empty(6, images, rows, cols, outputs)
+    # output transform A^T m A (+ bias) into y
+    stripe = xp.new_empty(6, images, rows, cols, outputs)
     m_rows = [m[i] for i in range(6)]
     for a in range(TILE):
         _combine(m_rows, A_T[a], stripe)
         col_terms = [stripe[j] for j in range(6)]
         for b in range(TILE):
-            _combine(col_terms, A_T[b], y[:, :, a, :, b])
-    y = y.view(images, rows * TILE, cols * TILE, outputs)
-    if d > 1:  # batch-to-space
-        y = y.view(n, d, d, rows * TILE, cols * TILE, outputs).permute(0, 3, 1, 4, 2, 5)
-        y = y.reshape(n, padded_h, padded_w, outputs)
-    if padded_h != height or padded_w != width:
-        y = y[:, :height, :width]
-    if bias is not None:
-        y = y + bias
-    elif not y.is_contiguous():
-        y = y.contiguous()
-    return y.permute(0, 3, 1, 2)
+            out = y[:, :, a, :, b]
+            _combine(col_terms, A_T[b], out)
+            if bias is not None:
+                out.add_(bias)
 
 
 def eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:
