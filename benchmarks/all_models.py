@@ -1,9 +1,9 @@
 """The fast path against eager for every registered model (classification, 224 px, batch 1).
 
 The fast path times its candidates (eager with BatchNorm folded, the fused NCHW and channels_last
-paths, ONNX Runtime and OpenVINO where installed) on the example input and keeps another than
-the folded baseline only when it measured faster, so it should never lose to eager; this checks
-it on every model, side by side (the fast path chosen afresh for each).
+paths, the Winograd path, ONNX Runtime and OpenVINO where installed) on the example input and
+keeps another than the folded baseline only when it measured faster, so it should never lose to
+eager; this checks it on every model, side by side (the fast path chosen afresh for each).
 
     python benchmarks/all_models.py --out benchmarks/results
 """

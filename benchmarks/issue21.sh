@@ -3,8 +3,9 @@
 # fast path (chosen afresh), int8, and ONNX Runtime / OpenVINO both on `drnet export onnx`'s
 # file and as the fast path's backends, 2 threads, interleaved rounds, medians. On a shared
 # machine each command takes the CPU lock ($LOCK) so that other jobs wait.
-# ISA=avx2 runs torch's and oneDNN's kernels as on an AVX2-only CPU (ATEN_CPU_CAPABILITY,
-# ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS for the Winograd path's matrix products; OpenVINO's oneDNN honours it too, ONNX Runtime's MLAS does not).
+# ISA=avx2 runs torch's, oneDNN's and MKL's kernels as on an AVX2-only CPU
+# (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, and MKL_ENABLE_INSTRUCTIONS for the Winograd path's
+# matrix products; OpenVINO's oneDNN honours the cap too, ONNX Runtime's MLAS does not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
