@@ -8,7 +8,7 @@ timed), "cached" starts again with the decisions of the fresh start. Medians of 
 starts of each, interleaved (fresh, cached, fresh, cached, ...).
 
     python benchmarks/serve_startup.py --weights demo-out/models/drn_d_22/classification \\
-        --weights demo-out/models/drn_d_22/segmentation --runs 3 --out benchmarks/results
+        --weights demo-out/models/drn_d_22/segmentation --runs 3 -o benchmarks/results
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from drnet.atomic import atomic_write_json
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "drnet" / "assets" / "examples"
 LISTENING = re.compile(r"open (http://\S+)")
@@ -79,7 +81,10 @@ def main() -> None:
     parser.add_argument("--weights", action="append", required=True, help="as drnet serve's")
     parser.add_argument("--runs", type=int, default=3, help="starts of each kind (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for serve")
-    parser.add_argument("--out", type=Path, default=None, help="folder for serve_startup.json")
+    parser.add_argument(
+        "-o", "--output-dir", "--out", dest="out", type=Path, default=None, metavar="DIR",
+        help="folder for serve_startup.json (written atomically)",
+    )  # fmt: skip
     args = parser.parse_args()
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {"fresh": [], "cached": []}
@@ -103,7 +108,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         record = {"weights": args.weights, "median_ready_s": summary, "runs": runs,
                   "load_before": load_before, "load_after": os.getloadavg()}  # fmt: skip
-        (args.out / "serve_startup.json").write_text(json.dumps(record, indent=1))
+        atomic_write_json(args.out / "serve_startup.json", record, indent=1)
 
 
 if __name__ == "__main__":

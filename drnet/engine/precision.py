@@ -44,6 +44,8 @@ def native_bf16(device: torch.device | str) -> bool:
 
 
 def onednn_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 kernels here (they need avx512bw/vl/dq or avx_ne_convert, and
+    no ``ONEDNN_MAX_CPU_ISA`` below them); True where torch has no oneDNN to ask."""
     try:
         if not torch.backends.mkldnn.is_available():
             return True  # nothing to ask: the flags decide

@@ -315,6 +315,7 @@ def inference_runners(
             runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), note)
         elif variant == "winograd":  # the fast path's Winograd candidate, built directly
             if x.device.type != "cpu":
+                _LOG.info("winograd skipped: a CPU path (cuDNN has its own Winograd kernels)")
                 continue
             fast = build_candidate(model, variant)
             runners[variant] = (timed_for(fast), lambda f=fast: logits_of(f(x)), fast.choice.name)

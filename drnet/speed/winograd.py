@@ -24,6 +24,8 @@ fast-path chooser keeps the result only where it measured faster
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,10 +105,11 @@ def winograd_conv3x3(
     # passes over memory: out of cache they cost more than the products they save)
     per_row = 36 * images * cols * max(channels, outputs) * x.element_size()
     band = max(1, min(rows, BAND_BYTES // per_row))
+    work = _Buffers(x, images * band, cols, xp.shape[2], channels, outputs)
     for first in range(0, rows, band):
         last = min(rows, first + band)
         rows_in = xp[:, TILE * first : TILE * last + 2]
-        _tile_band(rows_in, weight_t, bias, y[:, first:last])
+        _tile_band(rows_in, weight_t, bias, y[:, first:last], work)
     y = y.view(images, rows * TILE, cols * TILE, outputs)
     if d > 1:  # batch-to-space
         y = y.view(n, d, d, rows * TILE, cols * TILE, outputs).permute(0, 3, 1, 4, 2, 5)
@@ -116,8 +119,31 @@ def winograd_conv3x3(
     return y.permute(0, 3, 1, 2)
 
 
+class _Buffers:
+    """The work buffers of one call, sized for its largest band and reused by every band (a
+    fresh allocation of tens of MB per band would cost page faults each time)."""
+
+    def __init__(
+        self, like: torch.Tensor, tiles_rows: int, cols: int, width: int, channels: int,
+        outputs: int,
+    ) -> None:  # fmt: skip
+        self.v = like.new_empty(36 * tiles_rows * cols * channels)
+        self.m = like.new_empty(36 * tiles_rows * cols * outputs)
+        stripe = max(tiles_rows * width * channels, 6 * tiles_rows * cols * outputs)
+        self.stripe = like.new_empty(stripe)
+
+    @staticmethod
+    def take(buffer: torch.Tensor, *shape: int) -> torch.Tensor:
+        """A contiguous ``shape`` view of the start of ``buffer``."""
+        return buffer[: math.prod(shape)].view(shape)
+
+
 def _tile_band(
-    xp: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor
+    xp: torch.Tensor,
+    weight_t: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    work: _Buffers,
 ) -> None:
     """One band of tile rows: ``xp`` ``[images, 4 * rows + 2, 4 * cols + 2, C]`` (padded input
     rows), ``y`` ``[images, rows, 4, cols, 4, K]`` (written)."""
@@ -125,17 +151,18 @@ def _tile_band(
     rows, cols, outputs = y.shape[1], y.shape[3], y.shape[5]
     # input transform B^T d B, rows then columns, on strided views (no tile copies)
     row_terms = [xp[:, i : i + TILE * rows : TILE] for i in range(6)]
-    v = xp.new_empty(36, images, rows, cols, channels)
-    stripe = xp.new_empty(images, rows, xp.shape[2], channels)
+    v = work.take(work.v, 36, images, rows, cols, channels)
+    stripe = work.take(work.stripe, images, rows, xp.shape[2], channels)
     for a in range(6):
         _combine(row_terms, B_T[a], stripe)
         col_terms = [stripe[:, :, j : j + TILE * cols : TILE] for j in range(6)]
         for b in range(6):
             _combine(col_terms, B_T[b], v[6 * a + b])
-    m = torch.bmm(v.view(36, -1, channels), weight_t).view(6, 6, images, rows, cols, outputs)
-    del v
+    m = work.take(work.m, 36, images * rows * cols, outputs)
+    torch.bmm(v.view(36, -1, channels), weight_t, out=m)
+    m = m.view(6, 6, images, rows, cols, outputs)
     # output transform A^T m A (+ bias) into y
-    stripe = xp.new_empty(6, images, rows, cols, outputs)
+    stripe = work.take(work.stripe, 6, images, rows, cols, outputs)
     m_rows = [m[i] for i in range(6)]
     for a in range(TILE):
         _combine(m_rows, A_T[a], stripe)
